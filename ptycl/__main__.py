@@ -1,0 +1,5 @@
+import sys
+
+from ptycl.cli import main
+
+sys.exit(main())

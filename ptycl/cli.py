@@ -1,0 +1,77 @@
+"""The ``ptycl`` command: one entry point, a subcommand per job.
+
+Each subcommand reads a YAML run file (``-c/--config``) validated into ``ptycl.config.Config``,
+applies ``--set KEY=VALUE`` overrides, and hands the typed settings to the stage that owns
+the job. Errors ptycl raises on purpose print as one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable
+
+from ptycl import __version__
+from ptycl.errors import PtyclError
+
+log = logging.getLogger("ptycl")
+
+# subcommand -> (module, function, one-line help). Modules are imported lazily so that
+# `ptycl --help` answers instantly and a command never pays for torch it does not use.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "simulate": ("ptycl.simulate.run", "main", "simulate a beamline: write scans (HDF5/CXI or Zarr), optionally in real time"),
+    "info": ("ptycl.io.info", "main", "read scans back and summarise them (frames, geometry, labels, problems)"),
+    "train": ("ptycl.train.run", "main", "continual training over a sequence of scans (incremental, cumulative, er, der, derpp)"),
+    "reconstruct": ("ptycl.recon.run", "main", "infer a scan with a trained model and stitch the object image"),
+    "bench": ("ptycl.bench.run", "main", "run benchmark suites, write JSON, markdown and plots"),
+}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every run-file-driven subcommand shares."""
+    parser.add_argument("-c", "--config", help="YAML run file (see configs/); defaults apply without one")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a setting by dotted key, e.g. --set train.alpha=0.3 (repeatable)",
+    )
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
+    parser = argparse.ArgumentParser(
+        prog="ptycl",
+        description="Continual learning for ptychography: stream scans from HDF5/Zarr, keep a "
+        "PtychoNN model current with (Dark) Experience Replay, reconstruct object images.",
+        epilog="Run `ptycl COMMAND --help` for a command's options. Every run is described by a "
+        "YAML file; `configs/` holds examples.",
+    )
+    parser.add_argument("--version", action="version", version=f"ptycl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    handlers: dict[str, Callable[[argparse.Namespace], int]] = {}
+    for name, (module_name, function, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command_parser = sub.add_parser(name, help=help_text, description=module.__doc__)
+        module.add_arguments(command_parser)
+        handlers[name] = getattr(module, function)
+    return parser, handlers
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, handlers = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return handlers[args.command](args)
+    except PtyclError as exc:
+        log.error("%s", exc) if log.handlers else print(f"ptycl: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ptycl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Run configuration: one YAML file per run, validated into typed settings.
+
+Every section is a pydantic model that forbids unknown keys, so a typo is an error naming the
+key before any work starts. Command-line overrides use dotted keys (``--set train.alpha=0.3``);
+their values are parsed as YAML scalars.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+
+from ptycl.errors import ConfigError
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+SampleFamily = Literal["manhattan", "particles", "siemens", "texture"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DetectorSettings(Section):
+    dtype: Literal["uint16", "uint32"] = "uint32"
+    saturation_counts: PositiveInt = 2**20  # pixel full well; counts above are clipped
+    threshold_counts: Annotated[int, Field(ge=0)] = 0  # counts at or below read as 0
+    bad_pixel_fraction: Fraction = 0.0
+    gap_columns: Annotated[int, Field(ge=0)] = 0  # width of a vertical module gap at the centre
+
+
+class SimulateSettings(Section):
+    """The simulated beamline (``ptycl simulate``)."""
+
+    out_dir: Path = Path("data/sim")
+    format: Literal["hdf5", "zarr"] = "hdf5"
+    families: list[SampleFamily] = ["manhattan", "particles", "siemens", "texture"]
+    n_scans: PositiveInt = 4  # scans cycle through ``families`` in order
+    frame_size: PositiveInt = 64  # detector frame (H = W), pixels
+    frames_per_scan: PositiveInt = 400
+    scan_path: Literal["fermat", "raster"] = "fermat"
+    step_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.35  # step / probe diameter (overlap)
+    jitter_fraction: Annotated[float, Field(ge=0.0, le=0.5)] = 0.05  # position jitter / step
+    probe: Literal["zone_plate", "aperture"] = "zone_plate"
+    probe_diameter_px: Annotated[float, Field(gt=1.0)] = 16.0  # in object pixels
+    photons_per_frame: PositiveFloat = 1e6
+    energy_ev: PositiveFloat = 8800.0
+    distance_m: PositiveFloat = 2.0
+    detector_pixel_m: PositiveFloat = 75e-6
+    detector: DetectorSettings = DetectorSettings()
+    frame_rate_hz: PositiveFloat | None = None  # set: write in real time, frame by frame
+    labels: Literal["in_scan", "separate", "none"] = "in_scan"
+    seed: int = 0
+
+
+class PrepSettings(Section):
+    """Frames to model inputs, object images to label patches."""
+
+    input_size: Literal[64, 128, 256] = 64
+    # How to get from the detector frame to input_size: "crop" keeps the centre (coarser
+    # real-space pixel, same field of view), "bin" sums blocks (same pixel, smaller field).
+    resize: Literal["crop", "bin"] = "crop"
+    holdout_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+
+
+class ModelSettings(Section):
+    width: PositiveInt = 32  # channels of the first encoder level, doubled at each level
+    depth: Annotated[int, Field(ge=2, le=5)] = 3  # pooling levels in the encoder
+
+
+class StoreSettings(Section):
+    capacity_samples: PositiveInt | None = 600
+    capacity_bytes: PositiveInt | None = None  # alternative to capacity_samples
+    half_precision: bool = False
+    policy: Literal["reservoir", "balanced", "loss_aware"] = "reservoir"
+
+    @model_validator(mode="after")
+    def _one_capacity(self) -> StoreSettings:
+        if (self.capacity_samples is None) == (self.capacity_bytes is None):
+            raise ValueError("set exactly one of capacity_samples and capacity_bytes")
+        return self
+
+
+class TrainSettings(Section):
+    strategy: Literal["incremental", "cumulative", "er", "der", "derpp"] = "derpp"
+    steps_per_scan: PositiveInt = 200
+    batch_size: PositiveInt = 32
+    replay_batch_size: PositiveInt = 16  # per replay draw (derpp draws twice)
+    alpha: Annotated[float, Field(ge=0.0)] = 0.3  # DER logit-matching weight
+    beta: Annotated[float, Field(ge=0.0)] = 0.5  # DER++ replayed-label weight
+    lr: PositiveFloat = 1e-3
+    lr_min: Annotated[float, Field(ge=0.0)] = 1e-4
+    schedule: Literal["cosine", "cyclic", "constant"] = "cosine"
+    loss: Literal["mae", "mse"] = "mae"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    checkpoint_every_steps: Annotated[int, Field(ge=0)] = 100  # 0: only at scan ends
+    store: StoreSettings = StoreSettings()
+
+
+class RunSettings(Section):
+    name: str = "ptycl-run"
+    output_dir: Path = Path("runs/ptycl-run")
+    seed: int = 0
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Config(Section):
+    run: RunSettings = RunSettings()
+    simulate: SimulateSettings = SimulateSettings()
+    prep: PrepSettings = PrepSettings()
+    model: ModelSettings = ModelSettings()
+    train: TrainSettings = TrainSettings()
+    # Scans to train on, in arrival order (files or directories). Empty: the simulated ones.
+    scans: list[Path] = []
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError("--set", dotted, f"'{key}' is not a section")
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.alpha=0.3"`` -> ``("train.alpha", 0.3)``; the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError("--set", text, "expected KEY=VALUE, e.g. train.alpha=0.3")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError("--set", key, f"value is not valid YAML ({exc.__class__.__name__})") from None
+    return key.strip(), value
+
+
+def _first_error(exc: ValidationError) -> tuple[str, str]:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "<root>"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif "input" in err and err["type"] not in ("missing",):
+        msg = f"{msg} (got {err['input']!r})"
+    return key, msg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Read a YAML run file (or the defaults), apply ``KEY=VALUE`` overrides, validate."""
+    source = str(path) if path is not None else "<defaults>"
+    tree: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(source, "<file>", exc.strerror or str(exc)) from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}" if mark else "<file>"
+            raise ConfigError(source, where, "not valid YAML") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(source, "<root>", "expected a mapping of sections")
+        tree = loaded or {}
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        key, msg = _first_error(exc)
+        raise ConfigError(source, key, msg) from None
+
+
+def dump_config(config: Config) -> str:
+    """The resolved configuration as YAML (written beside every run's outputs)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
