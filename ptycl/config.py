@@ -73,8 +73,7 @@ class ModelSettings(Section):
 class StoreSettings(Section):
     capacity_samples: PositiveInt | None = 600
     capacity_bytes: PositiveInt | None = None  # alternative to capacity_samples
-    half_precision: bool = False
-    policy: Literal["reservoir", "balanced", "loss_aware"] = "reservoir"
+    half_precision: bool = False  # store frames, labels and outputs as float16
 
     @model_validator(mode="after")
     def _one_capacity(self) -> StoreSettings:

@@ -1,0 +1,88 @@
+"""Evaluate a model on the scans seen so far: the rows of the continual error matrices.
+
+Two views of "how well does the model know scan j":
+- held-out frames: per-frame amplitude and phase MAE against the label patches of frames the
+  model never trained on (this fills R[i, j]);
+- the stitched image: every frame of scan j inferred and stitched on the truth's grid, then
+  PSNR and SSIM against the truth over the covered area (what a scientist looks at).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from ptycl.eval.image_metrics import image_errors
+from ptycl.model.ptychonn import PtychoNN
+from ptycl.recon.stitch import StitchedObject, stitch_patches
+from ptycl.train.scan_data import ScanTensors
+
+MATRIX_NAMES = ("amplitude_mae", "phase_mae", "amplitude_psnr", "phase_psnr", "amplitude_ssim", "phase_ssim")
+
+
+@torch.inference_mode()
+def predict(model: PtychoNN, inputs: torch.Tensor, device: torch.device, batch_size: int = 256) -> torch.Tensor:
+    """(n, 2, S, S) amplitude and phase for prepared inputs, on the CPU."""
+    was_training = model.training
+    model.eval()
+    outputs = [model(inputs[i : i + batch_size].to(device)).stacked().float().cpu() for i in range(0, len(inputs), batch_size)]
+    model.train(was_training)
+    return torch.cat(outputs) if outputs else torch.empty((0, 2, *inputs.shape[2:]))
+
+
+def holdout_mae(model: PtychoNN, scan: ScanTensors, device: torch.device) -> tuple[float, float]:
+    """(amplitude MAE, phase MAE in radians, wrapped) over the scan's held-out frames."""
+    rows = scan.holdout_rows
+    predicted = predict(model, scan.inputs[rows], device)
+    truth = scan.labels[rows]
+    amplitude = (predicted[:, 0] - truth[:, 0]).abs().mean().item()
+    phase_difference = torch.remainder(predicted[:, 1] - truth[:, 1] + math.pi, 2 * math.pi) - math.pi
+    return amplitude, phase_difference.abs().mean().item()
+
+
+def stitch_scan(model: PtychoNN, scan: ScanTensors, device: torch.device) -> StitchedObject:
+    """Infer every frame of the scan and stitch the patches on the truth's grid."""
+    predicted = predict(model, scan.inputs, device).numpy()
+    return stitch_patches(predicted[:, 0], predicted[:, 1], scan.positions_m, scan.truth.pixel_m, canvas=scan.truth)
+
+
+@dataclass
+class ErrorMatrices:
+    """R[i][j] for each metric: the metric on scan j after training through scan i (NaN: unseen)."""
+
+    scan_ids: list[str] = field(default_factory=list)
+    rows: dict[str, list[list[float]]] = field(default_factory=lambda: {name: [] for name in MATRIX_NAMES})
+
+    def add_row(self, model: PtychoNN, scans: list[ScanTensors], device: torch.device) -> dict[str, list[float]]:
+        """Evaluate every scan seen so far after training through the newest one."""
+        self.scan_ids = [scan.scan_id for scan in scans]
+        row: dict[str, list[float]] = {name: [] for name in MATRIX_NAMES}
+        for scan in scans:
+            amplitude_mae, phase_mae = holdout_mae(model, scan, device)
+            stitched = stitch_scan(model, scan, device)
+            errors = image_errors(stitched.image, scan.truth, stitched.covered)
+            row["amplitude_mae"].append(amplitude_mae)
+            row["phase_mae"].append(phase_mae)
+            for name in MATRIX_NAMES[2:]:
+                row[name].append(float(getattr(errors, name)))
+        for name in MATRIX_NAMES:
+            self.rows[name].append(row[name])
+        return row
+
+    def matrix(self, name: str) -> np.ndarray:
+        """The T x T matrix, NaN above the diagonal (scans not yet seen)."""
+        rows = self.rows[name]
+        out = np.full((len(rows), len(rows)), np.nan)
+        for i, values in enumerate(rows):
+            out[i, : len(values)] = values
+        return out
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_state(cls, state: dict) -> ErrorMatrices:
+        return cls(scan_ids=list(state["scan_ids"]), rows={k: [list(r) for r in v] for k, v in state["rows"].items()})

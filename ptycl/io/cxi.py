@@ -1,0 +1,84 @@
+"""The CXI 1.6 layout of a scan: every path string, and the one place positions change axes.
+
+HDF5 and Zarr scans hold the same tree (Zarr has no soft links: ``/entry_1/data_1`` carries an
+attribute naming the detector data path instead). Paths are relative to the file's root.
+
+Positions: ptycl uses probe centres relative to the object, (N, 2) with columns (y, x). CXI
+stores the *sample* translation, (N, 3) with columns (x, y, z); moving the sample by +t puts
+the probe at -t on the sample, so the signs flip (CDTools and PyNX read it the same way).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+CXI_VERSION = 160  # /cxi_version holds 160 for spec 1.6
+CXI_VERSION_PATH = "cxi_version"
+
+ENTRY = "entry_1"
+DETECTOR = "entry_1/instrument_1/detector_1"
+DETECTOR_DATA = f"{DETECTOR}/data"
+DISTANCE = f"{DETECTOR}/distance"
+X_PIXEL_SIZE = f"{DETECTOR}/x_pixel_size"
+Y_PIXEL_SIZE = f"{DETECTOR}/y_pixel_size"
+MASK = f"{DETECTOR}/mask"
+ENERGY = "entry_1/instrument_1/source_1/energy"
+SAMPLE = "entry_1/sample_1"
+TRANSLATION = f"{SAMPLE}/geometry_1/translation"
+DATA_GROUP = "entry_1/data_1"
+DATA_LINK = f"{DATA_GROUP}/data"  # an HDF5 soft link to DETECTOR_DATA
+
+# Foreign CXI files put frames and translations in any of the places the spec allows.
+DATA_CANDIDATES = (DETECTOR_DATA, DATA_LINK)
+TRANSLATION_CANDIDATES = (TRANSLATION, f"{DATA_GROUP}/translation", f"{DETECTOR}/translation")
+
+# Zarr stand-in for the soft link: attribute of DATA_GROUP mapping member name -> target path.
+ZARR_SOFT_LINKS_ATTR = "soft_links"
+
+SAMPLE_FAMILY_ATTR = "sample_family"  # attribute of SAMPLE
+# Root attributes: ptycl's own start with PTYCL_ATTR_PREFIX; the others are the scan's
+# free-form metadata (ScanMetadata.attrs).
+PTYCL_ATTR_PREFIX = "ptycl_"
+SCAN_ID_ATTR = "ptycl_scan_id"  # absent in foreign files: the file's stem is the scan id
+
+# Object images (labels, reconstructions): the CXI image group, plus the centre CXI lacks.
+IMAGE = "entry_1/image_1"
+IMAGE_DATA = "data"  # members of IMAGE
+IMAGE_X_PIXEL_SIZE = "x_pixel_size"
+IMAGE_Y_PIXEL_SIZE = "y_pixel_size"
+IMAGE_CENTER = "center_m"  # (2,) metres, axes (y, x) as its "axes" attribute says
+
+# Streaming state written by ptycl; a file without it (a foreign CXI file) is finished.
+STREAM = "entry_1/ptycl_stream"
+COMMITTED_FRAMES = f"{STREAM}/committed_frames"  # HDF5: scalar int64 dataset
+COMPLETE = f"{STREAM}/complete"  # HDF5: scalar int8 dataset, 1 once the writer is done
+# Zarr: the same two facts as attributes of the root group, written after each frame.
+ZARR_COMMITTED_ATTR = "ptycl_committed_frames"
+ZARR_COMPLETE_ATTR = "ptycl_complete"
+
+MASK_BAD_PIXEL = 1  # CXI mask bit 0: invalid pixel
+
+
+def translation_from_positions(positions_m: np.ndarray) -> np.ndarray:
+    """(N, 2) probe positions (y, x) -> (N, 3) CXI sample translation (x, y, z)."""
+    positions_m = np.asarray(positions_m, dtype=np.float64)
+    translation = np.zeros((len(positions_m), 3), dtype=np.float64)
+    translation[:, 0] = -positions_m[:, 1]
+    translation[:, 1] = -positions_m[:, 0]
+    return translation
+
+
+def positions_from_translation(translation_m: np.ndarray) -> np.ndarray:
+    """(N, >=2) CXI sample translation (x, y[, z]) -> (N, 2) probe positions (y, x)."""
+    translation_m = np.asarray(translation_m, dtype=np.float64)
+    return np.stack([-translation_m[:, 1], -translation_m[:, 0]], axis=1)
+
+
+def mask_to_cxi(mask: np.ndarray) -> np.ndarray:
+    """Bool bad-pixel mask -> CXI uint32 bit mask."""
+    return np.where(mask, MASK_BAD_PIXEL, 0).astype(np.uint32)
+
+
+def mask_from_cxi(mask: np.ndarray) -> np.ndarray:
+    """CXI bit mask (any bit set marks the pixel as unusable) -> bool, True = bad."""
+    return np.asarray(mask) != 0

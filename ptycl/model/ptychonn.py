@@ -1,0 +1,88 @@
+"""A PtychoNN-style encoder-decoder (Cherukara et al., APL 2020).
+
+One shared convolutional encoder, two decoders: amplitude (sigmoid, in [0, 1]) and phase
+(tanh scaled by pi, in [-pi, pi]). Each level is conv-ReLU-conv-ReLU then max-pool (encoder)
+or upsample (decoder); widths double at each encoder level. At width 32 and depth 3 the model
+has about 1.15 M parameters, in the range of the published network.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ptycl.config import ModelSettings
+
+
+@dataclass(frozen=True)
+class ModelOutput:
+    """The model's two named heads, each (n, 1, H, W)."""
+
+    amplitude: torch.Tensor
+    phase: torch.Tensor
+
+    def stacked(self) -> torch.Tensor:
+        """(n, 2, H, W) with channels in ``OUTPUT_CHANNELS`` order (amplitude, phase)."""
+        return torch.cat([self.amplitude, self.phase], dim=1)
+
+    @staticmethod
+    def from_stacked(values: torch.Tensor) -> ModelOutput:
+        return ModelOutput(amplitude=values[:, 0:1], phase=values[:, 1:2])
+
+
+def _double_conv(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1),
+        nn.ReLU(inplace=True),
+    )
+
+
+def _decoder(widths: list[int]) -> nn.Sequential:
+    """Mirror of the encoder: from the deepest width back to the first, one upsample per level.
+
+    As in PtychoNN, the first decoder level keeps the bottleneck width (128 -> 128 -> 64 -> 32
+    at width 32), which is where most of the parameters are.
+    """
+    layers: list[nn.Module] = []
+    c_in = widths[-1]
+    for c_out in widths[::-1]:
+        layers += [_double_conv(c_in, c_out), nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)]
+        c_in = c_out
+    layers.append(nn.Conv2d(widths[0], 1, 3, padding=1))
+    return nn.Sequential(*layers)
+
+
+class PtychoNN(nn.Module):
+    def __init__(self, width: int = 32, depth: int = 3) -> None:
+        super().__init__()
+        widths = [width * 2**level for level in range(depth)]
+        encoder: list[nn.Module] = []
+        c_in = 1
+        for c_out in widths:
+            encoder += [_double_conv(c_in, c_out), nn.MaxPool2d(2)]
+            c_in = c_out
+        self.encoder = nn.Sequential(*encoder)
+        self.amplitude_head = _decoder(widths)
+        self.phase_head = _decoder(widths)
+        self.depth = depth
+
+    def forward(self, frames: torch.Tensor) -> ModelOutput:
+        """``frames``: (n, 1, H, W) prepared diffraction intensities, H and W divisible by 2**depth."""
+        features = self.encoder(frames)
+        return ModelOutput(
+            amplitude=torch.sigmoid(self.amplitude_head(features)),
+            phase=math.pi * torch.tanh(self.phase_head(features)),
+        )
+
+
+def build_model(settings: ModelSettings) -> PtychoNN:
+    return PtychoNN(width=settings.width, depth=settings.depth)
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,92 @@
+"""Detector frames to model inputs: resize to the model's input size, normalise the intensity.
+
+Normalisation (flux invariant): each frame becomes ``sqrt(counts / mean(counts))``, i.e. the
+square root of the counts (the diffracted amplitude; it also makes Poisson noise roughly
+uniform, variance about 1/4 count) divided by the frame's root-mean-square amplitude,
+``sqrt(mean(counts))``. Multiplying the photon budget by any factor multiplies counts and
+their mean alike, so the input is unchanged up to shot noise, and every input has RMS 1
+whatever the beam did. A frame with no counts stays all zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from ptycl.errors import ScanError
+from ptycl.io.records import FrameBatch
+
+Resize = Literal["crop", "bin"]
+
+
+def check_frames(frames: np.ndarray, path: str | Path, indices: np.ndarray | None = None) -> None:
+    """Raise ScanError naming the first frame holding NaN, Inf or negative counts.
+
+    Unsigned integer frames cannot hold any of these and are not scanned.
+    """
+    if frames.dtype.kind == "u" or frames.size == 0:
+        return
+    flat = frames.reshape(len(frames), -1)
+    for problem, bad in (
+        ("non-finite (NaN/Inf)", ~np.isfinite(flat).all(axis=1) if frames.dtype.kind == "f" else None),
+        ("negative", (flat < 0).any(axis=1)),
+    ):
+        if bad is not None and bad.any():
+            first = int(np.argmax(bad))
+            frame = int(indices[first]) if indices is not None else first
+            raise ScanError(path, f"frame {frame} has {problem} counts ({int(bad.sum())} bad frame(s) in this read)")
+
+
+def resize_frames(frames: np.ndarray, input_size: int, resize: Resize) -> np.ndarray:
+    """(n, H, W) -> (n, input_size, input_size), same dtype as given for "crop".
+
+    "crop" keeps the central ``input_size`` pixels: the zero-frequency pixel (H // 2, W // 2)
+    lands on (input_size // 2, input_size // 2), as a centred FFT expects. "bin" first crops the
+    centre to the largest multiple of ``input_size`` that fits, then sums f x f blocks (counts
+    add, so the result is float32 to avoid overflow of narrow integer types).
+    """
+    if resize not in ("crop", "bin"):
+        raise ValueError(f"resize must be 'crop' or 'bin', got {resize!r}")
+    n, h, w = frames.shape
+    if h < input_size or w < input_size:
+        raise ValueError(f"frames of {h}x{w} pixels are smaller than the input size {input_size}")
+    factor = 1 if resize == "crop" else min(h // input_size, w // input_size)
+    side = input_size * factor
+    top, left = h // 2 - side // 2, w // 2 - side // 2
+    centre = frames[:, top : top + side, left : left + side]
+    if factor == 1:
+        return centre
+    blocks = centre.reshape(n, input_size, factor, input_size, factor)
+    return blocks.sum(axis=(2, 4), dtype=np.float32)
+
+
+def normalise_intensity(frames: np.ndarray) -> np.ndarray:
+    """float32 ``sqrt(counts / mean(counts))`` per frame (see the module docstring)."""
+    out = frames.astype(np.float32, copy=True)
+    mean = out.mean(axis=(1, 2), dtype=np.float64)
+    scale = np.divide(1.0, mean, out=np.zeros_like(mean), where=mean > 0).astype(np.float32)
+    out *= scale[:, None, None]
+    return np.sqrt(out, out=out)
+
+
+def prepare_frames(
+    frames: np.ndarray, input_size: int, resize: Resize = "crop", mask: np.ndarray | None = None
+) -> np.ndarray:
+    """Raw (n, H, W) counts -> float32 (n, input_size, input_size) model inputs.
+
+    ``mask`` (H, W) bool marks bad pixels (True), which are zeroed before resizing so a hot
+    pixel cannot dominate a frame's normalisation.
+    """
+    if frames.ndim != 3:
+        raise ValueError(f"expected (n, H, W) frames, got shape {frames.shape}")
+    if mask is not None and mask.any():
+        frames = np.where(mask[None], 0, frames)
+    return normalise_intensity(resize_frames(frames, input_size, resize))
+
+
+def prepare_batch(batch: FrameBatch, input_size: int, resize: Resize = "crop", mask: np.ndarray | None = None) -> FrameBatch:
+    """The same batch with its frames replaced by prepared float32 model inputs."""
+    return replace(batch, frames=prepare_frames(batch.frames, input_size, resize, mask))

@@ -1,0 +1,1 @@
+"""Continual training: one model kept current over a stream of scans."""

@@ -1,0 +1,76 @@
+"""One scan as training tensors: prepared frames, label patches, a held-out split.
+
+The held-out frames of every scan are never trained on; they measure how well the model
+still knows the scan after later ones (the continual error matrix).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ptycl.config import PrepSettings
+from ptycl.errors import ScanError
+from ptycl.io.records import ObjectImage, ScanMetadata
+from ptycl.io.source import open_scan
+from ptycl.prep.frames import prepare_frames
+from ptycl.prep.patches import label_patches, reference_phase
+
+
+@dataclass
+class ScanTensors:
+    """A whole labelled scan, ready for the model."""
+
+    metadata: ScanMetadata
+    path: Path
+    inputs: torch.Tensor  # (N, 1, S, S) float32 prepared frames
+    labels: torch.Tensor  # (N, 2, S, S) float32 amplitude, phase
+    positions_m: np.ndarray  # (N, 2) (y, x)
+    truth: ObjectImage  # the label object, phase-referenced, on the label pixel grid
+    train_rows: torch.Tensor  # (N_train,) int64
+    holdout_rows: torch.Tensor  # (N_holdout,) int64
+
+    @property
+    def scan_id(self) -> str:
+        return self.metadata.scan_id
+
+    def __len__(self) -> int:
+        return self.inputs.shape[0]
+
+
+def split_rows(n: int, holdout_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A deterministic random split, so a resumed run holds out the same frames."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_holdout = int(round(n * holdout_fraction))
+    return order[n_holdout:].sort().values, order[:n_holdout].sort().values
+
+
+def load_scan(path: Path, prep: PrepSettings, seed: int, batch_frames: int = 512) -> ScanTensors:
+    """Read a finished scan with its label into memory (a scan at 64² is a few MB)."""
+    with open_scan(path) as source:
+        metadata = source.metadata
+        truth = source.label()
+        if truth is None:
+            raise ScanError(path, "no label (object image) in the scan or beside it; cannot train on it")
+        inputs, positions = [], []
+        for batch in source.batches(batch_frames):
+            inputs.append(prepare_frames(batch.frames, prep.input_size, prep.resize))
+            positions.append(batch.positions_m)
+    inputs_np = np.concatenate(inputs)
+    positions_m = np.concatenate(positions)
+    truth = reference_phase(truth, positions_m, prep.input_size)
+    amplitude, phase = label_patches(truth, positions_m, prep.input_size)
+    train_rows, holdout_rows = split_rows(len(inputs_np), prep.holdout_fraction, seed)
+    return ScanTensors(
+        metadata=metadata,
+        path=Path(path),
+        inputs=torch.from_numpy(inputs_np).unsqueeze(1),
+        labels=torch.from_numpy(np.stack([amplitude, phase], axis=1)),
+        positions_m=positions_m,
+        truth=truth,
+        train_rows=train_rows,
+        holdout_rows=holdout_rows,
+    )

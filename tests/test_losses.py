@@ -1,0 +1,65 @@
+"""DER / DER++ loss terms against hand computations."""
+
+import math
+
+import pytest
+import torch
+
+from ptycl.model.ptychonn import ModelOutput, PtychoNN, parameter_count
+from ptycl.train.losses import der_distance, per_sample_task_loss, task_loss
+
+
+def _output(amplitude: float, phase: float, n: int = 2, size: int = 4) -> ModelOutput:
+    return ModelOutput(torch.full((n, 1, size, size), amplitude), torch.full((n, 1, size, size), phase))
+
+
+def test_task_loss_mae_by_hand():
+    predicted = _output(0.5, 1.0)
+    labels = torch.zeros(2, 2, 4, 4)
+    labels[:, 0] = 0.25  # amplitude error 0.25
+    labels[:, 1] = 1.0 - math.pi / 2  # phase error pi/2 -> 0.5 after dividing by pi
+    expected = (0.25 + 0.5) / 2  # mean over the two channels
+    assert task_loss(predicted, labels, "mae").item() == pytest.approx(expected, rel=1e-6)
+    assert per_sample_task_loss(predicted, labels, "mae").shape == (2,)
+
+
+def test_task_loss_mse_by_hand():
+    predicted = _output(0.5, 0.0)
+    labels = torch.zeros(2, 2, 4, 4)
+    labels[:, 1] = math.pi  # phase error -pi -> -1 after scaling, squared 1
+    expected = (0.25 + 1.0) / 2
+    assert task_loss(predicted, labels, "mse").item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_der_distance_is_scaled_mse_to_stored_outputs():
+    predicted = _output(0.2, 0.5 * math.pi)
+    stored = torch.zeros(2, 2, 4, 4)
+    stored[:, 0] = 0.6  # amplitude difference -0.4 -> 0.16
+    stored[:, 1] = 0.0  # phase difference pi/2 -> 0.5 -> 0.25
+    assert der_distance(predicted, stored).item() == pytest.approx((0.16 + 0.25) / 2, rel=1e-6)
+    # per-pixel means: the same value at a larger image size
+    big = _output(0.2, 0.5 * math.pi, size=16)
+    stored_big = torch.zeros(2, 2, 16, 16)
+    stored_big[:, 0] = 0.6
+    assert der_distance(big, stored_big).item() == pytest.approx((0.16 + 0.25) / 2, rel=1e-6)
+
+
+def test_per_sample_losses_differ_by_sample():
+    predicted = ModelOutput(torch.stack([torch.zeros(1, 4, 4), torch.ones(1, 4, 4)]), torch.zeros(2, 1, 4, 4))
+    labels = torch.zeros(2, 2, 4, 4)
+    losses = per_sample_task_loss(predicted, labels, "mae")
+    assert losses.tolist() == pytest.approx([0.0, 0.5])
+
+
+def test_model_outputs_are_bounded_and_named():
+    torch.manual_seed(0)
+    model = PtychoNN(width=8, depth=3)
+    out = model(torch.randn(3, 1, 64, 64) * 10)
+    assert out.amplitude.shape == out.phase.shape == (3, 1, 64, 64)
+    assert 0.0 <= out.amplitude.min() and out.amplitude.max() <= 1.0
+    assert out.phase.abs().max() <= math.pi
+    assert torch.equal(out.stacked()[:, 0:1], out.amplitude)
+
+
+def test_default_width_has_ptychonn_size():
+    assert 0.7e6 <= parameter_count(PtychoNN(width=32, depth=3)) <= 1.3e6
