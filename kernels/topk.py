@@ -16,53 +16,54 @@ from numba import njit
 
 
 @njit(cache=True, inline="always")
-def _ranks_below(keys, a, b):
-    """True when item ``a`` ranks below item ``b`` (smaller key, or equal key and later)."""
-    return keys[a] < keys[b] or (keys[a] == keys[b] and a > b)
+def _ranks_below(key_a, index_a, key_b, index_b):
+    """True when item a ranks below item b (smaller key, or equal key and later)."""
+    return key_a < key_b or (key_a == key_b and index_a > index_b)
 
 
 @njit(cache=True)
-def _sift_down(keys, heap, size, pos):
-    # heap[0] is the lowest-ranked item held: the one a better newcomer displaces.
-    item = heap[pos]
+def _sift_down(heap_key, heap_index, size, pos):
+    # A min-heap by rank: heap[0] is the lowest-ranked item held, the one a newcomer
+    # displaces. Keys sit next to their indices so comparisons read no other array.
+    key, index = heap_key[pos], heap_index[pos]
     while True:
         child = 2 * pos + 1
         if child >= size:
             break
-        if child + 1 < size and _ranks_below(keys, heap[child + 1], heap[child]):
-            child += 1
-        if not _ranks_below(keys, heap[child], item):
+        right = child + 1
+        if right < size and _ranks_below(
+            heap_key[right], heap_index[right], heap_key[child], heap_index[child]
+        ):
+            child = right
+        if not _ranks_below(heap_key[child], heap_index[child], key, index):
             break
-        heap[pos] = heap[child]
+        heap_key[pos], heap_index[pos] = heap_key[child], heap_index[child]
         pos = child
-    heap[pos] = item
+    heap_key[pos], heap_index[pos] = key, index
 
 
 @njit(cache=True)
 def topk_indices(keys, k):
     """Indices of the ``k`` highest-ranked keys, best first (``min(k, len(keys))`` of them).
 
-    O(n log k); an item that does not beat the current k-th best costs one comparison, so
-    a pass over mostly-losing keys runs at about the speed of reading them.
+    O(n log k); a key that does not beat the current k-th best costs one comparison, so a
+    pass over mostly-losing keys runs at about the speed of reading them.
     """
     n = keys.size
     k = min(k, n)
-    heap = np.empty(k, dtype=np.int64)
-    if k == 0:
-        return heap
-    for i in range(k):
-        heap[i] = i
+    heap_key = keys[:k].copy()
+    heap_index = np.arange(k)
     for pos in range(k // 2 - 1, -1, -1):
-        _sift_down(keys, heap, k, pos)
+        _sift_down(heap_key, heap_index, k, pos)
     for i in range(k, n):
         # Ties lose to the held item: i is later than everything in the heap.
-        if keys[i] > keys[heap[0]]:
-            heap[0] = i
-            _sift_down(keys, heap, k, 0)
+        if keys[i] > heap_key[0]:
+            heap_key[0], heap_index[0] = keys[i], i
+            _sift_down(heap_key, heap_index, k, 0)
     # Pop the lowest-ranked item into the back of the output until the heap is empty.
     best_first = np.empty(k, dtype=np.int64)
     for size in range(k, 0, -1):
-        best_first[size - 1] = heap[0]
-        heap[0] = heap[size - 1]
-        _sift_down(keys, heap, size - 1, 0)
+        best_first[size - 1] = heap_index[0]
+        heap_key[0], heap_index[0] = heap_key[size - 1], heap_index[size - 1]
+        _sift_down(heap_key, heap_index, size - 1, 0)
     return best_first

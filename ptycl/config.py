@@ -54,6 +54,12 @@ class SimulateSettings(Section):
     labels: Literal["in_scan", "separate", "none"] = "in_scan"
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _probe_fits(self) -> SimulateSettings:
+        if self.probe_diameter_px >= self.frame_size:
+            raise ValueError("probe_diameter_px must be smaller than frame_size")
+        return self
+
 
 class PrepSettings(Section):
     """Frames to model inputs, object images to label patches."""

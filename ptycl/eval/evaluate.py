@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from ptycl.eval.image_metrics import image_errors
+from ptycl.eval.image_metrics import object_errors
 from ptycl.model.ptychonn import PtychoNN
 from ptycl.recon.stitch import StitchedObject, stitch_patches
 from ptycl.train.scan_data import ScanTensors
@@ -63,7 +63,7 @@ class ErrorMatrices:
         for scan in scans:
             amplitude_mae, phase_mae = holdout_mae(model, scan, device)
             stitched = stitch_scan(model, scan, device)
-            errors = image_errors(stitched.image, scan.truth, stitched.covered)
+            errors = object_errors(stitched.image, scan.truth, stitched.covered)
             row["amplitude_mae"].append(amplitude_mae)
             row["phase_mae"].append(phase_mae)
             for name in MATRIX_NAMES[2:]:

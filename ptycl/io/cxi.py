@@ -5,12 +5,23 @@ attribute naming the detector data path instead). Paths are relative to the file
 
 Positions: ptycl uses probe centres relative to the object, (N, 2) with columns (y, x). CXI
 stores the *sample* translation, (N, 3) with columns (x, y, z); moving the sample by +t puts
-the probe at -t on the sample, so the signs flip (CDTools and PyNX read it the same way).
+the probe at -t on the sample, so the signs flip (CDTools writes it the same way).
+
+The readers below take an open HDF5 file or Zarr group alike: both index members by path.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import h5py
 import numpy as np
+import zarr
+
+from ptycl.errors import ScanError
+from ptycl.io.records import ScanGeometry, ScanMetadata
+
+Root = h5py.Group | zarr.Group
 
 CXI_VERSION = 160  # /cxi_version holds 160 for spec 1.6
 CXI_VERSION_PATH = "cxi_version"
@@ -82,3 +93,66 @@ def mask_to_cxi(mask: np.ndarray) -> np.ndarray:
 def mask_from_cxi(mask: np.ndarray) -> np.ndarray:
     """CXI bit mask (any bit set marks the pixel as unusable) -> bool, True = bad."""
     return np.asarray(mask) != 0
+
+
+def _is_array(root: Root, member: str) -> bool:
+    return member in root and hasattr(root[member], "shape")  # groups have no shape
+
+
+def locate_frames(root: Root, path: Path) -> str:
+    """Path of the detector data (N, H, W), following a Zarr scan's soft-link attribute."""
+    if ENTRY not in root:
+        raise ScanError(path, f"not a CXI scan: no /{ENTRY} group")
+    links = root[DATA_GROUP].attrs.get(ZARR_SOFT_LINKS_ATTR) if DATA_GROUP in root else None
+    target = str(links.get("data", "")).lstrip("/") if isinstance(links, dict) else ""
+    if target and _is_array(root, target):
+        return target
+    for candidate in DATA_CANDIDATES:
+        if _is_array(root, candidate):
+            return candidate
+    raise ScanError(path, f"not a scan: missing detector data /{DETECTOR_DATA}")
+
+
+def locate_translation(root: Root, path: Path) -> str:
+    for candidate in TRANSLATION_CANDIDATES:
+        if _is_array(root, candidate):
+            return candidate
+    raise ScanError(path, f"missing dataset /{TRANSLATION} (probe positions)")
+
+
+def _positive_scalar(root: Root, member: str, what: str, path: Path) -> float:
+    if member not in root:
+        raise ScanError(path, f"missing dataset /{member} ({what})")
+    value = np.asarray(root[member][()])
+    if value.size != 1 or value.dtype.kind not in "iuf":
+        raise ScanError(path, f"/{member} ({what}) must be one number, found {value.dtype}{value.shape}")
+    number = float(value.reshape(-1)[0])
+    if not np.isfinite(number) or number <= 0:
+        raise ScanError(path, f"/{member} ({what}) is {number}, must be positive")
+    return number
+
+
+def read_metadata(root: Root, path: Path, frame_shape: tuple[int, int]) -> ScanMetadata:
+    """Geometry, sample family, mask and free-form attributes of an open scan."""
+    geometry = ScanGeometry(
+        energy_j=_positive_scalar(root, ENERGY, "source energy, J", path),
+        distance_m=_positive_scalar(root, DISTANCE, "detector distance, m", path),
+        detector_pixel_m=(
+            _positive_scalar(root, Y_PIXEL_SIZE, "detector pixel height, m", path),
+            _positive_scalar(root, X_PIXEL_SIZE, "detector pixel width, m", path),
+        ),
+        frame_shape=frame_shape,
+    )
+    mask = None
+    if MASK in root:
+        mask = mask_from_cxi(root[MASK][...])
+        if mask.shape != frame_shape:
+            raise ScanError(path, f"mask is {mask.shape}, frames are {frame_shape}")
+    family = root[SAMPLE].attrs.get(SAMPLE_FAMILY_ATTR) if SAMPLE in root else None
+    return ScanMetadata(
+        scan_id=str(root.attrs.get(SCAN_ID_ATTR, path.stem)),
+        geometry=geometry,
+        sample_family=None if family is None else str(family),
+        mask=mask,
+        attrs={k: str(v) for k, v in root.attrs.items() if not k.startswith(PTYCL_ATTR_PREFIX)},
+    )

@@ -104,10 +104,12 @@ class ScanSource(ABC):
             raise IndexError(f"{self.path}: frames {wanted.min()}..{last} asked, {self._committed} committed")
         with self._reading():
             if np.array_equal(wanted, np.arange(wanted[0], last + 1)):
-                return self._batch(wanted, *self._read_range(int(wanted[0]), last + 1))
-            unique, inverse = np.unique(wanted, return_inverse=True)
-            frames, translation = self._read_sorted(unique)
-        return self._batch(wanted, frames[inverse], translation[inverse])
+                frames, translation = self._read_range(int(wanted[0]), last + 1)
+            else:
+                unique, inverse = np.unique(wanted, return_inverse=True)
+                frames, translation = self._read_sorted(unique)
+                frames, translation = frames[inverse], translation[inverse]
+        return self._batch(wanted, frames, translation)
 
     def batches(
         self,
@@ -179,17 +181,28 @@ class ScanSource(ABC):
         return FrameBatch(scan_id=self.metadata.scan_id, indices=indices, frames=frames, positions_m=positions_m)
 
 
+def check_array_shapes(
+    path: Path, frames_dtype: np.dtype, frames_shape: tuple[int, ...], translation_shape: tuple[int, ...]
+) -> tuple[int, int]:
+    """The frame shape (H, W), once the stored arrays are known to be frames and translations."""
+    if frames_dtype.kind not in "iuf":
+        raise ScanError(path, f"detector data must be numbers, found {frames_dtype}")
+    if len(frames_shape) != 3:
+        raise ScanError(path, f"detector data must be (N, H, W), found shape {tuple(frames_shape)}")
+    if len(translation_shape) != 2 or translation_shape[1] < 2:
+        raise ScanError(path, f"translations must be (N, 3), found shape {tuple(translation_shape)}")
+    return int(frames_shape[1]), int(frames_shape[2])
+
+
 def check_scan_shape(
     path: Path,
-    frame_shape: tuple[int, ...],
+    frame_shape: tuple[int, int],
     n_frames: int,
     n_translations: int,
     complete: bool,
     expected_frame_shape: tuple[int, int] | None,
 ) -> None:
-    """Checks every backend runs when it opens a scan."""
-    if len(frame_shape) != 2:
-        raise ScanError(path, f"detector data must be (N, H, W), found {len(frame_shape) + 1} dimensions")
+    """The run's frame shape, and one translation per frame once the scan is finished."""
     if expected_frame_shape is not None and tuple(frame_shape) != tuple(expected_frame_shape):
         raise ScanError(
             path, f"frames are {frame_shape[0]}x{frame_shape[1]}, this run expects "

@@ -10,7 +10,7 @@ separably to the complex values. It was chosen over the alternatives because
 - its 4x4 support keeps errors local (a Fourier shift rings across the whole patch at an object
   edge; spline interpolation spreads every sample over the image through its prefilter);
 - its error falls as the cube of the pixel size: for a band-limited object whose finest period
-  is 8 px, a half-pixel shift is off by about 1.5 % of the feature's amplitude, 0.2 % at 16 px.
+  is 8 px, a half-pixel shift is off by about 2 % of the feature's amplitude, 0.2 % at 16 px.
 Patches may reach the object's last pixel: the interpolation's outer taps then use the edge
 value repeated.
 """
@@ -18,9 +18,8 @@ value repeated.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
-from ptycl.io.records import ObjectImage
+from ptycl.io.records import ObjectImage, ScanGeometry
 
 KEYS_A = -0.5
 # Positions come in metres; converting to pixels leaves float noise (3 * p / p != 3 exactly).
@@ -67,11 +66,9 @@ def reference_phase(obj: ObjectImage, positions_m: np.ndarray, probe_size: int) 
     over the pixels covered by a ``probe_size`` square around some position; the result has
     that mean at zero. Circular, so an offset near +-pi does not average to zero by wrapping.
     """
-    first_px = _patch_origins(obj, positions_m, probe_size)
-    seeds = np.zeros(obj.values.shape, dtype=np.uint8)
-    centres = np.rint(first_px).astype(np.intp) + probe_size // 2
-    seeds[centres[:, 0], centres[:, 1]] = 1
-    scanned = ndimage.maximum_filter(seeds, size=probe_size).astype(bool)
+    scanned = np.zeros(obj.values.shape, dtype=bool)
+    for top, left in np.rint(_patch_origins(obj, positions_m, probe_size)).astype(np.intp):
+        scanned[top : top + probe_size, left : left + probe_size] = True
     offset = np.angle(np.sum(obj.values[scanned], dtype=np.complex128))
     values = (obj.values * np.exp(-1j * offset)).astype(np.complex64)
     return ObjectImage(values=values, pixel_m=obj.pixel_m, center_m=obj.center_m)
@@ -100,3 +97,44 @@ def _keys_weights(fraction: np.ndarray) -> np.ndarray:
     near = ((KEYS_A + 2) * distance - (KEYS_A + 3)) * distance**2 + 1
     far = ((KEYS_A * distance - 5 * KEYS_A) * distance + 8 * KEYS_A) * distance - 4 * KEYS_A
     return np.where(distance <= 1, near, np.where(distance < 2, far, 0)).astype(fraction.dtype)
+
+
+def label_pixel_m(geometry: ScanGeometry, input_size: int, resize: str) -> tuple[float, float]:
+    """The object pixel of the model's output patch after preparing frames to ``input_size``.
+
+    Cropping the detector to the central ``input_size`` pixels keeps the detector pixel, so the
+    real-space pixel grows by frame/input_size; binning enlarges the detector pixel by exactly
+    that factor, so the real-space pixel stays the same (and the field of view shrinks).
+    """
+    if resize == "bin":
+        return geometry.object_pixel_m
+    lz = geometry.wavelength_m * geometry.distance_m
+    return (lz / (input_size * geometry.detector_pixel_m[0]), lz / (input_size * geometry.detector_pixel_m[1]))
+
+
+def resample_object(obj: ObjectImage, pixel_m: tuple[float, float]) -> ObjectImage:
+    """The object on a grid of ``pixel_m`` with the same centre (anti-aliased when coarser).
+
+    A Gaussian prefilter of about half the scale factor keeps a coarser grid from aliasing;
+    the complex values are interpolated linearly (real and imaginary parts, scipy.ndimage).
+    """
+    if np.allclose(pixel_m, obj.pixel_m, rtol=1e-9, atol=0.0):
+        return obj
+    from scipy import ndimage
+
+    factor = np.asarray(pixel_m) / np.asarray(obj.pixel_m)  # > 1: coarser
+    old_shape = np.asarray(obj.values.shape)
+    new_shape = np.maximum(1, np.floor(old_shape / factor)).astype(int)
+    rows = old_shape[0] // 2 + (np.arange(new_shape[0]) - new_shape[0] // 2) * factor[0]
+    cols = old_shape[1] // 2 + (np.arange(new_shape[1]) - new_shape[1] // 2) * factor[1]
+    grid = np.meshgrid(rows, cols, indexing="ij")
+    sigma = np.maximum(0.0, (factor - 1.0) / 2.0)
+    values = np.empty(tuple(new_shape), dtype=np.complex64)
+    for part, dest in ((obj.values.real, "real"), (obj.values.imag, "imag")):
+        smoothed = ndimage.gaussian_filter(part, sigma) if sigma.any() else part
+        sampled = ndimage.map_coordinates(smoothed, grid, order=1, mode="nearest")
+        if dest == "real":
+            values.real = sampled
+        else:
+            values.imag = sampled
+    return ObjectImage(values, (float(pixel_m[0]), float(pixel_m[1])), obj.center_m)

@@ -159,6 +159,8 @@ def stitch_patches(
     n, h, w = amplitude.shape
     if positions_m.shape != (n, 2):
         raise ValueError(f"positions of shape {positions_m.shape} for {n} patches")
+    if n == 0:
+        raise ValueError("no patches to stitch")
 
     if isinstance(canvas, ObjectImage):
         canvas = CanvasGrid.of_image(canvas)
@@ -173,7 +175,7 @@ def stitch_patches(
     nearest = np.round(top_left)
     top_left = np.where(np.abs(top_left - nearest) < SNAP_PX, nearest, top_left)
 
-    sums = np.zeros(canvas.shape + (len(SUMS),))
+    sums = np.zeros((*canvas.shape, len(SUMS)))
     _splat_bilinear(weights, amplitude, phase, top_left, sums)
 
     weight_sum, amplitude_sum, cos_sum, sin_sum = (sums[..., SUMS.index(name)] for name in SUMS)
@@ -203,7 +205,7 @@ def _splat_bilinear(
     """
     n, h, w = amplitude.shape
     chunk, depth = min(n, CHUNK_PATCHES), len(SUMS)
-    phase32 = np.empty((chunk, h, w), np.float32)
+    phase32, trig = np.empty((chunk, h, w), np.float32), np.empty((chunk, h, w), np.float32)
     weighted = np.empty((chunk, h, w, depth), np.float32)
     along_y = np.empty((chunk, h + 1, w, depth), np.float32)
     footprint = np.empty((chunk, h + 1, w + 1, depth), np.float32)
@@ -215,7 +217,7 @@ def _splat_bilinear(
     # clipped span starts inside the footprint
     canvas_shape = np.array(sums.shape[:2])
     span_start = np.clip(floor, 0, canvas_shape)
-    span_stop = np.clip(floor + [h + 1, w + 1], 0, canvas_shape)
+    span_stop = np.clip(floor + np.array([h + 1, w + 1]), 0, canvas_shape)
     offset = span_start - floor
 
     for first in range(0, n, chunk):
@@ -225,9 +227,9 @@ def _splat_bilinear(
         quantities = weighted[:m]
         quantities[..., SUMS.index("weight")] = window
         np.multiply(window, amplitude[part], out=quantities[..., SUMS.index("amplitude")])
-        np.cos(phase32[:m], out=quantities[..., SUMS.index("cos")])
-        np.sin(phase32[:m], out=quantities[..., SUMS.index("sin")])
-        quantities[..., SUMS.index("cos") :] *= window[:, :, None]
+        for name, function in (("cos", np.cos), ("sin", np.sin)):
+            function(phase32[:m], out=trig[:m])
+            np.multiply(window, trig[:m], out=quantities[..., SUMS.index(name)])
 
         dy, dx = frac[part, 0, None, None, None], frac[part, 1, None, None, None]
         _spread_linear(quantities, dy, axis=1, out=along_y[:m], scratch=scratch_y[:m])

@@ -141,7 +141,7 @@ def _spheres(shape: tuple[int, int], mean_radius: float, coverage: float, rng: n
 
 def _siemens(shape: tuple[int, int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A binary star covering the object, centred near the object's centre, with support rings."""
-    spokes = int(rng.integers(12, 49))
+    spokes = int(rng.integers(8, 37))
     yy, xx = np.indices(shape, dtype=float)
     yy -= shape[0] // 2 + rng.uniform(-4, 4)
     xx -= shape[1] // 2 + rng.uniform(-4, 4)

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ptycl.config import Config
-from ptycl.eval.continual_metrics import summarize, write_matrix_csv
+from ptycl.eval.continual_metrics import summarize_errors, write_error_matrix_csv
 from ptycl.eval.evaluate import MATRIX_NAMES, ErrorMatrices
 from ptycl.eval.plots import plot_cost_per_scan, plot_error_matrix, plot_error_over_time
 from ptycl.model.ptychonn import parameter_count
@@ -44,7 +44,11 @@ class RunReport:
             scan_ids=matrices.scan_ids,
             costs=[asdict(cost) for cost in trainer.state.costs],
             matrices={name: matrix.tolist() for name, matrix in complete.items()},
-            summary={name: summarize(complete[name]).to_dict() for name in ERROR_METRICS if len(complete[name])},
+            summary={
+                name: summarize_errors(complete[name], matrices.scan_ids, metric=name).to_dict()
+                for name in ERROR_METRICS
+                if len(complete[name])
+            },
             rejected=rejected,
             wall_seconds=wall_seconds,
         )
@@ -55,7 +59,7 @@ class RunReport:
         seconds = sum(c["seconds"] for c in self.costs)
         return (
             f"{self.strategy}: {len(self.scan_ids)} scans, final average phase MAE "
-            f"{phase.get('final_average', math.nan):.4f} rad, forgetting {phase.get('mean_forgetting', math.nan):.4f}, "
+            f"{phase.get('final_average_error') or math.nan:.4f} rad, forgetting {phase.get('mean_forgetting') or math.nan:.4f}, "
             f"{samples} samples in {seconds:.1f} s of training ({len(self.rejected)} scans rejected)"
         )
 
@@ -79,7 +83,7 @@ def write_report(report: RunReport, output_dir: Path) -> None:
     plots = output_dir / "plots"
     plots.mkdir(exist_ok=True)
     for name, rows in report.matrices.items():
-        write_matrix_csv(ErrorMatrices(report.scan_ids, {name: rows}).matrix(name), report.scan_ids, output_dir / f"R_{name}.csv")
+        write_error_matrix_csv(ErrorMatrices(report.scan_ids, {name: rows}).matrix(name), report.scan_ids, output_dir / f"R_{name}.csv")
     for name in ERROR_METRICS:
         matrix = ErrorMatrices(report.scan_ids, {name: report.matrices[name]}).matrix(name)
         plot_error_matrix(matrix, report.scan_ids, plots / f"R_{name}.png", title=f"{report.strategy}: {name} R[i, j]")

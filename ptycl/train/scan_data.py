@@ -17,7 +17,7 @@ from ptycl.errors import ScanError
 from ptycl.io.records import ObjectImage, ScanMetadata
 from ptycl.io.source import open_scan
 from ptycl.prep.frames import prepare_frames
-from ptycl.prep.patches import label_patches, reference_phase
+from ptycl.prep.patches import label_patches, label_pixel_m, reference_phase, resample_object
 
 
 @dataclass
@@ -57,10 +57,12 @@ def load_scan(path: Path, prep: PrepSettings, seed: int, batch_frames: int = 512
             raise ScanError(path, "no label (object image) in the scan or beside it; cannot train on it")
         inputs, positions = [], []
         for batch in source.batches(batch_frames):
-            inputs.append(prepare_frames(batch.frames, prep.input_size, prep.resize))
+            inputs.append(prepare_frames(batch.frames, prep.input_size, prep.resize, mask=metadata.mask))
             positions.append(batch.positions_m)
     inputs_np = np.concatenate(inputs)
     positions_m = np.concatenate(positions)
+    # Labels live on the model's output grid, which cropping the detector makes coarser.
+    truth = resample_object(truth, label_pixel_m(metadata.geometry, prep.input_size, prep.resize))
     truth = reference_phase(truth, positions_m, prep.input_size)
     amplitude, phase = label_patches(truth, positions_m, prep.input_size)
     train_rows, holdout_rows = split_rows(len(inputs_np), prep.holdout_fraction, seed)

@@ -1,0 +1,1 @@
+"""Benchmark suites: each measures side by side in one run and writes JSON (+ markdown, plots)."""

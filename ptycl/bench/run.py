@@ -1,0 +1,62 @@
+"""Run benchmark suites: ``ptycl bench SUITE [-c CONFIG] [--quick] [--out DIR]``.
+
+Suites measure their comparisons side by side in one run and report ratios; absolute times
+are only meaningful on the machine named in the JSON (``machine`` field).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+from ptycl.cli import add_config_arguments
+from ptycl.config import load_config
+from ptycl.logs import setup_logging
+
+log = logging.getLogger("ptycl.bench")
+
+SUITES = {
+    "continual": "ptycl.bench.continual",  # strategies side by side: accuracy, forgetting, cost
+    "ingest": "ptycl.bench.ingest",  # scan files -> normalised batches, beside a raw read
+    "kernels": "ptycl.bench.kernels",  # selection kernels, candidates/s
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("suite", choices=[*SUITES, "all"], help="which suite to run")
+    add_config_arguments(parser)
+    parser.add_argument("--quick", action="store_true", help="a reduced size that finishes in a few minutes")
+    parser.add_argument("--out", type=Path, default=Path("bench-results"), help="directory for JSON, markdown and plots")
+
+
+def machine_description() -> dict[str, object]:
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+def main(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    setup_logging(config.run.log_level)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for suite in SUITES if args.suite == "all" else [args.suite]:
+        module = importlib.import_module(SUITES[suite])
+        log.info("bench %s%s", suite, " (quick)" if args.quick else "")
+        result = module.run(config=config, out_dir=args.out, quick=args.quick)
+        result["machine"] = machine_description()
+        path = args.out / f"{suite}.json"
+        path.write_text(json.dumps(result, indent=2, default=str))
+        log.info("bench %s: wrote %s", suite, path)
+    return 0

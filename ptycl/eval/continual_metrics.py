@@ -1,0 +1,134 @@
+"""Continual-learning summaries of an error matrix (GEM's metrics, written for errors).
+
+``R[i, j]`` is the error on scan j (its held-out frames) after training through scan i; it is
+NaN for j > i (scan j not seen yet). Lower is better everywhere, so the signs are flipped from
+the accuracy versions: a positive backward transfer or forgetting means the model got *worse*
+on old scans.
+
+- final average error: mean of the last row, R[T-1, :];
+- backward transfer: mean over j < T-1 of R[T-1, j] - R[j, j] (final minus just-learned);
+- forgetting of scan j < T-1: R[T-1, j] - min over j <= i < T-1 of R[i, j] (final minus the
+  best it ever was before the end), and the final / best ratio of the same two numbers.
+
+The last scan has no history, so the per-scan numbers cover scans 0 .. T-2 only. Values above
+the diagonal (scans evaluated before training on them) are allowed and ignored.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROW_HEADER = "after_scan"  # first CSV column: the scan trained through, one row per step
+
+
+@dataclass(frozen=True)
+class ContinualSummary:
+    """What an error matrix says about learning and forgetting over a sequence of scans."""
+
+    metric: str  # what R holds, e.g. "phase_mae"
+    scan_ids: tuple[str, ...]
+    error_matrix: np.ndarray  # (T, T) R[i, j], NaN (or ignored) above the diagonal
+    final_average_error: float
+    backward_transfer: float  # NaN for a single scan
+    average_error_per_step: tuple[float, ...]  # mean of R[i, :i+1]: the learning curve
+    forgetting: dict[str, float]  # scan id -> final minus best before the end (j < T-1)
+    mean_forgetting: float  # NaN for a single scan
+    final_over_best: dict[str, float]  # scan id -> final / best before the end (j < T-1)
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain JSON-ready values; NaN (undefined) and inf (a ratio to a zero error) become None."""
+        return {
+            "metric": self.metric,
+            "scan_ids": list(self.scan_ids),
+            "final_average_error": _json_float(self.final_average_error),
+            "backward_transfer": _json_float(self.backward_transfer),
+            "average_error_per_step": [_json_float(v) for v in self.average_error_per_step],
+            "forgetting": {k: _json_float(v) for k, v in self.forgetting.items()},
+            "mean_forgetting": _json_float(self.mean_forgetting),
+            "final_over_best": {k: _json_float(v) for k, v in self.final_over_best.items()},
+            "error_matrix": [[_json_float(v) for v in row] for row in self.error_matrix],
+        }
+
+
+def summarize_errors(
+    error_matrix: np.ndarray, scan_ids: Sequence[str], metric: str = "error"
+) -> ContinualSummary:
+    """Final average error, backward transfer and forgetting of an error matrix R (T x T)."""
+    R = _checked_matrix(error_matrix, scan_ids)
+    T = len(R)
+    final = R[T - 1]
+    history = range(T - 1)  # scans that were learned before the last one
+    # best error on scan j before the end: min over rows j .. T-2 of column j
+    best = np.array([R[j : T - 1, j].min() for j in history])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = final[: T - 1] / best
+    return ContinualSummary(
+        metric=metric,
+        scan_ids=tuple(scan_ids),
+        error_matrix=R,
+        final_average_error=float(final.mean()),
+        backward_transfer=_mean([final[j] - R[j, j] for j in history]),
+        average_error_per_step=tuple(float(R[i, : i + 1].mean()) for i in range(T)),
+        forgetting={scan_ids[j]: float(final[j] - best[j]) for j in history},
+        mean_forgetting=_mean(final[: T - 1] - best),
+        final_over_best={scan_ids[j]: float(ratio[j]) for j in history},
+    )
+
+
+def write_error_matrix_csv(error_matrix: np.ndarray, scan_ids: Sequence[str], path: str | Path) -> Path:
+    """R as CSV: a header of scan ids, one row per training step; not-yet-seen cells empty."""
+    R = _checked_matrix(error_matrix, scan_ids)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow([ROW_HEADER, *scan_ids])
+        for scan_id, row in zip(scan_ids, R, strict=True):
+            writer.writerow([scan_id, *("" if math.isnan(v) else repr(float(v)) for v in row)])
+    return path
+
+
+def read_error_matrix_csv(path: str | Path) -> tuple[np.ndarray, tuple[str, ...]]:
+    """The (R, scan ids) that ``write_error_matrix_csv`` wrote."""
+    with Path(path).open(newline="") as source:
+        header, *rows = list(csv.reader(source))
+    scan_ids = tuple(header[1:])
+    R = np.array([[float(v) if v else np.nan for v in row[1:]] for row in rows], dtype=np.float64)
+    return _checked_matrix(R, scan_ids), scan_ids
+
+
+def write_summary_json(summary: ContinualSummary, path: str | Path) -> Path:
+    """The summary (matrix included) as strict JSON: undefined values are null, not NaN."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary.to_dict(), indent=2, allow_nan=False) + "\n")
+    return path
+
+
+def _checked_matrix(error_matrix: np.ndarray, scan_ids: Sequence[str]) -> np.ndarray:
+    R = np.asarray(error_matrix, dtype=np.float64)
+    T = len(scan_ids)
+    if T == 0 or R.shape != (T, T):
+        raise ValueError(f"error matrix of shape {R.shape} for {T} scan ids: need (T, T), T >= 1")
+    if len(set(scan_ids)) != T:
+        raise ValueError(f"scan ids repeat: {list(scan_ids)}")
+    seen = np.tril(np.ones((T, T), bool))
+    if not np.isfinite(R[seen]).all():
+        i, j = np.argwhere(seen & ~np.isfinite(R))[0]
+        raise ValueError(f"R[{i}, {j}] (scan {scan_ids[j]} after scan {scan_ids[i]}) is not a finite error")
+    return R
+
+
+def _mean(values: Sequence[float] | np.ndarray) -> float:
+    return float(np.mean(values)) if len(values) else math.nan
+
+
+def _json_float(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None

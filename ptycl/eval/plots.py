@@ -1,0 +1,192 @@
+"""PNG figures of continual-learning results and reconstructions (matplotlib).
+
+Figures are built on ``matplotlib.figure.Figure`` directly, never through pyplot: no global
+figure registry to leak, no GUI backend to pick, safe from worker threads. PNGs render with
+Agg. Every function writes one PNG and returns its path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.colors import Colormap
+from matplotlib.figure import Figure
+
+from ptycl.eval.image_metrics import on_same_grid, wrapped_phase_difference
+from ptycl.io.records import ObjectImage
+
+ANNOTATE_UP_TO = 20  # annotate error-matrix cells with their values up to this many scans
+LINE_STYLES = ("-", "--", ":", "-.")
+UNCOVERED_COLOUR = "#d9d9d9"  # not-yet-seen matrix cells and unstitched image pixels
+
+
+def plot_error_matrix(
+    error_matrix: np.ndarray,
+    scan_ids: Sequence[str],
+    path: str | Path,
+    title: str = "Error on each scan after each training step",
+    metric: str = "error",
+) -> Path:
+    """Heatmap of R[i, j] (row: trained through scan i, column: evaluated on scan j), each cell
+    annotated with its value; cells not yet seen (NaN) are grey."""
+    R = np.asarray(error_matrix, dtype=np.float64)
+    T = len(scan_ids)
+    if R.shape != (T, T):
+        raise ValueError(f"error matrix of shape {R.shape} for {T} scan ids")
+    side = 2.5 + 0.55 * T
+    fig = Figure(figsize=(side + 1.2, side), layout="constrained")
+    ax = fig.add_subplot()
+    cmap = colormaps["viridis"].with_extremes(bad=UNCOVERED_COLOUR)
+    shown = ax.imshow(np.ma.masked_invalid(R), cmap=cmap)
+    fig.colorbar(shown, ax=ax, label=metric)
+    ax.set_xticks(range(T), scan_ids, rotation=45, ha="right")
+    ax.set_yticks(range(T), scan_ids)
+    ax.set_xlabel("evaluated on scan")
+    ax.set_ylabel("after training through scan")
+    ax.set_title(title)
+    if T <= ANNOTATE_UP_TO:
+        finite = R[np.isfinite(R)]
+        middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+        for i, j in np.argwhere(np.isfinite(R)):
+            # dark text on viridis' bright (high) end, light text on its dark end
+            colour = "black" if R[i, j] > middle else "white"
+            ax.text(j, i, f"{R[i, j]:.3g}", ha="center", va="center", color=colour, fontsize=8)
+    return _save(fig, path)
+
+
+def plot_error_over_time(
+    error_matrices: np.ndarray | Mapping[str, np.ndarray],
+    scan_ids: Sequence[str],
+    path: str | Path,
+    first_k: int = 3,
+    title: str = "Error on the first scans as training goes on",
+    metric: str = "error",
+) -> Path:
+    """Error on each of the first ``first_k`` scans (colour) after each training step, from the
+    step that learned it on; one line style per strategy when given {strategy: R}."""
+    strategies = (
+        dict(error_matrices) if isinstance(error_matrices, Mapping) else {"": error_matrices}
+    )
+    T = len(scan_ids)
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    colours = colormaps["tab10"]
+    for s, (strategy, matrix) in enumerate(strategies.items()):
+        R = np.asarray(matrix, dtype=np.float64)
+        if R.shape != (T, T):
+            raise ValueError(f"error matrix of {strategy or 'the run'} has shape {R.shape} for {T} scans")
+        for j in range(min(first_k, T)):
+            label = f"{strategy}: scan {scan_ids[j]}" if strategy else f"scan {scan_ids[j]}"
+            ax.plot(
+                range(j, T), R[j:, j], marker="o", markersize=4, label=label,
+                color=colours(j % colours.N), linestyle=LINE_STYLES[s % len(LINE_STYLES)],
+            )
+    ax.set_xticks(range(T), scan_ids, rotation=45, ha="right")
+    ax.set_xlabel("after training through scan")
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_reconstruction(
+    predicted: ObjectImage,
+    truth: ObjectImage | None,
+    covered: np.ndarray | None,
+    path: str | Path,
+    title: str = "Reconstruction",
+) -> Path:
+    """Amplitude (top) and phase (bottom) of the prediction; with a truth on the same grid,
+    the truth beside it and the absolute error (phase: wrapped) with its mean over the covered
+    area. Uncovered pixels are grey. Axes in micrometres in the scan frame."""
+    if truth is not None and not on_same_grid(predicted, truth):
+        raise ValueError("truth and prediction lie on different grids: stitch onto the truth's grid")
+    covered = np.ones(predicted.values.shape, bool) if covered is None else np.asarray(covered, bool)
+    if covered.shape != predicted.values.shape:
+        raise ValueError(f"covered mask of shape {covered.shape} for an image of shape {predicted.values.shape}")
+    hidden = ~covered
+
+    columns = 1 if truth is None else 3
+    fig = Figure(figsize=(4.2 * columns, 7.5), layout="constrained")
+    axes = fig.subplots(2, columns, squeeze=False)
+    extent = _extent_um(predicted)
+    amplitude_top = max(1.0, float(predicted.amplitude[covered].max(initial=0.0)))
+    gray = colormaps["gray"].with_extremes(bad=UNCOVERED_COLOUR)
+    twilight = colormaps["twilight"].with_extremes(bad=UNCOVERED_COLOUR)
+    magma = colormaps["magma"].with_extremes(bad=UNCOVERED_COLOUR)
+
+    def show(ax: Axes, image: np.ndarray, cmap: Colormap, vmin: float, vmax: float, label: str) -> None:
+        shown = ax.imshow(np.ma.masked_array(image, hidden), cmap=cmap, vmin=vmin, vmax=vmax, extent=extent)
+        fig.colorbar(shown, ax=ax, shrink=0.8, label=label)
+        ax.set_xlabel("x (µm)")
+        ax.set_ylabel("y (µm)")
+
+    show(axes[0, 0], predicted.amplitude, gray, 0.0, amplitude_top, "amplitude")
+    show(axes[1, 0], predicted.phase, twilight, -np.pi, np.pi, "phase (rad)")
+    axes[0, 0].set_title("predicted amplitude")
+    axes[1, 0].set_title("predicted phase")
+    if truth is not None:
+        show(axes[0, 1], truth.amplitude, gray, 0.0, amplitude_top, "amplitude")
+        show(axes[1, 1], truth.phase, twilight, -np.pi, np.pi, "phase (rad)")
+        axes[0, 1].set_title("true amplitude")
+        axes[1, 1].set_title("true phase")
+        amplitude_error = np.abs(predicted.amplitude - truth.amplitude)
+        phase_error = np.abs(wrapped_phase_difference(predicted.phase, truth.phase))
+        for row, (error, name) in enumerate(((amplitude_error, "amplitude"), (phase_error, "phase"))):
+            top = float(error[covered].max(initial=0.0)) or 1.0
+            show(axes[row, 2], error, magma, 0.0, top, f"|{name} error|")
+            axes[row, 2].set_title(f"|{name} error|, mean {error[covered].mean():.3g}")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_cost_per_scan(
+    costs: Mapping[str, Sequence[float]],
+    path: str | Path,
+    scan_ids: Sequence[str] | None = None,
+    ylabel: str = "training time per scan (s)",
+    title: str = "Cost of keeping the model current",
+) -> Path:
+    """One line per strategy of its cost (time, samples, ...) for each scan in the sequence."""
+    if not costs:
+        raise ValueError("plot_cost_per_scan needs at least one strategy")
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for s, (strategy, per_scan) in enumerate(costs.items()):
+        ax.plot(
+            range(len(per_scan)), per_scan, marker="o", markersize=4, label=strategy,
+            linestyle=LINE_STYLES[s % len(LINE_STYLES)],
+        )
+    if scan_ids is not None:
+        ax.set_xticks(range(len(scan_ids)), scan_ids, rotation=45, ha="right")
+    ax.set_xlabel("scan")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _extent_um(image: ObjectImage) -> tuple[float, float, float, float]:
+    """imshow extent (left, right, bottom, top) in µm: row r sits at
+    center_y + (r - H // 2) * pixel_y, drawn top-down like the array."""
+    h, w = image.values.shape
+    (py, px), (cy, cx) = image.pixel_m, image.center_m
+    left = cx + (-(w // 2) - 0.5) * px
+    right = cx + (w - w // 2 - 0.5) * px
+    top = cy + (-(h // 2) - 0.5) * py
+    bottom = cy + (h - h // 2 - 0.5) * py
+    return tuple(v * 1e6 for v in (left, right, bottom, top))
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path

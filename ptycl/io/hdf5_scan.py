@@ -1,0 +1,175 @@
+"""HDF5 scans in the CXI layout: a SWMR streaming writer, a finished-scan writer, a reader.
+
+Streaming follows FIELD-NOTES: every dataset and attribute exists before ``swmr_mode`` is
+switched on (SWMR cannot create objects), then per batch of frames: resize + write + flush the
+frames, the same for the translations, and last the committed count. Completion is a
+pre-created scalar dataset set to 1 at the end. Files use ``libver=("v110", "v110")`` so that
+HDF5 1.10+ reads them. Readers open with ``swmr=True`` (harmless on a finished file) and
+refresh each dataset before reading up to the smallest of the committed count and the
+datasets' lengths.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ptycl.errors import ScanError
+from ptycl.io import cxi
+from ptycl.io.object_image import has_object_image, read_object_image_from, write_object_image
+from ptycl.io.records import ObjectImage, ScanMetadata
+from ptycl.io.source import ScanSource, StreamingScanWriter, StreamProgress, check_array_shapes, check_scan_shape
+
+LIBVER = ("v110", "v110")
+TRANSLATION_CHUNK_ROWS = 1024
+
+
+def _partial_path(path: Path) -> Path:
+    """Where a scan is built before it appears under its name (hidden from directory watchers)."""
+    return path.with_name(f".{path.name}.partial")
+
+
+class _Datasets:
+    """The datasets a writer keeps touching."""
+
+    def __init__(self, f: h5py.File) -> None:
+        self.frames = f[cxi.DETECTOR_DATA]
+        self.translation = f[cxi.TRANSLATION]
+        self.committed = f[cxi.COMMITTED_FRAMES]
+        self.complete = f[cxi.COMPLETE]
+
+
+def _create_tree(
+    f: h5py.File,
+    metadata: ScanMetadata,
+    frames: np.ndarray,
+    translation: np.ndarray,
+    label: ObjectImage | None,
+) -> _Datasets:
+    """Every dataset and attribute of a scan, holding ``frames`` (possibly none yet)."""
+    geometry = metadata.geometry
+    height, width = geometry.frame_shape
+    f.attrs.update(metadata.attrs)
+    f.attrs[cxi.SCAN_ID_ATTR] = metadata.scan_id
+    f[cxi.CXI_VERSION_PATH] = cxi.CXI_VERSION
+    f.create_dataset(
+        cxi.DETECTOR_DATA, data=frames, maxshape=(None, height, width), chunks=(1, height, width)
+    )
+    f[cxi.DATA_LINK] = h5py.SoftLink("/" + cxi.DETECTOR_DATA)
+    f.create_dataset(
+        cxi.TRANSLATION, data=translation, maxshape=(None, 3), chunks=(TRANSLATION_CHUNK_ROWS, 3)
+    )
+    f[cxi.TRANSLATION].attrs["units"] = "m"
+    f[cxi.DISTANCE] = np.float64(geometry.distance_m)
+    f[cxi.Y_PIXEL_SIZE] = np.float64(geometry.detector_pixel_m[0])
+    f[cxi.X_PIXEL_SIZE] = np.float64(geometry.detector_pixel_m[1])
+    f[cxi.ENERGY] = np.float64(geometry.energy_j)
+    if metadata.mask is not None:
+        f[cxi.MASK] = cxi.mask_to_cxi(metadata.mask)
+    if metadata.sample_family is not None:
+        f.require_group(cxi.SAMPLE).attrs[cxi.SAMPLE_FAMILY_ATTR] = metadata.sample_family
+    f[cxi.COMMITTED_FRAMES] = np.int64(len(frames))
+    f[cxi.COMPLETE] = np.int8(0)
+    if label is not None:
+        write_object_image(f, label)
+    return _Datasets(f)
+
+
+def write_hdf5_scan(
+    path: Path, metadata: ScanMetadata, frames: np.ndarray, positions_m: np.ndarray, label: ObjectImage | None
+) -> None:
+    """A finished scan, built aside and renamed into place, so it is complete on arrival."""
+    if len(frames) != len(positions_m):
+        raise ValueError(f"{path}: {len(frames)} frames but {len(positions_m)} positions")
+    partial = _partial_path(path)
+    with h5py.File(partial, "w", libver=LIBVER) as f:
+        datasets = _create_tree(f, metadata, frames, cxi.translation_from_positions(positions_m), label)
+        datasets.complete[()] = 1
+    os.replace(partial, path)
+
+
+class HDF5StreamingWriter(StreamingScanWriter):
+    def __init__(self, path: Path, metadata: ScanMetadata, frame_dtype: np.dtype, label: ObjectImage | None) -> None:
+        super().__init__(path, metadata, frame_dtype)
+        partial = _partial_path(path)
+        self._file = h5py.File(partial, "w", libver=LIBVER)
+        empty = np.empty((0, *metadata.geometry.frame_shape), dtype=frame_dtype)
+        self._datasets = _create_tree(self._file, metadata, empty, np.empty((0, 3)), label)
+        self._file.swmr_mode = True
+        # Renaming an open file is safe on POSIX; the scan appears only once SWMR readers can open it.
+        os.replace(partial, path)
+
+    def _append(self, frames: np.ndarray, translation: np.ndarray) -> None:
+        start, stop = self.n_committed, self.n_committed + len(frames)
+        ds = self._datasets
+        for dataset, rows in ((ds.frames, frames), (ds.translation, translation)):
+            dataset.resize(stop, axis=0)
+            dataset[start:stop] = rows
+            dataset.flush()
+        ds.committed[()] = stop
+        ds.committed.flush()
+
+    def mark_complete(self) -> None:
+        self._datasets.complete[()] = 1
+        self._datasets.complete.flush()
+
+    def close(self) -> None:
+        if self._file.id.valid:
+            self._file.close()
+
+
+class HDF5ScanSource(ScanSource):
+    def __init__(self, path: Path, expected_frame_shape: tuple[int, int] | None = None) -> None:
+        try:
+            self._file = h5py.File(path, "r", swmr=True)
+        except OSError as exc:
+            raise ScanError(path, f"not a readable HDF5 file, truncated or corrupt ({_first_line(exc)})") from None
+        try:
+            self._open(path, expected_frame_shape)
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _open(self, path: Path, expected_frame_shape: tuple[int, int] | None) -> None:
+        f = self._file
+        self._frames = f[cxi.locate_frames(f, path)]
+        self._translation = f[cxi.locate_translation(f, path)]
+        frame_shape = check_array_shapes(path, self._frames.dtype, self._frames.shape, self._translation.shape)
+        self._stream = (f[cxi.COMPLETE], f[cxi.COMMITTED_FRAMES]) if cxi.STREAM in f else None
+        super().__init__(path, cxi.read_metadata(f, path, frame_shape), self._frames.dtype)
+        state = self.progress()
+        check_scan_shape(path, frame_shape, self._frames.shape[0], self._translation.shape[0], state.complete, expected_frame_shape)
+
+    def _poll(self) -> StreamProgress:
+        if self._stream is None:  # a foreign file: finished by definition
+            complete, committed = True, None
+        else:
+            complete_ds, committed_ds = self._stream
+            complete_ds.refresh()
+            complete = bool(complete_ds[()])
+            committed_ds.refresh()
+            committed = int(committed_ds[()])
+        self._frames.refresh()
+        self._translation.refresh()
+        available = min(self._frames.shape[0], self._translation.shape[0])
+        return StreamProgress(available if committed is None else min(committed, available), complete)
+
+    def _read_range(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._frames[start:stop], self._translation[start:stop]
+
+    def _read_sorted(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._frames[indices], self._translation[indices]
+
+    def _in_file_label(self) -> ObjectImage | None:
+        return read_object_image_from(self._file, self.path) if has_object_image(self._file) else None
+
+    def close(self) -> None:
+        if self._file.id.valid:
+            self._file.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__

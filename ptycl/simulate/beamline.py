@@ -1,0 +1,67 @@
+"""One simulated ptychography scan: sample, probe, scan path, far-field frames, ground truth.
+
+Geometry follows the settings: wavelength from the energy, object pixel lambda z / (N dp) from
+the detector, probe diameter and step in object pixels. The truth is the object with its phase
+referenced over the scanned region (``prep.patches.reference_phase``, which changes no frame:
+a global phase factor does not change intensities), and the exit waves are cut from it with
+``prep.patches.cut_patches``, so labels cut later from the truth are exactly the patches that
+illuminated the detector.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ptycl.config import SimulateSettings
+from ptycl.io.records import EV_J, ObjectImage, ScanGeometry, ScanMetadata, SimulatedScan
+from ptycl.prep.patches import cut_patches, reference_phase
+from ptycl.simulate.forward import detect, exit_waves, expected_counts, far_field_intensity
+from ptycl.simulate.objects import make_object
+from ptycl.simulate.probe import make_probe
+from ptycl.simulate.scan_path import add_jitter, fermat_spiral, raster
+
+OBJECT_MARGIN_PX = 8  # object beyond the outermost patch, so no patch reaches the edge
+
+
+def simulate_scan(settings: SimulateSettings, scan_index: int, rng: np.random.Generator) -> SimulatedScan:
+    """Scan number ``scan_index`` of a run; its family cycles through ``settings.families``."""
+    family = settings.families[scan_index % len(settings.families)]
+    size = settings.frame_size
+    geometry = ScanGeometry(
+        energy_j=settings.energy_ev * EV_J,
+        distance_m=settings.distance_m,
+        detector_pixel_m=(settings.detector_pixel_m, settings.detector_pixel_m),
+        frame_shape=(size, size),
+    )
+    pixel_m = geometry.object_pixel_m
+
+    step_m = settings.step_fraction * settings.probe_diameter_px * pixel_m[0]
+    path = fermat_spiral if settings.scan_path == "fermat" else raster
+    positions_m = add_jitter(path(settings.frames_per_scan, step_m), settings.jitter_fraction * step_m, rng)
+
+    # Symmetric about the centre pixel, so every patch (size px around a position) fits with margin.
+    reach_px = np.ceil(np.max(np.abs(positions_m) / np.asarray(pixel_m), axis=0)).astype(int)
+    object_shape = tuple(int(v) for v in 2 * (reach_px + size // 2 + OBJECT_MARGIN_PX))
+    obj = ObjectImage(make_object(family, object_shape, rng), pixel_m=pixel_m, center_m=(0.0, 0.0))
+    truth = reference_phase(obj, positions_m, size)
+
+    probe = make_probe(settings.probe, size, settings.probe_diameter_px, rng)
+    intensity = far_field_intensity(exit_waves(probe, cut_patches(truth, positions_m, size)))
+    frames, mask = detect(expected_counts(intensity, settings.photons_per_frame), settings.detector, rng)
+
+    scan_id = f"scan{scan_index:04d}_{family}"
+    metadata = ScanMetadata(
+        scan_id=scan_id,
+        geometry=geometry,
+        sample_family=family,
+        mask=mask,
+        attrs={
+            "simulated": "true",
+            "probe": settings.probe,
+            "probe_diameter_px": str(settings.probe_diameter_px),
+            "scan_path": settings.scan_path,
+            "step_m": repr(step_m),
+            "photons_per_frame": repr(settings.photons_per_frame),
+        },
+    )
+    return SimulatedScan(metadata=metadata, frames=frames, positions_m=positions_m, truth=truth, probe=probe)

@@ -1,0 +1,135 @@
+"""Every kind of bad scan gives one ScanError that names the file and the problem."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from helpers_scans import tiny_scan, write_foreign_cxi
+from ptycl.errors import ScanError
+from ptycl.io import cxi
+from ptycl.io.object_image import label_path_for
+from ptycl.io.source import open_scan, write_scan
+
+
+def _scan_error(path: Path, match: str, action=None) -> ScanError:  # noqa: ANN001 - a callable on the source
+    with pytest.raises(ScanError, match=match) as err:
+        with open_scan(path, expected_frame_shape=(16, 16)) as source:
+            if action is not None:
+                action(source)
+    assert err.value.path == str(path) and str(path) in str(err.value)
+    assert "\n" not in str(err.value)
+    return err.value
+
+
+def _frames_and_translation(n: int = 5, n_translations: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    frames = np.ones((n, 16, 16), dtype=np.float32)
+    return frames, np.zeros((n if n_translations is None else n_translations, 3))
+
+
+def test_hdf5_file_cut_in_half(tmp_path: Path) -> None:
+    path = write_scan(tmp_path / "cut.h5", tiny_scan(n_frames=40))
+    os.truncate(path, path.stat().st_size // 2)
+    _scan_error(path, "truncated or corrupt")
+
+
+def test_zarr_frame_chunk_cut_short(tmp_path: Path) -> None:
+    path = write_scan(tmp_path / "cut.zarr", tiny_scan(n_frames=4))
+    chunk = path / cxi.DETECTOR_DATA / "c" / "2" / "0" / "0"
+    os.truncate(chunk, 10)
+    source = open_scan(path)
+    source.read([0, 1])  # the intact frames still read
+    with pytest.raises(ScanError, match="truncated or corrupt") as err:
+        source.read([2])
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("omit", "named"),
+    [("distance", "distance"), ("energy", "energy"), ("x_pixel_size", "x_pixel_size"), ("y_pixel_size", "y_pixel_size")],
+)
+def test_missing_dataset_is_named(tmp_path: Path, omit: str, named: str) -> None:
+    path = tmp_path / f"no_{omit}.cxi"
+    write_foreign_cxi(path, *_frames_and_translation(), omit=(omit,))
+    _scan_error(path, f"missing dataset /.*{named}")
+
+
+def test_missing_translations(tmp_path: Path) -> None:
+    path = tmp_path / "no_positions.h5"
+    with h5py.File(path, "w") as f:
+        f["entry_1/instrument_1/detector_1/data"] = np.ones((3, 16, 16), np.uint16)
+    _scan_error(path, "missing dataset /entry_1/sample_1/geometry_1/translation")
+
+
+def test_frames_and_positions_of_different_counts(tmp_path: Path) -> None:
+    path = tmp_path / "mismatch.cxi"
+    write_foreign_cxi(path, *_frames_and_translation(n=10, n_translations=9))
+    _scan_error(path, "10 frames but 9 translations")
+
+
+@pytest.mark.parametrize(("bad_value", "problem"), [(np.nan, "non-finite"), (np.inf, "non-finite"), (-3.0, "negative")])
+def test_bad_float_counts(tmp_path: Path, bad_value: float, problem: str) -> None:
+    frames, translation = _frames_and_translation(n=6)
+    frames[4, 3, 7] = bad_value
+    path = tmp_path / "bad_counts.cxi"
+    write_foreign_cxi(path, frames, translation)
+    with open_scan(path) as source:
+        source.read([0, 1, 2, 3])  # the good frames read
+    _scan_error(path, f"frame 4 has {problem} counts", lambda source: list(source.batches(3)))
+
+
+def test_non_positive_geometry(tmp_path: Path) -> None:
+    path = tmp_path / "zero_distance.cxi"
+    write_foreign_cxi(path, *_frames_and_translation(), distance=0.0)
+    _scan_error(path, "distance.*must be positive")
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".zarr"])
+def test_frame_shape_not_the_runs(tmp_path: Path, suffix: str) -> None:
+    path = write_scan(tmp_path / f"wide{suffix}", tiny_scan(frame_shape=(16, 20)))
+    _scan_error(path, "frames are 16x20, this run expects 16x16")
+
+
+def test_frames_that_are_not_a_stack(tmp_path: Path) -> None:
+    path = tmp_path / "flat.cxi"
+    frames, translation = _frames_and_translation()
+    write_foreign_cxi(path, frames[0], translation)
+    _scan_error(path, r"must be \(N, H, W\)")
+
+
+def test_not_a_scan_at_all(tmp_path: Path) -> None:
+    text = tmp_path / "notes.h5"
+    text.write_text("frames go here\n")
+    _scan_error(text, "not a readable HDF5 file")
+
+    other_hdf5 = tmp_path / "weights.h5"
+    with h5py.File(other_hdf5, "w") as f:
+        f["layer1"] = np.zeros(3)
+    _scan_error(other_hdf5, "not a CXI scan")
+
+    no_frames = tmp_path / "empty_entry.h5"
+    with h5py.File(no_frames, "w") as f:
+        f.create_group("entry_1/instrument_1")
+    _scan_error(no_frames, "missing detector data")
+
+    plain_dir = tmp_path / "some_dir"
+    plain_dir.mkdir()
+    _scan_error(plain_dir, "not a readable Zarr group")
+
+    csv = tmp_path / "positions.csv"
+    csv.write_text("1,2\n")
+    _scan_error(csv, "not a scan")
+
+    _scan_error(tmp_path / "never_written.h5", "no such file")
+
+
+def test_corrupt_label_file(tmp_path: Path) -> None:
+    path = write_scan(tmp_path / "scan0003_texture.h5", tiny_scan(frame_shape=(16, 16)), labels="none")
+    label_path_for(path).write_bytes(b"\x89HDF\r\n\x1a\n garbage")
+    with open_scan(path) as source, pytest.raises(ScanError, match="not a readable HDF5 file") as err:
+        source.label()
+    assert str(label_path_for(path)) in str(err.value)
