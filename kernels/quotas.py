@@ -32,8 +32,7 @@ from ptycl.kernels.gpu import cupy, raw_kernel
 
 
 @njit(cache=True)
-def _decide(slot_free, n_free, members, start, held, seen, capacity, cand_group, uniforms,
-            slots):
+def _decide(slot_free, n_free, members, start, held, seen, capacity, cand_group, uniforms, slots):
     """The sequential decisions, writing ``slots``; ``held`` and ``seen`` are updated."""
     n_groups = held.size
     n_active = 0
@@ -113,8 +112,18 @@ def balanced_slots_cpu(slot_group, group_seen, cand_group, uniforms):
             slot_free[n_free] = s
             n_free += 1
     slots = np.full(cand_group.size, -1, dtype=np.int64)
-    _decide(slot_free, n_free, members, start, held, group_seen.copy(), capacity, cand_group,
-            uniforms, slots)
+    _decide(
+        slot_free,
+        n_free,
+        members,
+        start,
+        held,
+        group_seen.copy(),
+        capacity,
+        cand_group,
+        uniforms,
+        slots,
+    )
     return slots
 
 
@@ -183,8 +192,19 @@ def balanced_slots_gpu(slot_group, group_seen, cand_group, uniforms):
     members = cp.empty(int(room.sum()), dtype=cp.int64)
     members[start[groups] + rank_in_group] = held_slots
     slots = cp.full(n, -1, dtype=cp.int64)
-    args = (by_group[:n_free].copy(), np.int64(n_free), members, start, held,
-            group_seen.astype(cp.int64, copy=True), np.int64(n_groups), np.int64(capacity),
-            cand_group, uniforms, np.int64(n), slots)
+    args = (
+        by_group[:n_free].copy(),
+        np.int64(n_free),
+        members,
+        start,
+        held,
+        group_seen.astype(cp.int64, copy=True),
+        np.int64(n_groups),
+        np.int64(capacity),
+        cand_group,
+        uniforms,
+        np.int64(n),
+        slots,
+    )
     raw_kernel(_QUOTAS_CUDA, "decide")((1,), (1,), args)
     return slots

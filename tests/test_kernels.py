@@ -63,11 +63,15 @@ def ref_random_key_slots(slot_keys, cand_keys):
     """Top-M of the union under: larger key; on equal keys held before candidate, a held
     slot with a higher index before a lower one, a candidate with a lower index first."""
     capacity, n = slot_keys.size, cand_keys.size
-    items = [(k, 1, s) for s, k in enumerate(slot_keys)] + [(k, 0, -c) for c, k in enumerate(cand_keys)]
+    items = [(k, 1, s) for s, k in enumerate(slot_keys)] + [
+        (k, 0, -c) for c, k in enumerate(cand_keys)
+    ]
     kept = sorted(items, reverse=True)[:capacity]
     entering = sorted((-c for k, held, c in kept if not held), key=lambda c: (-cand_keys[c], c))
     kept_slots = {s for k, held, s in kept if held}
-    evicted = sorted((s for s in range(capacity) if s not in kept_slots), key=lambda s: (slot_keys[s], s))
+    evicted = sorted(
+        (s for s in range(capacity) if s not in kept_slots), key=lambda s: (slot_keys[s], s)
+    )
     slots = np.full(n, -1, dtype=np.int64)
     for c, s in zip(entering, evicted, strict=True):
         slots[c] = s
@@ -171,6 +175,15 @@ def test_reservoir_large_stream_index_stays_in_range():
     assert np.all(slots <= seen + np.arange(4))
 
 
+def test_last_writer_per_slot_pairs_each_slot_with_its_last_candidate():
+    slots = np.array([3, -1, 0, 3, 5, 0, 3])
+    slot_index, candidate_index = select.last_writer_per_slot(slots)
+    np.testing.assert_array_equal(slot_index, [5, 0, 3])
+    np.testing.assert_array_equal(candidate_index, [4, 5, 6])
+    empty = select.last_writer_per_slot(np.full(3, -1))
+    assert empty[0].size == 0 and empty[1].size == 0
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_random_key_slots_match_reference(case):
     rng = np.random.default_rng(case)
@@ -203,7 +216,9 @@ def test_merge_topk_across_ranks_equals_global_top():
     top = 40
     merged = [K.merge_topk_cpu(s, np.empty(0), top)[0] for s in shards]
     while len(merged) > 1:  # pairwise tree reduction, as over MPI ranks
-        merged = [K.merge_topk_cpu(merged[i], merged[i + 1], top)[0] for i in range(0, len(merged), 2)]
+        merged = [
+            K.merge_topk_cpu(merged[i], merged[i + 1], top)[0] for i in range(0, len(merged), 2)
+        ]
     np.testing.assert_array_equal(merged[0], np.sort(np.concatenate(shards))[::-1][:top])
 
 
@@ -212,7 +227,9 @@ def test_balanced_slots_match_reference(case):
     rng = np.random.default_rng(case)
     n_groups = int(rng.integers(1, 6))
     capacity = int(rng.integers(n_groups, 40))
-    slot_group, group_seen = quota_state(rng, capacity, n_groups, float(rng.choice([0.0, 0.2, 1.0])))
+    slot_group, group_seen = quota_state(
+        rng, capacity, n_groups, float(rng.choice([0.0, 0.2, 1.0]))
+    )
     cand_group = rng.integers(0, n_groups, int(rng.integers(0, 80)))
     u = rng.random(cand_group.size)
     slots = K.balanced_slots_cpu(slot_group, group_seen, cand_group, u)
@@ -252,8 +269,9 @@ def test_algorithm_r_includes_every_item_with_probability_m_over_n():
         store = np.full(capacity, -1)
         for seen in range(0, items, batch):
             ids = np.arange(seen, min(seen + batch, items))
-            slots = select.last_writer_wins(select.reservoir_slots(seen, capacity, rng.random(ids.size)), capacity)
-            store[slots[slots >= 0]] = ids[slots >= 0]
+            slots = select.reservoir_slots(seen, capacity, rng.random(ids.size))
+            slot_index, candidate_index = select.last_writer_per_slot(slots)
+            store[slot_index] = ids[candidate_index]
         counts[store] += 1
     assert inclusion_p_value(counts, trials, capacity) > P_REJECT
 
@@ -280,7 +298,9 @@ def test_weighted_keys_pick_a_single_slot_in_proportion_to_weight():
     trials = 20000
     counts = np.zeros(weights.size)
     for _ in range(trials):
-        slots = select.random_key_slots(np.full(1, -np.inf), select.draw_keys(rng, weights.size, weights))
+        slots = select.random_key_slots(
+            np.full(1, -np.inf), select.draw_keys(rng, weights.size, weights)
+        )
         counts[np.flatnonzero(slots >= 0)] += 1
     assert chisquare(counts, trials * weights / weights.sum()).pvalue > P_REJECT
 
@@ -291,7 +311,7 @@ def test_distinct_indices_every_subset_equally_likely():
     subsets = {s: i for i, s in enumerate(itertools.combinations(range(n), k))}
     counts = np.zeros(len(subsets))
     for _ in range(trials):
-        drawn = select.distinct_indices(n, select.draw_uniforms(rng, k))
+        drawn = select.draw_without_replacement(n, k, select.draw_uniforms(rng, k))
         counts[subsets[tuple(drawn.tolist())]] += 1  # a repeated index has no entry: KeyError
     assert chisquare(counts).pvalue > P_REJECT
 
@@ -301,14 +321,16 @@ def test_distinct_indices_from_a_large_range_are_uniform():
     rng = np.random.default_rng(15)
     counts = np.zeros(n)
     for _ in range(trials):
-        drawn = select.distinct_indices(n, rng.random(k))
+        drawn = select.draw_without_replacement(n, k, rng.random(k))
         assert np.unique(drawn).size == k
         counts[drawn] += 1
     assert inclusion_p_value(counts, trials, k) > P_REJECT
 
 
 def test_distinct_indices_beyond_n_returns_all():
-    np.testing.assert_array_equal(select.distinct_indices(5, np.full(9, 0.5)), np.arange(5))
+    np.testing.assert_array_equal(
+        select.draw_without_replacement(5, 9, np.full(5, 0.5)), np.arange(5)
+    )
 
 
 def test_weighted_victims_first_draw_in_proportion_to_weight():
@@ -338,10 +360,9 @@ def run_balanced_stream(rng, capacity, group_of_item, batch):
     for first in range(0, group_of_item.size, batch):
         groups = group_of_item[first : first + batch]
         slots = select.balanced_slots(slot_group, group_seen, groups, rng.random(groups.size))
-        final = select.last_writer_wins(slots, capacity)
-        written = final >= 0
-        slot_group[final[written]] = groups[written]
-        slot_item[final[written]] = first + np.flatnonzero(written)
+        slot_index, candidate_index = select.last_writer_per_slot(slots)
+        slot_group[slot_index] = groups[candidate_index]
+        slot_item[slot_index] = first + candidate_index
         group_seen += np.bincount(groups, minlength=n_groups)
     return slot_group, slot_item
 
@@ -393,9 +414,11 @@ def test_select_imports_and_runs_without_cupy():
         "from ptycl.rehearsal import select\n"
         "from ptycl.kernels import gpu_available\n"
         "assert not gpu_available()\n"
-        "print(select.distinct_indices(10, np.array([0.5, 0.25])).tolist())\n"
+        "print(select.draw_without_replacement(10, 2, np.array([0.5, 0.25])).tolist())\n"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(ref_distinct_indices(10, np.array([0.5, 0.25])).tolist())
 
@@ -409,7 +432,7 @@ def test_torch_cpu_tensors_take_the_numba_path():
 
 def test_bad_indices_raise_instead_of_writing_out_of_bounds():
     with pytest.raises(ValueError, match="slots"):
-        select.last_writer_wins(np.array([0, 5]), 5)
+        select.last_writer_per_slot(np.array([0, -2]))
     with pytest.raises(ValueError, match="cand_group"):
         select.balanced_slots(np.full(4, -1), np.zeros(2), np.array([2]), np.array([0.5]))
     with pytest.raises(ValueError, match="1-D"):
@@ -417,6 +440,7 @@ def test_bad_indices_raise_instead_of_writing_out_of_bounds():
 
 
 # ---- GPU: CuPy twin == Numba twin ------------------------------------------------------------
+
 
 def to_gpu(*arrays):
     import cupy
@@ -440,10 +464,15 @@ def test_gpu_twins_equal_numba(case):
     u = rng.random(20000)
     slots = K.reservoir_slots_cpu(seen, capacity, u)
     assert_twins_equal(K.reservoir_slots_gpu(seen, capacity, *to_gpu(u)), slots)
-    assert_twins_equal(K.last_writer_wins_gpu(*to_gpu(slots), capacity), K.last_writer_wins_cpu(slots, capacity))
+    assert_twins_equal(
+        K.last_writer_wins_gpu(*to_gpu(slots), capacity), K.last_writer_wins_cpu(slots, capacity)
+    )
     # Random keys and merge, with ties, zeros and empty slots.
     slot_keys, cand_keys = tied_keys(rng, 300, 0.3), tied_keys(rng, 500)
-    assert_twins_equal(K.random_key_slots_gpu(*to_gpu(slot_keys, cand_keys)), K.random_key_slots_cpu(slot_keys, cand_keys))
+    assert_twins_equal(
+        K.random_key_slots_gpu(*to_gpu(slot_keys, cand_keys)),
+        K.random_key_slots_cpu(slot_keys, cand_keys),
+    )
     gpu_keys, gpu_source = K.merge_topk_gpu(*to_gpu(slot_keys, cand_keys), 400)
     cpu_keys, cpu_source = K.merge_topk_cpu(slot_keys, cand_keys, 400)
     assert_twins_equal(gpu_keys, cpu_keys)
@@ -456,10 +485,18 @@ def test_gpu_twins_equal_numba(case):
         K.balanced_slots_cpu(slot_group, group_seen, cand_group, u),
     )
     # Weighted victims and distinct indices.
-    weights, exponentials = rng.integers(0, 4, 3000).astype(np.float64), rng.standard_exponential(3000)
-    assert_twins_equal(K.weighted_victims_gpu(*to_gpu(weights, exponentials), 200), K.weighted_victims_cpu(weights, exponentials, 200))
+    weights, exponentials = (
+        rng.integers(0, 4, 3000).astype(np.float64),
+        rng.standard_exponential(3000),
+    )
+    assert_twins_equal(
+        K.weighted_victims_gpu(*to_gpu(weights, exponentials), 200),
+        K.weighted_victims_cpu(weights, exponentials, 200),
+    )
     u = rng.random(256)
-    assert_twins_equal(K.distinct_indices_gpu(100000, *to_gpu(u)), K.distinct_indices_cpu(100000, u))
+    assert_twins_equal(
+        K.distinct_indices_gpu(100000, *to_gpu(u)), K.distinct_indices_cpu(100000, u)
+    )
 
 
 @pytest.mark.gpu
@@ -469,7 +506,11 @@ def test_dispatch_keeps_cuda_inputs_on_the_gpu():
 
     u = cupy.random.default_rng(0).random(64)
     assert isinstance(select.reservoir_slots(10, 32, u), cupy.ndarray)
+    if not torch.cuda.is_available():
+        pytest.skip("this torch build sees no CUDA device")
     t = torch.rand(64, dtype=torch.float64, device="cuda")
     result = select.reservoir_slots(10, 32, t)
     assert isinstance(result, cupy.ndarray)
-    np.testing.assert_array_equal(cupy.asnumpy(result), K.reservoir_slots_cpu(10, 32, t.cpu().numpy()))
+    np.testing.assert_array_equal(
+        cupy.asnumpy(result), K.reservoir_slots_cpu(10, 32, t.cpu().numpy())
+    )

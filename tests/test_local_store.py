@@ -23,7 +23,7 @@ def _samples(ids: range, size: int = 4) -> ReplaySamples:
 
 def _stream(store: LocalReservoirStore, n_items: int, batch: int) -> None:
     for start in range(0, n_items, batch):
-        store.offer(_samples(range(start, min(n_items, start + batch))))
+        store.offer(_samples(range(start, min(n_items, start + batch)), size=store.frame_shape[0]))
 
 
 def test_every_item_of_the_stream_is_held_with_probability_capacity_over_seen():

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -53,8 +52,12 @@ def _workload(xp: Any, rng: Any) -> dict[str, tuple[Callable[[], Any], int, str]
     replay_u = rng.random(REPLAY_DRAW)
     return {
         "reservoir_slots": (lambda: select.reservoir_slots(seen, CAPACITY, u), BATCH, "candidates"),
-        "last_writer_wins": (lambda: select.last_writer_wins(slots, CAPACITY), BATCH, "candidates"),
-        "random_key_slots": (lambda: select.random_key_slots(held_keys, cand_keys), BATCH, "candidates"),
+        "last_writer_per_slot": (lambda: select.last_writer_per_slot(slots), BATCH, "candidates"),
+        "random_key_slots": (
+            lambda: select.random_key_slots(held_keys, cand_keys),
+            BATCH,
+            "candidates",
+        ),
         "merge_topk": (
             lambda: select.merge_topk(held_keys, other_rank_keys, CAPACITY),
             2 * CAPACITY,
@@ -70,8 +73,8 @@ def _workload(xp: Any, rng: Any) -> dict[str, tuple[Callable[[], Any], int, str]
             CAPACITY,
             "slots scanned",
         ),
-        "distinct_indices": (
-            lambda: select.distinct_indices(CAPACITY, replay_u),
+        "draw_without_replacement": (
+            lambda: select.draw_without_replacement(CAPACITY, REPLAY_DRAW, replay_u),
             REPLAY_DRAW,
             "indices drawn",
         ),
@@ -115,7 +118,8 @@ def _numba_rates(seconds: float) -> dict[str, Any]:
             }
     finally:
         numba.set_num_threads(threads)
-    return {"threads": threads, "kernels": rates}
+    versions = {"numba": numba.__version__, "numpy": np.__version__}
+    return {"threads": threads, "cpu_count": os.cpu_count(), **versions, "kernels": rates}
 
 
 def _cupy_rates(seconds: float) -> dict[str, Any]:
@@ -133,8 +137,12 @@ def _cupy_rates(seconds: float) -> dict[str, Any]:
     return {"measured": True, "device": device.decode(), "kernels": rates}
 
 
-def run(out_dir: Path, quick: bool) -> dict[str, Any]:
-    """Measure every kernel, write ``out_dir/kernels.json`` and return its content."""
+def run(out_dir: Path, quick: bool, config: object | None = None) -> dict[str, Any]:
+    """Measure every kernel, write ``out_dir/kernels.json`` and return its content.
+
+    ``config`` is accepted for the ``ptycl bench`` runner and unused: the workload is fixed
+    so that figures compare across machines.
+    """
     seconds = 0.05 if quick else 0.5
     result = {
         "workload": {
@@ -145,12 +153,6 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
             "victims": VICTIMS,
             "replay_draw": REPLAY_DRAW,
             "seconds_per_round": seconds,
-        },
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "numba": numba.__version__,
-            "numpy": np.__version__,
         },
         "target_per_core": TARGET_PER_CORE,
         "numba": _numba_rates(seconds),

@@ -55,7 +55,7 @@ def reservoir_slots(seen: int, capacity: int, uniforms: Array) -> Array:
     """Algorithm R for a batch: the slot of candidate i (stream item ``seen + i``), or -1.
 
     Item t < capacity takes slot t; later ones take slot floor(u[i] * (t + 1)) when it is
-    below ``capacity``. Two candidates may get the same slot: see ``last_writer_wins``.
+    below ``capacity``. Two candidates may get the same slot: see ``last_writer_per_slot``.
     """
     _require(seen >= 0 and capacity >= 1, f"need seen >= 0, capacity >= 1: {seen}, {capacity}")
     gpu = _on_gpu(uniforms)
@@ -64,17 +64,22 @@ def reservoir_slots(seen: int, capacity: int, uniforms: Array) -> Array:
     return twin(seen, capacity, u)
 
 
-def last_writer_wins(slots: Array, capacity: int) -> Array:
-    """``slots`` with entries that a later candidate of the batch overwrites set to -1.
+def last_writer_per_slot(slots: Array) -> tuple[Array, Array]:
+    """The writes a batch's ``slots`` resolve to: ``(slot_index, candidate_index)``.
 
-    Afterwards each slot appears at most once, so the store can write all the surviving
-    candidates at once and end as if it had written them one after the other.
+    When several candidates of the batch name one slot, the last of them wins (the
+    sequential semantics of the kernels); each slot appears once, so the store writes
+    ``store[slot_index] = batch[candidate_index]`` in one step. Candidates at -1 write nothing.
     """
     gpu = _on_gpu(slots)
     s = _as(gpu, slots, np.int64, "slots")
-    _require(_within(s, -1, capacity), f"slots must lie in [-1, {capacity})")
+    _require(s.size == 0 or int(s.min()) >= -1, "slots must be >= -1")
+    capacity = int(s.max()) + 1 if s.size else 0  # slots only index up to the largest named
     twin = kernels.last_writer_wins_gpu if gpu else kernels.last_writer_wins_cpu
-    return twin(s, capacity)
+    final = twin(s, capacity)
+    xp = kernels.gpu.cupy() if gpu else np
+    candidate_index = xp.flatnonzero(final >= 0)
+    return final[candidate_index], candidate_index
 
 
 def random_key_slots(slot_keys: Array, cand_keys: Array) -> Array:
@@ -115,9 +120,9 @@ def balanced_slots(
 
     ``slot_group`` (capacity,): group (scan) of each slot, -1 when free; ``group_seen`` (G,):
     items each group offered before this batch; ``cand_group`` (n,): the candidates' groups;
-    ``uniforms`` (n,). Rules in ``ptycl.kernels.quotas``. Pass the result through
-    ``last_writer_wins``, then set ``slot_group`` of the written slots and add the batch's
-    per-group counts to ``group_seen``.
+    ``uniforms`` (n,). Rules in ``ptycl.kernels.quotas``. Resolve the result with
+    ``last_writer_per_slot``, then set ``slot_group`` of the written slots to the writing
+    candidates' groups and add the batch's per-group counts to ``group_seen``.
     """
     gpu = _on_gpu(slot_group, group_seen, cand_group, uniforms)
     held = _as(gpu, slot_group, np.int64, "slot_group")
@@ -149,14 +154,16 @@ def weighted_victims(weights: Array, exponentials: Array, k: int) -> Array:
     return twin(w, e, k)
 
 
-def distinct_indices(n: int, uniforms: Array) -> Array:
-    """``len(uniforms)`` distinct indices from [0, n), ascending; all n when len >= n.
+def draw_without_replacement(n: int, k: int, uniforms: Array) -> Array:
+    """``min(k, n)`` distinct indices from [0, n), ascending: the replay draw.
 
-    Every subset of that size is equally likely (Floyd's algorithm): the replay draw.
+    Every subset of that size is equally likely (Floyd's algorithm). ``uniforms`` holds
+    ``min(k, n)`` draws; k >= n returns all n indices.
     """
-    _require(n >= 0, f"n must be >= 0, got {n}")
+    _require(n >= 0 and k >= 0, f"need n >= 0 and k >= 0, got {n}, {k}")
     gpu = _on_gpu(uniforms)
     u = _as(gpu, uniforms, np.float64, "uniforms")
+    _require(u.size == min(k, n), f"need min(k, n) = {min(k, n)} uniforms, got {u.size}")
     twin = kernels.distinct_indices_gpu if gpu else kernels.distinct_indices_cpu
     return twin(n, u)
 
