@@ -38,7 +38,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
+def build_parser(command: str | None) -> argparse.ArgumentParser:
+    """The parser, with the full options of ``command`` only (the one being run)."""
     parser = argparse.ArgumentParser(
         prog="ptycl",
         description="Continual learning for ptychography: stream scans from HDF5/Zarr, keep a "
@@ -48,25 +49,31 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     )
     parser.add_argument("--version", action="version", version=f"ptycl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    handlers: dict[str, Callable[[argparse.Namespace], int]] = {}
-    for name, (module_name, function, help_text) in COMMANDS.items():
-        module = importlib.import_module(module_name)
-        command_parser = sub.add_parser(name, help=help_text, description=module.__doc__)
-        module.add_arguments(command_parser)
-        handlers[name] = getattr(module, function)
-    return parser, handlers
+    for name, (module_name, _, help_text) in COMMANDS.items():
+        if name == command:
+            module = importlib.import_module(module_name)
+            module.add_arguments(sub.add_parser(name, help=help_text, description=module.__doc__,
+                                                formatter_class=argparse.RawDescriptionHelpFormatter))
+        else:
+            sub.add_parser(name, help=help_text)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser, handlers = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
+    module_name, function, _ = COMMANDS[args.command]
+    handler: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(module_name), function)
     try:
-        return handlers[args.command](args)
+        return handler(args)
     except PtyclError as exc:
-        log.error("%s", exc) if log.handlers else print(f"ptycl: error: {exc}", file=sys.stderr)
+        # one line, whether or not logging is set up yet
+        print(f"ptycl: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ptycl: interrupted", file=sys.stderr)

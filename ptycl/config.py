@@ -52,7 +52,7 @@ class SimulateSettings(Section):
     detector: DetectorSettings = DetectorSettings()
     frame_rate_hz: PositiveFloat | None = None  # set: write in real time, frame by frame
     labels: Literal["in_scan", "separate", "none"] = "in_scan"
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0)] = 0
 
     @model_validator(mode="after")
     def _probe_fits(self) -> SimulateSettings:
@@ -77,9 +77,17 @@ class ModelSettings(Section):
 
 
 class StoreSettings(Section):
+    """The rehearsal store; under MPI, capacities are per rank (each rank holds one shard)."""
+
     capacity_samples: PositiveInt | None = 600
     capacity_bytes: PositiveInt | None = None  # alternative to capacity_samples
     half_precision: bool = False  # store frames, labels and outputs as float16
+    # reservoir: uniform over the stream; balanced: equal share per scan; loss_aware: evict
+    # easy samples (low task loss at insertion) first. Same meaning with one rank or many.
+    policy: Literal["reservoir", "balanced", "loss_aware"] = "reservoir"
+    # Where shards live: host memory (pinned when CUDA is available) or GPU memory.
+    device: Literal["cpu", "cuda"] = "cpu"
+    prefetch: bool = True  # fetch the next step's replay draws over MPI in the background
 
     @model_validator(mode="after")
     def _one_capacity(self) -> StoreSettings:

@@ -21,27 +21,45 @@ from ptycl.io.source import open_streaming_writer
 
 
 def tiny_metadata(
-    frame_shape: tuple[int, int] = (16, 16), scan_id: str = "scan0000", family: str | None = "manhattan", masked: bool = True
+    frame_shape: tuple[int, int] = (16, 16),
+    scan_id: str = "scan0000",
+    family: str | None = "manhattan",
+    masked: bool = True,
 ) -> ScanMetadata:
     mask = None
     if masked:
         mask = np.zeros(frame_shape, dtype=bool)
         mask[:, frame_shape[1] // 2] = True  # a module gap
     geometry = ScanGeometry(
-        energy_j=8800 * EV_J, distance_m=2.0, detector_pixel_m=(75e-6, 55e-6), frame_shape=frame_shape
+        energy_j=8800 * EV_J,
+        distance_m=2.0,
+        detector_pixel_m=(75e-6, 55e-6),
+        frame_shape=frame_shape,
     )
-    return ScanMetadata(scan_id=scan_id, geometry=geometry, sample_family=family, mask=mask, attrs={"beamline": "test"})
+    return ScanMetadata(
+        scan_id=scan_id,
+        geometry=geometry,
+        sample_family=family,
+        mask=mask,
+        attrs={"beamline": "test"},
+    )
 
 
 def tiny_scan(
-    n_frames: int = 12, frame_shape: tuple[int, int] = (16, 16), seed: int = 0, dtype: str = "uint32", scan_id: str = "scan0000"
+    n_frames: int = 12,
+    frame_shape: tuple[int, int] = (16, 16),
+    seed: int = 0,
+    dtype: str = "uint32",
+    scan_id: str = "scan0000",
 ) -> SimulatedScan:
     """Random counts, positions and object: bit-exact round trips need nothing physical."""
     rng = np.random.default_rng(seed)
     frames = rng.integers(0, 5000, size=(n_frames, *frame_shape)).astype(dtype)
     positions_m = rng.uniform(-2e-6, 2e-6, size=(n_frames, 2))
     truth = ObjectImage(
-        values=(rng.random((24, 20)) * np.exp(1j * rng.uniform(-np.pi, np.pi, (24, 20)))).astype(np.complex64),
+        values=(rng.random((24, 20)) * np.exp(1j * rng.uniform(-np.pi, np.pi, (24, 20)))).astype(
+            np.complex64
+        ),
         pixel_m=(1.1e-8, 1.3e-8),
         center_m=(2e-7, -3e-7),
     )
@@ -58,14 +76,24 @@ FOREIGN_MEMBERS = {
 
 
 def write_foreign_cxi(
-    path: Path, frames: np.ndarray, translation_xyz: np.ndarray, omit: tuple[str, ...] = (), **scalars: float
+    path: Path,
+    frames: np.ndarray,
+    translation_xyz: np.ndarray,
+    omit: tuple[str, ...] = (),
+    **scalars: float,
 ) -> None:
     """A CXI file as another tool writes it, with plain h5py and none of ptycl's extras:
     frames stored in /entry_1/data_1/data (no soft link, no status, no mask), scalars as (1,)
     arrays. ``omit`` leaves out members by their FOREIGN_MEMBERS name."""
     import h5py
 
-    values = {"distance": 1.5, "x_pixel_size": 172e-6, "y_pixel_size": 172e-6, "energy": 1.2e-15, **scalars}
+    values = {
+        "distance": 1.5,
+        "x_pixel_size": 172e-6,
+        "y_pixel_size": 172e-6,
+        "energy": 1.2e-15,
+        **scalars,
+    }
     with h5py.File(path, "w") as f:
         f["cxi_version"] = 150
         f["entry_1/data_1/data"] = frames
@@ -83,7 +111,9 @@ def pattern_position(index: int) -> np.ndarray:
     return np.array([index * 1e-7, -index * 2e-7])
 
 
-def stream_pattern_scan(path: Path, n_frames: int, rate_hz: float, size: int, complete: bool = True) -> None:
+def stream_pattern_scan(
+    path: Path, n_frames: int, rate_hz: float, size: int, complete: bool = True
+) -> None:
     metadata = tiny_metadata((size, size), scan_id=path.stem)
     with open_streaming_writer(path, metadata, np.uint32) as writer:
         start = time.monotonic()
@@ -102,9 +132,13 @@ def main(argv: list[str]) -> int:
     write.add_argument("--frames", type=int, default=40)
     write.add_argument("--rate-hz", type=float, default=50.0)
     write.add_argument("--size", type=int, default=16)
-    write.add_argument("--incomplete", action="store_true", help="stop without marking the scan complete")
+    write.add_argument(
+        "--incomplete", action="store_true", help="stop without marking the scan complete"
+    )
     args = parser.parse_args(argv)
-    stream_pattern_scan(args.path, args.frames, args.rate_hz, args.size, complete=not args.incomplete)
+    stream_pattern_scan(
+        args.path, args.frames, args.rate_hz, args.size, complete=not args.incomplete
+    )
     return 0
 
 

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-
 from helpers_scans import tiny_scan, write_foreign_cxi
+
 from ptycl.errors import ScanError
 from ptycl.io import cxi
 from ptycl.io.object_image import label_path_for
-from ptycl.io.source import open_scan, write_scan
+from ptycl.io.source import ScanSource, open_scan, write_scan
 
 
-def _scan_error(path: Path, match: str, action=None) -> ScanError:  # noqa: ANN001 - a callable on the source
+def _scan_error(
+    path: Path, match: str, action: Callable[[ScanSource], object] | None = None
+) -> ScanError:
     with pytest.raises(ScanError, match=match) as err:
         with open_scan(path, expected_frame_shape=(16, 16)) as source:
             if action is not None:
@@ -26,15 +29,18 @@ def _scan_error(path: Path, match: str, action=None) -> ScanError:  # noqa: ANN0
     return err.value
 
 
-def _frames_and_translation(n: int = 5, n_translations: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _frames_and_translation(
+    n: int = 5, n_translations: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     frames = np.ones((n, 16, 16), dtype=np.float32)
     return frames, np.zeros((n if n_translations is None else n_translations, 3))
 
 
 def test_hdf5_file_cut_in_half(tmp_path: Path) -> None:
     path = write_scan(tmp_path / "cut.h5", tiny_scan(n_frames=40))
-    os.truncate(path, path.stat().st_size // 2)
-    _scan_error(path, "truncated or corrupt")
+    size = path.stat().st_size
+    os.truncate(path, size // 2)
+    _scan_error(path, f"truncated: {size // 2} of {size} bytes present")
 
 
 def test_zarr_frame_chunk_cut_short(tmp_path: Path) -> None:
@@ -50,7 +56,12 @@ def test_zarr_frame_chunk_cut_short(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("omit", "named"),
-    [("distance", "distance"), ("energy", "energy"), ("x_pixel_size", "x_pixel_size"), ("y_pixel_size", "y_pixel_size")],
+    [
+        ("distance", "distance"),
+        ("energy", "energy"),
+        ("x_pixel_size", "x_pixel_size"),
+        ("y_pixel_size", "y_pixel_size"),
+    ],
 )
 def test_missing_dataset_is_named(tmp_path: Path, omit: str, named: str) -> None:
     path = tmp_path / f"no_{omit}.cxi"
@@ -71,7 +82,10 @@ def test_frames_and_positions_of_different_counts(tmp_path: Path) -> None:
     _scan_error(path, "10 frames but 9 translations")
 
 
-@pytest.mark.parametrize(("bad_value", "problem"), [(np.nan, "non-finite"), (np.inf, "non-finite"), (-3.0, "negative")])
+@pytest.mark.parametrize(
+    ("bad_value", "problem"),
+    [(np.nan, "NaN or infinite"), (np.inf, "NaN or infinite"), (-3.0, "negative")],
+)
 def test_bad_float_counts(tmp_path: Path, bad_value: float, problem: str) -> None:
     frames, translation = _frames_and_translation(n=6)
     frames[4, 3, 7] = bad_value
@@ -104,7 +118,7 @@ def test_frames_that_are_not_a_stack(tmp_path: Path) -> None:
 def test_not_a_scan_at_all(tmp_path: Path) -> None:
     text = tmp_path / "notes.h5"
     text.write_text("frames go here\n")
-    _scan_error(text, "not a readable HDF5 file")
+    _scan_error(text, "not an HDF5 file")
 
     other_hdf5 = tmp_path / "weights.h5"
     with h5py.File(other_hdf5, "w") as f:
@@ -118,7 +132,7 @@ def test_not_a_scan_at_all(tmp_path: Path) -> None:
 
     plain_dir = tmp_path / "some_dir"
     plain_dir.mkdir()
-    _scan_error(plain_dir, "not a readable Zarr group")
+    _scan_error(plain_dir, "not a Zarr group")
 
     csv = tmp_path / "positions.csv"
     csv.write_text("1,2\n")
@@ -128,8 +142,33 @@ def test_not_a_scan_at_all(tmp_path: Path) -> None:
 
 
 def test_corrupt_label_file(tmp_path: Path) -> None:
-    path = write_scan(tmp_path / "scan0003_texture.h5", tiny_scan(frame_shape=(16, 16)), labels="none")
+    path = write_scan(
+        tmp_path / "scan0003_texture.h5", tiny_scan(frame_shape=(16, 16)), labels="none"
+    )
     label_path_for(path).write_bytes(b"\x89HDF\r\n\x1a\n garbage")
-    with open_scan(path) as source, pytest.raises(ScanError, match="not a readable HDF5 file") as err:
+    with open_scan(path) as source, pytest.raises(ScanError, match="bad superblock") as err:
         source.label()
     assert str(label_path_for(path)) in str(err.value)
+
+
+def test_ptycl_info_reports_each_bad_scan_and_goes_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ptycl.cli import main
+
+    write_scan(tmp_path / "scan0000_manhattan.h5", tiny_scan(n_frames=7))
+    write_scan(tmp_path / "scan0001_manhattan.zarr", tiny_scan(n_frames=5), labels="separate")
+    (tmp_path / "scan0002_broken.h5").write_bytes(b"not hdf5")
+    assert main(["info", str(tmp_path)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    assert (
+        "scan0000_manhattan.h5: 7 frames 16x16 uint32, complete" in lines[0]
+        and "label in file" in lines[0]
+    )
+    assert (
+        "scan0001_manhattan.zarr: 5 frames" in lines[1]
+        and "label in scan0001_manhattan.label.h5" in lines[1]
+    )
+    assert lines[2] == f"{tmp_path / 'scan0002_broken.h5'}: not an HDF5 file"
+    assert main(["info", str(tmp_path / "scan0000_manhattan.h5")]) == 0

@@ -7,8 +7,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
 from helpers_scans import tiny_scan, write_foreign_cxi
+
 from ptycl.io import cxi
 from ptycl.io.object_image import label_path_for, read_object_image, write_object_image
 from ptycl.io.source import open_scan, open_streaming_writer, write_scan
@@ -37,7 +37,12 @@ def test_finished_scan_round_trip(tmp_path: Path, suffix: str, labels: str) -> N
         shuffled = source.read([9, 2, 2, 11])
         np.testing.assert_array_equal(shuffled.frames, scan.frames[[9, 2, 2, 11]])
         np.testing.assert_array_equal(shuffled.positions_m, scan.positions_m[[9, 2, 2, 11]])
-        assert [b.indices.tolist() for b in source.batches(5, start=3)] == [[3, 4, 5, 6, 7], [8, 9, 10, 11, 12]]
+        with pytest.raises(IndexError, match="13 committed"):
+            source.read([12, 13])
+        assert [b.indices.tolist() for b in source.batches(5, start=3)] == [
+            [3, 4, 5, 6, 7],
+            [8, 9, 10, 11, 12],
+        ]
         label = source.label()
     if labels == "none":
         assert label is None
@@ -82,13 +87,19 @@ def test_reads_a_foreign_cxi_file(tmp_path: Path) -> None:
     with open_scan(path) as source:
         assert source.is_complete() and source.n_committed() == 6
         geometry = source.metadata.geometry
-        assert (geometry.energy_j, geometry.distance_m, geometry.frame_shape) == (1.4e-15, 3.0, (10, 10))
+        assert (geometry.energy_j, geometry.distance_m, geometry.frame_shape) == (
+            1.4e-15,
+            3.0,
+            (10, 10),
+        )
         assert geometry.detector_pixel_m == (172e-6, 172e-6)
         assert source.metadata.scan_id == "elsewhere" and source.metadata.sample_family is None
         assert source.metadata.mask is None and source.label() is None
         batch = source.read(range(6))
     np.testing.assert_array_equal(batch.frames, frames)
-    np.testing.assert_array_equal(batch.positions_m, np.stack([-translation[:, 1], -translation[:, 0]], axis=1))
+    np.testing.assert_array_equal(
+        batch.positions_m, np.stack([-translation[:, 1], -translation[:, 0]], axis=1)
+    )
 
 
 @pytest.mark.parametrize("suffix", SUFFIXES)
@@ -128,3 +139,46 @@ def test_streamed_scan_reads_like_a_written_one(tmp_path: Path, suffix: str) -> 
         np.testing.assert_array_equal(batch.frames, scan.frames)
         np.testing.assert_array_equal(batch.positions_m, scan.positions_m)
         np.testing.assert_array_equal(source.label().values, scan.truth.values)
+
+
+def test_simulate_writes_scans_named_by_index_and_family(tmp_path: Path) -> None:
+    pytest.importorskip("ptycl.simulate.beamline")
+    from ptycl.config import SimulateSettings
+    from ptycl.simulate.run import simulate_scans
+
+    settings = SimulateSettings(
+        out_dir=tmp_path,
+        n_scans=2,
+        frames_per_scan=12,
+        frame_size=32,
+        families=["siemens", "texture"],
+        labels="separate",
+    )
+    paths = simulate_scans(settings)
+    assert [p.name for p in paths] == ["scan0000_siemens.h5", "scan0001_texture.h5"]
+    with open_scan(paths[1], expected_frame_shape=(32, 32)) as source:
+        assert source.is_complete() and source.n_committed() == 12
+        assert source.metadata.sample_family == "texture"
+        assert source.label_in_file() is None and source.label() is not None
+        first = source.read(range(12)).frames
+    stamp = paths[1].stat().st_mtime_ns
+    again = simulate_scans(settings.model_copy(update={"n_scans": 3}), reuse_existing=True)
+    assert paths[1].stat().st_mtime_ns == stamp  # reused, not rewritten
+    assert again[2].name == "scan0002_siemens.h5"
+    # The random numbers of scan i come from (seed, i) alone: regenerating it gives it back.
+    regenerated = simulate_scans(settings.model_copy(update={"out_dir": tmp_path / "again"}))
+    with open_scan(regenerated[1]) as source:
+        np.testing.assert_array_equal(source.read(range(12)).frames, first)
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_two_sources_on_one_file_in_one_process(tmp_path: Path, suffix: str) -> None:
+    """HDF5 shares a file opened twice in a process; one source must not upset the other."""
+    scan = tiny_scan(n_frames=6)
+    path = write_scan(tmp_path / f"s{suffix}", scan)
+    with open_scan(path) as first:
+        first.read([0])
+        with open_scan(path) as second:
+            assert second.n_committed() == 6
+            np.testing.assert_array_equal(second.read(range(6)).frames, scan.frames)
+        np.testing.assert_array_equal(first.read(range(6)).frames, scan.frames)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers_scans import pattern_position, stream_pattern_scan
+
 from ptycl.errors import ScanError
 from ptycl.io.source import open_scan
 
@@ -24,7 +24,10 @@ REPO = HELPER.parent.parent
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
 
 
 def _wait_for(path: Path, timeout_s: float = 30.0) -> None:
@@ -39,7 +42,18 @@ def test_reader_follows_writer_in_another_process(tmp_path: Path, suffix: str) -
     n_frames, size = 60, 16
     path = tmp_path / f"scan0001_stream{suffix}"
     writer = subprocess.Popen(
-        [sys.executable, str(HELPER), "write", str(path), "--frames", str(n_frames), "--rate-hz", "60", "--size", str(size)],
+        [
+            sys.executable,
+            str(HELPER),
+            "write",
+            str(path),
+            "--frames",
+            str(n_frames),
+            "--rate-hz",
+            "60",
+            "--size",
+            str(size),
+        ],
         env=_env(),
         stderr=subprocess.PIPE,
     )
@@ -77,3 +91,50 @@ def test_follow_raises_when_the_writer_stalls(tmp_path: Path, suffix: str) -> No
         assert str(path) in str(err.value)
         # Without follow, the committed frames of an unfinished scan are all readable.
         assert sum(len(b) for b in source.batches(4)) == 9
+
+
+def test_ptycl_simulate_in_real_time_is_followed_to_the_end(tmp_path: Path) -> None:
+    pytest.importorskip("ptycl.simulate.beamline")
+    n_frames = 30
+    out_dir = tmp_path / "sim"
+    settings = [
+        f"simulate.out_dir={out_dir}",
+        "simulate.n_scans=1",
+        f"simulate.frames_per_scan={n_frames}",
+        "simulate.frame_size=32",
+        "simulate.frame_rate_hz=30",
+        "simulate.format=zarr",
+        "simulate.labels=separate",
+    ]
+    command = [
+        sys.executable,
+        "-m",
+        "ptycl",
+        "simulate",
+        *[arg for s in settings for arg in ("--set", s)],
+    ]
+    writer = subprocess.Popen(command, env=_env(), stderr=subprocess.PIPE)
+    path = out_dir / "scan0000_manhattan.zarr"
+    try:
+        _wait_for(path)
+        with open_scan(path, expected_frame_shape=(32, 32)) as source:
+            assert not source.is_complete()
+            assert source.label() is None  # a separate label follows the last frame
+            streamed = list(
+                source.batches(4, follow=True, poll_interval_s=0.01, stall_timeout_s=30)
+            )
+    finally:
+        _, stderr = writer.communicate(timeout=60)
+    assert writer.returncode == 0, stderr.decode()
+    assert "wrote 1 scan(s), 30 frames" in stderr.decode()
+    indices = np.concatenate([b.indices for b in streamed])
+    np.testing.assert_array_equal(indices, np.arange(n_frames))
+    frames = np.concatenate([b.frames for b in streamed])
+    assert (frames.sum(axis=(1, 2)) > 0).all()  # no frame read before its data landed
+    with open_scan(path) as finished:
+        final = finished.read(range(n_frames))
+        assert finished.label() is not None
+    np.testing.assert_array_equal(frames, final.frames)
+    np.testing.assert_array_equal(
+        np.concatenate([b.positions_m for b in streamed]), final.positions_m
+    )

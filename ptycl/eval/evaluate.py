@@ -17,20 +17,11 @@ import torch
 
 from ptycl.eval.image_metrics import object_errors
 from ptycl.model.ptychonn import PtychoNN
+from ptycl.recon.infer import predict
 from ptycl.recon.stitch import StitchedObject, stitch_patches
 from ptycl.train.scan_data import ScanTensors
 
 MATRIX_NAMES = ("amplitude_mae", "phase_mae", "amplitude_psnr", "phase_psnr", "amplitude_ssim", "phase_ssim")
-
-
-@torch.inference_mode()
-def predict(model: PtychoNN, inputs: torch.Tensor, device: torch.device, batch_size: int = 256) -> torch.Tensor:
-    """(n, 2, S, S) amplitude and phase for prepared inputs, on the CPU."""
-    was_training = model.training
-    model.eval()
-    outputs = [model(inputs[i : i + batch_size].to(device)).stacked().float().cpu() for i in range(0, len(inputs), batch_size)]
-    model.train(was_training)
-    return torch.cat(outputs) if outputs else torch.empty((0, 2, *inputs.shape[2:]))
 
 
 def holdout_mae(model: PtychoNN, scan: ScanTensors, device: torch.device) -> tuple[float, float]:

@@ -7,11 +7,13 @@ Positions: ptycl uses probe centres relative to the object, (N, 2) with columns 
 stores the *sample* translation, (N, 3) with columns (x, y, z); moving the sample by +t puts
 the probe at -t on the sample, so the signs flip (CDTools writes it the same way).
 
-The readers below take an open HDF5 file or Zarr group alike: both index members by path.
+Below the paths: reading the layout's metadata from an open HDF5 file or Zarr group alike
+(both index members by path), and opening an HDF5 file in the right mode for its state.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import h5py
@@ -95,6 +97,62 @@ def mask_from_cxi(mask: np.ndarray) -> np.ndarray:
     return np.asarray(mask) != 0
 
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+SUPERBLOCK_SEARCH_OFFSETS = (
+    0,
+    512,
+    1024,
+    2048,
+    4096,
+    8192,
+    16384,
+    32768,
+    65536,
+)  # after a user block
+SWMR_WRITE_FLAG = 0x04  # superblock v3 file consistency flags: open for SWMR writing
+
+
+def _being_written_with_swmr(path: Path) -> bool:
+    """Whether a SWMR writer holds the file (or died holding it), from the superblock's flags.
+
+    Only such files are opened with ``swmr=True``: in SWMR-read mode HDF5 skips the end-of-file
+    check and retries failed metadata reads for a long time, so a truncated finished file would
+    hang instead of failing at once.
+    """
+    with path.open("rb") as fh:
+        for offset in SUPERBLOCK_SEARCH_OFFSETS:
+            fh.seek(offset)
+            head = fh.read(12)  # signature, version, offset size, length size, flags
+            if len(head) < 12:
+                return False
+            if head[:8] == HDF5_SIGNATURE:
+                return head[8] >= 3 and bool(head[11] & SWMR_WRITE_FLAG)
+    return False
+
+
+def open_hdf5(path: Path) -> h5py.File:
+    """Open an HDF5 file for reading, in SWMR mode when a writer streams into it."""
+    try:
+        return h5py.File(path, "r", swmr=_being_written_with_swmr(path))
+    except FileNotFoundError:
+        raise ScanError(path, "no such file") from None
+    except OSError as exc:
+        raise ScanError(path, _why_unopenable(exc)) from None
+
+
+def _why_unopenable(exc: OSError) -> str:
+    """HDF5's open errors, said in a few words."""
+    text = str(exc)
+    cut = re.search(r"eof = (\d+).*stored_eof = (\d+)", text)
+    if cut:
+        return f"truncated: {cut[1]} of {cut[2]} bytes present"
+    if "signature not found" in text:
+        return "not an HDF5 file"
+    if "unable to lock file" in text:
+        return "locked by a writer that is not writing in SWMR mode"
+    return f"not a readable HDF5 file ({text.splitlines()[0] if text else exc.__class__.__name__})"
+
+
 def _is_array(root: Root, member: str) -> bool:
     return member in root and hasattr(root[member], "shape")  # groups have no shape
 
@@ -125,7 +183,9 @@ def _positive_scalar(root: Root, member: str, what: str, path: Path) -> float:
         raise ScanError(path, f"missing dataset /{member} ({what})")
     value = np.asarray(root[member][()])
     if value.size != 1 or value.dtype.kind not in "iuf":
-        raise ScanError(path, f"/{member} ({what}) must be one number, found {value.dtype}{value.shape}")
+        raise ScanError(
+            path, f"/{member} ({what}) must be one number, found {value.dtype}{value.shape}"
+        )
     number = float(value.reshape(-1)[0])
     if not np.isfinite(number) or number <= 0:
         raise ScanError(path, f"/{member} ({what}) is {number}, must be positive")

@@ -4,24 +4,34 @@ Streaming follows FIELD-NOTES: every dataset and attribute exists before ``swmr_
 switched on (SWMR cannot create objects), then per batch of frames: resize + write + flush the
 frames, the same for the translations, and last the committed count. Completion is a
 pre-created scalar dataset set to 1 at the end. Files use ``libver=("v110", "v110")`` so that
-HDF5 1.10+ reads them. Readers open with ``swmr=True`` (harmless on a finished file) and
-refresh each dataset before reading up to the smallest of the committed count and the
-datasets' lengths.
+HDF5 1.10+ reads them. A reader opens a file a SWMR writer holds with ``swmr=True`` and
+refreshes each dataset before reading up to the smallest of the committed count and the
+datasets' lengths; a finished file opens normally (see ``cxi.open_hdf5`` for why).
+
+Known limit: HDF5 shares a file opened twice in one process, and refreshing a dataset through
+one handle breaks it for the other; keep one ScanSource per *growing* file per process
+(finished files, which are never refreshed, may be opened any number of times).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from ptycl.errors import ScanError
 from ptycl.io import cxi
 from ptycl.io.object_image import has_object_image, read_object_image_from, write_object_image
 from ptycl.io.records import ObjectImage, ScanMetadata
-from ptycl.io.source import ScanSource, StreamingScanWriter, StreamProgress, check_array_shapes, check_scan_shape
+from ptycl.io.source import (
+    ScanSource,
+    StreamingScanWriter,
+    StreamProgress,
+    check_array_shapes,
+    check_scan_shape,
+)
 
 LIBVER = ("v110", "v110")
 TRANSLATION_CHUNK_ROWS = 1024
@@ -32,14 +42,20 @@ def _partial_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.partial")
 
 
+@dataclass(frozen=True)
 class _Datasets:
     """The datasets a writer keeps touching."""
 
-    def __init__(self, f: h5py.File) -> None:
-        self.frames = f[cxi.DETECTOR_DATA]
-        self.translation = f[cxi.TRANSLATION]
-        self.committed = f[cxi.COMMITTED_FRAMES]
-        self.complete = f[cxi.COMPLETE]
+    frames: h5py.Dataset
+    translation: h5py.Dataset
+    committed: h5py.Dataset
+    complete: h5py.Dataset
+
+    @classmethod
+    def of(cls, f: h5py.File) -> _Datasets:
+        return cls(
+            f[cxi.DETECTOR_DATA], f[cxi.TRANSLATION], f[cxi.COMMITTED_FRAMES], f[cxi.COMPLETE]
+        )
 
 
 def _create_tree(
@@ -75,24 +91,32 @@ def _create_tree(
     f[cxi.COMPLETE] = np.int8(0)
     if label is not None:
         write_object_image(f, label)
-    return _Datasets(f)
+    return _Datasets.of(f)
 
 
 def write_hdf5_scan(
-    path: Path, metadata: ScanMetadata, frames: np.ndarray, positions_m: np.ndarray, label: ObjectImage | None
+    path: Path,
+    metadata: ScanMetadata,
+    frames: np.ndarray,
+    positions_m: np.ndarray,
+    label: ObjectImage | None,
 ) -> None:
     """A finished scan, built aside and renamed into place, so it is complete on arrival."""
     if len(frames) != len(positions_m):
         raise ValueError(f"{path}: {len(frames)} frames but {len(positions_m)} positions")
     partial = _partial_path(path)
     with h5py.File(partial, "w", libver=LIBVER) as f:
-        datasets = _create_tree(f, metadata, frames, cxi.translation_from_positions(positions_m), label)
+        datasets = _create_tree(
+            f, metadata, frames, cxi.translation_from_positions(positions_m), label
+        )
         datasets.complete[()] = 1
     os.replace(partial, path)
 
 
 class HDF5StreamingWriter(StreamingScanWriter):
-    def __init__(self, path: Path, metadata: ScanMetadata, frame_dtype: np.dtype, label: ObjectImage | None) -> None:
+    def __init__(
+        self, path: Path, metadata: ScanMetadata, frame_dtype: np.dtype, label: ObjectImage | None
+    ) -> None:
         super().__init__(path, metadata, frame_dtype)
         partial = _partial_path(path)
         self._file = h5py.File(partial, "w", libver=LIBVER)
@@ -123,10 +147,7 @@ class HDF5StreamingWriter(StreamingScanWriter):
 
 class HDF5ScanSource(ScanSource):
     def __init__(self, path: Path, expected_frame_shape: tuple[int, int] | None = None) -> None:
-        try:
-            self._file = h5py.File(path, "r", swmr=True)
-        except OSError as exc:
-            raise ScanError(path, f"not a readable HDF5 file, truncated or corrupt ({_first_line(exc)})") from None
+        self._file = cxi.open_hdf5(path)
         try:
             self._open(path, expected_frame_shape)
         except BaseException:
@@ -137,25 +158,41 @@ class HDF5ScanSource(ScanSource):
         f = self._file
         self._frames = f[cxi.locate_frames(f, path)]
         self._translation = f[cxi.locate_translation(f, path)]
-        frame_shape = check_array_shapes(path, self._frames.dtype, self._frames.shape, self._translation.shape)
+        frame_shape = check_array_shapes(
+            path, self._frames.dtype, self._frames.shape, self._translation.shape
+        )
         self._stream = (f[cxi.COMPLETE], f[cxi.COMMITTED_FRAMES]) if cxi.STREAM in f else None
         super().__init__(path, cxi.read_metadata(f, path, frame_shape), self._frames.dtype)
         state = self.progress()
-        check_scan_shape(path, frame_shape, self._frames.shape[0], self._translation.shape[0], state.complete, expected_frame_shape)
+        check_scan_shape(
+            path,
+            frame_shape,
+            self._frames.shape[0],
+            self._translation.shape[0],
+            state.complete,
+            expected_frame_shape,
+        )
+
+    def _fresh(self, dataset: h5py.Dataset) -> h5py.Dataset:
+        # Only a file a SWMR writer holds can change. Refreshing one that cannot is not just
+        # wasted: HDF5 shares a file opened twice in one process, and a refresh through one
+        # handle breaks the same dataset open through the other ("can't insert duplicate key").
+        if self._file.swmr_mode:
+            dataset.refresh()
+        return dataset
 
     def _poll(self) -> StreamProgress:
+        # Read in the writer's reverse order: the flag, then the count, then the lengths, so a
+        # flag seen set means the count is final, and the datasets hold at least that count.
         if self._stream is None:  # a foreign file: finished by definition
             complete, committed = True, None
         else:
-            complete_ds, committed_ds = self._stream
-            complete_ds.refresh()
-            complete = bool(complete_ds[()])
-            committed_ds.refresh()
-            committed = int(committed_ds[()])
-        self._frames.refresh()
-        self._translation.refresh()
-        available = min(self._frames.shape[0], self._translation.shape[0])
-        return StreamProgress(available if committed is None else min(committed, available), complete)
+            complete = bool(self._fresh(self._stream[0])[()])
+            committed = int(self._fresh(self._stream[1])[()])
+        available = min(self._fresh(self._frames).shape[0], self._fresh(self._translation).shape[0])
+        return StreamProgress(
+            available if committed is None else min(committed, available), complete
+        )
 
     def _read_range(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         return self._frames[start:stop], self._translation[start:stop]
@@ -163,13 +200,11 @@ class HDF5ScanSource(ScanSource):
     def _read_sorted(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self._frames[indices], self._translation[indices]
 
-    def _in_file_label(self) -> ObjectImage | None:
-        return read_object_image_from(self._file, self.path) if has_object_image(self._file) else None
+    def label_in_file(self) -> ObjectImage | None:
+        return (
+            read_object_image_from(self._file, self.path) if has_object_image(self._file) else None
+        )
 
     def close(self) -> None:
         if self._file.id.valid:
             self._file.close()
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__

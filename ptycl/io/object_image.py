@@ -65,7 +65,10 @@ def read_object_image_from(root: Group, path: str | Path) -> ObjectImage:
     try:
         group = root[cxi.IMAGE]
         values = np.asarray(group[cxi.IMAGE_DATA][...])
-        pixel_m = (float(group[cxi.IMAGE_Y_PIXEL_SIZE][()]), float(group[cxi.IMAGE_X_PIXEL_SIZE][()]))
+        pixel_m = (
+            float(group[cxi.IMAGE_Y_PIXEL_SIZE][()]),
+            float(group[cxi.IMAGE_X_PIXEL_SIZE][()]),
+        )
         center_m = (0.0, 0.0)
         if cxi.IMAGE_CENTER in group:
             y, x = np.asarray(group[cxi.IMAGE_CENTER][...], dtype=np.float64)
@@ -75,8 +78,12 @@ def read_object_image_from(root: Group, path: str | Path) -> ObjectImage:
     except (OSError, ValueError) as exc:
         raise ScanError(path, f"object image unreadable ({exc})") from None
     if values.ndim != 2 or not np.iscomplexobj(values):
-        raise ScanError(path, f"object image must be 2-D complex, found {values.dtype}{values.shape}")
-    return ObjectImage(values=values.astype(np.complex64, copy=False), pixel_m=pixel_m, center_m=center_m)
+        raise ScanError(
+            path, f"object image must be 2-D complex, found {values.dtype}{values.shape}"
+        )
+    return ObjectImage(
+        values=values.astype(np.complex64, copy=False), pixel_m=pixel_m, center_m=center_m
+    )
 
 
 def read_object_image(path: str | Path) -> ObjectImage:
@@ -90,17 +97,8 @@ def read_object_image(path: str | Path) -> ObjectImage:
         if not has_object_image(root):
             raise ScanError(path, f"no object image ({cxi.IMAGE}/{cxi.IMAGE_DATA})")
         return read_object_image_from(root, path)
-    try:
-        f = h5py.File(path, "r", swmr=True)
-    except FileNotFoundError:
-        raise ScanError(path, "no such file") from None
-    except OSError as exc:
-        raise ScanError(path, f"not a readable HDF5 file ({_first_line(exc)})") from None
+    f = cxi.open_hdf5(path)
     with f:
         if not has_object_image(f):
             raise ScanError(path, f"no object image ({cxi.IMAGE}/{cxi.IMAGE_DATA})")
         return read_object_image_from(f, path)
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__

@@ -40,7 +40,9 @@ def scan_format_of(path: str | Path) -> ScanFormat:
         return "hdf5"
     if path.suffix.lower() == ZARR_SUFFIX or path.is_dir():
         return "zarr"
-    raise ScanError(path, f"not a scan: expected {', '.join(HDF5_SUFFIXES)} or a {ZARR_SUFFIX} directory")
+    raise ScanError(
+        path, f"not a scan: expected {', '.join(HDF5_SUFFIXES)} or a {ZARR_SUFFIX} directory"
+    )
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,8 @@ class ScanSource(ABC):
         """Frames at strictly increasing ``indices`` and their CXI translation rows."""
 
     @abstractmethod
-    def _in_file_label(self) -> ObjectImage | None: ...
+    def label_in_file(self) -> ObjectImage | None:
+        """The object image stored in the scan file itself, if any."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -101,7 +104,9 @@ class ScanSource(ABC):
         if last >= self._committed:
             self.n_committed()
         if wanted.min() < 0 or last >= self._committed:
-            raise IndexError(f"{self.path}: frames {wanted.min()}..{last} asked, {self._committed} committed")
+            raise IndexError(
+                f"{self.path}: frames {wanted.min()}..{last} asked, {self._committed} committed"
+            )
         with self._reading():
             if np.array_equal(wanted, np.arange(wanted[0], last + 1)):
                 frames, translation = self._read_range(int(wanted[0]), last + 1)
@@ -128,9 +133,11 @@ class ScanSource(ABC):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         position = start
-        last_arrival = time.monotonic()
+        seen, last_arrival = -1, time.monotonic()
         while True:
             state = self.progress()
+            if state.committed_frames != seen:
+                seen, last_arrival = state.committed_frames, time.monotonic()
             finished = state.complete or not follow
             while position < state.committed_frames and (
                 state.committed_frames - position >= batch_size or finished
@@ -138,7 +145,6 @@ class ScanSource(ABC):
                 stop = min(position + batch_size, state.committed_frames)
                 yield self.read(np.arange(position, stop))
                 position = stop
-                last_arrival = time.monotonic()
             if finished:
                 return
             if stall_timeout_s is not None and time.monotonic() - last_arrival > stall_timeout_s:
@@ -151,7 +157,7 @@ class ScanSource(ABC):
 
     def label(self) -> ObjectImage | None:
         """The object image in the scan file, else in ``<stem>.label.h5`` beside it, else None."""
-        in_file = self._in_file_label()
+        in_file = self.label_in_file()
         if in_file is not None:
             return in_file
         separate = label_path_for(self.path)
@@ -160,7 +166,9 @@ class ScanSource(ABC):
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     # -- shared checks ------------------------------------------------------------------
@@ -170,19 +178,28 @@ class ScanSource(ABC):
         try:
             yield
         except (OSError, ValueError, KeyError) as exc:
-            raise ScanError(self.path, f"frames unreadable, file truncated or corrupt ({exc})") from None
+            raise ScanError(
+                self.path, f"frames unreadable, file truncated or corrupt ({exc})"
+            ) from None
 
-    def _batch(self, indices: np.ndarray, frames: np.ndarray, translation: np.ndarray) -> FrameBatch:
+    def _batch(
+        self, indices: np.ndarray, frames: np.ndarray, translation: np.ndarray
+    ) -> FrameBatch:
         check_frames(frames, self.path, indices)
         positions_m = positions_from_translation(translation)
         if not np.isfinite(positions_m).all():
             bad = int(indices[np.argmax(~np.isfinite(positions_m).all(axis=1))])
             raise ScanError(self.path, f"translation of frame {bad} is not finite")
-        return FrameBatch(scan_id=self.metadata.scan_id, indices=indices, frames=frames, positions_m=positions_m)
+        return FrameBatch(
+            scan_id=self.metadata.scan_id, indices=indices, frames=frames, positions_m=positions_m
+        )
 
 
 def check_array_shapes(
-    path: Path, frames_dtype: np.dtype, frames_shape: tuple[int, ...], translation_shape: tuple[int, ...]
+    path: Path,
+    frames_dtype: np.dtype,
+    frames_shape: tuple[int, ...],
+    translation_shape: tuple[int, ...],
 ) -> tuple[int, int]:
     """The frame shape (H, W), once the stored arrays are known to be frames and translations."""
     if frames_dtype.kind not in "iuf":
@@ -190,7 +207,9 @@ def check_array_shapes(
     if len(frames_shape) != 3:
         raise ScanError(path, f"detector data must be (N, H, W), found shape {tuple(frames_shape)}")
     if len(translation_shape) != 2 or translation_shape[1] < 2:
-        raise ScanError(path, f"translations must be (N, 3), found shape {tuple(translation_shape)}")
+        raise ScanError(
+            path, f"translations must be (N, 3), found shape {tuple(translation_shape)}"
+        )
     return int(frames_shape[1]), int(frames_shape[2])
 
 
@@ -205,8 +224,9 @@ def check_scan_shape(
     """The run's frame shape, and one translation per frame once the scan is finished."""
     if expected_frame_shape is not None and tuple(frame_shape) != tuple(expected_frame_shape):
         raise ScanError(
-            path, f"frames are {frame_shape[0]}x{frame_shape[1]}, this run expects "
-            f"{expected_frame_shape[0]}x{expected_frame_shape[1]}"
+            path,
+            f"frames are {frame_shape[0]}x{frame_shape[1]}, this run expects "
+            f"{expected_frame_shape[0]}x{expected_frame_shape[1]}",
         )
     if complete and n_frames != n_translations:
         raise ScanError(path, f"{n_frames} frames but {n_translations} translations")
@@ -257,20 +277,28 @@ class StreamingScanWriter(ABC):
     def write_frames(self, frames: np.ndarray, positions_m: np.ndarray) -> None:
         """Append frames (n, H, W) with their (n, 2) (y, x) probe positions in metres."""
         frames = np.asarray(frames)
-        if frames.shape[1:] != self.metadata.geometry.frame_shape or len(positions_m) != len(frames):
+        if frames.shape[1:] != self.metadata.geometry.frame_shape or len(positions_m) != len(
+            frames
+        ):
             raise ValueError(
                 f"{self.path}: frames {frames.shape} / positions {np.shape(positions_m)} do not fit "
                 f"frame shape {self.metadata.geometry.frame_shape}"
             )
         if not np.can_cast(frames.dtype, self.frame_dtype, "safe"):
-            raise ValueError(f"{self.path}: {frames.dtype} frames do not fit a {self.frame_dtype} scan")
-        self._append(frames.astype(self.frame_dtype, copy=False), translation_from_positions(positions_m))
+            raise ValueError(
+                f"{self.path}: {frames.dtype} frames do not fit a {self.frame_dtype} scan"
+            )
+        self._append(
+            frames.astype(self.frame_dtype, copy=False), translation_from_positions(positions_m)
+        )
         self.n_committed += len(frames)
 
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 
@@ -292,7 +320,10 @@ def open_streaming_writer(
 
 
 def write_scan(
-    path: str | Path, scan: SimulatedScan, format: ScanFormat | None = None, labels: LabelPlacement = "in_scan"
+    path: str | Path,
+    scan: SimulatedScan,
+    format: ScanFormat | None = None,
+    labels: LabelPlacement = "in_scan",
 ) -> Path:
     """Write a finished scan (complete on arrival: written aside, then renamed into place).
 

@@ -23,13 +23,23 @@ from ptycl.errors import ScanError
 from ptycl.io import cxi
 from ptycl.io.object_image import has_object_image, read_object_image_from, write_object_image
 from ptycl.io.records import ObjectImage, ScanMetadata
-from ptycl.io.source import ScanSource, StreamingScanWriter, StreamProgress, check_array_shapes, check_scan_shape
+from ptycl.io.source import (
+    ScanSource,
+    StreamingScanWriter,
+    StreamProgress,
+    check_array_shapes,
+    check_scan_shape,
+)
 
 TRANSLATION_CHUNK_ROWS = 1024
 
 
 def _create_tree(
-    root: zarr.Group, metadata: ScanMetadata, frames: np.ndarray, translation: np.ndarray, label: ObjectImage | None
+    root: zarr.Group,
+    metadata: ScanMetadata,
+    frames: np.ndarray,
+    translation: np.ndarray,
+    label: ObjectImage | None,
 ) -> None:
     """Every array and attribute of a scan, holding ``frames`` (possibly none yet)."""
     geometry = metadata.geometry
@@ -54,10 +64,16 @@ def _create_tree(
     )
     if len(frames):
         data[:] = frames
-    root.require_group(cxi.DATA_GROUP).attrs[cxi.ZARR_SOFT_LINKS_ATTR] = {"data": "/" + cxi.DETECTOR_DATA}
+    root.require_group(cxi.DATA_GROUP).attrs[cxi.ZARR_SOFT_LINKS_ATTR] = {
+        "data": "/" + cxi.DETECTOR_DATA
+    }
     positions = root.create_array(
-        cxi.TRANSLATION, shape=translation.shape, dtype=np.float64, chunks=(TRANSLATION_CHUNK_ROWS, 3),
-        compressors=None, fill_value=0.0,
+        cxi.TRANSLATION,
+        shape=translation.shape,
+        dtype=np.float64,
+        chunks=(TRANSLATION_CHUNK_ROWS, 3),
+        compressors=None,
+        fill_value=0.0,
     )
     if len(translation):
         positions[:] = translation
@@ -90,7 +106,11 @@ def _make_room(path: Path) -> None:
 
 
 def _build_aside(
-    path: Path, metadata: ScanMetadata, frames: np.ndarray, translation: np.ndarray, label: ObjectImage | None
+    path: Path,
+    metadata: ScanMetadata,
+    frames: np.ndarray,
+    translation: np.ndarray,
+    label: ObjectImage | None,
 ) -> Path:
     partial = _partial_path(path)
     if partial.exists():
@@ -101,19 +121,27 @@ def _build_aside(
 
 
 def write_zarr_scan(
-    path: Path, metadata: ScanMetadata, frames: np.ndarray, positions_m: np.ndarray, label: ObjectImage | None
+    path: Path,
+    metadata: ScanMetadata,
+    frames: np.ndarray,
+    positions_m: np.ndarray,
+    label: ObjectImage | None,
 ) -> None:
     """A finished scan, built aside and renamed into place, so it is complete on arrival."""
     if len(frames) != len(positions_m):
         raise ValueError(f"{path}: {len(frames)} frames but {len(positions_m)} positions")
-    partial = _build_aside(path, metadata, frames, cxi.translation_from_positions(positions_m), label)
+    partial = _build_aside(
+        path, metadata, frames, cxi.translation_from_positions(positions_m), label
+    )
     zarr.open_group(LocalStore(partial), mode="r+").attrs[cxi.ZARR_COMPLETE_ATTR] = True
     _make_room(path)
     os.rename(partial, path)
 
 
 class ZarrStreamingWriter(StreamingScanWriter):
-    def __init__(self, path: Path, metadata: ScanMetadata, frame_dtype: np.dtype, label: ObjectImage | None) -> None:
+    def __init__(
+        self, path: Path, metadata: ScanMetadata, frame_dtype: np.dtype, label: ObjectImage | None
+    ) -> None:
         super().__init__(path, metadata, frame_dtype)
         empty = np.empty((0, *metadata.geometry.frame_shape), dtype=frame_dtype)
         partial = _build_aside(path, metadata, empty, np.empty((0, 3)), label)
@@ -145,16 +173,27 @@ class ZarrScanSource(ScanSource):
         self._frames_path = cxi.locate_frames(root, path)
         self._translation_path = cxi.locate_translation(root, path)
         frames, translation = root[self._frames_path], root[self._translation_path]
-        frame_shape = check_array_shapes(path, np.dtype(frames.dtype), frames.shape, translation.shape)
+        frame_shape = check_array_shapes(
+            path, np.dtype(frames.dtype), frames.shape, translation.shape
+        )
         super().__init__(path, cxi.read_metadata(root, path, frame_shape), np.dtype(frames.dtype))
         state = self.progress()
-        check_scan_shape(path, frame_shape, self._frames.shape[0], self._translation.shape[0], state.complete, expected_frame_shape)
+        check_scan_shape(
+            path,
+            frame_shape,
+            self._frames.shape[0],
+            self._translation.shape[0],
+            state.complete,
+            expected_frame_shape,
+        )
 
     def _open_root(self, path: Path) -> zarr.Group:
         try:
             return zarr.open_group(self._store, mode="r")
+        except zarr.errors.GroupNotFoundError:
+            raise ScanError(path, "not a Zarr group (no group zarr.json)") from None
         except (OSError, ValueError) as exc:
-            raise ScanError(path, f"not a readable Zarr group ({exc.__class__.__name__}: {exc})") from None
+            raise ScanError(path, f"not a readable Zarr group ({exc})") from None
 
     def _poll(self) -> StreamProgress:
         root = self._open_root(self.path)
@@ -173,7 +212,7 @@ class ZarrScanSource(ScanSource):
     def _read_sorted(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self._frames.oindex[indices], self._translation.oindex[indices]
 
-    def _in_file_label(self) -> ObjectImage | None:
+    def label_in_file(self) -> ObjectImage | None:
         root = self._open_root(self.path)
         return read_object_image_from(root, self.path) if has_object_image(root) else None
 

@@ -1,0 +1,1 @@
+"""Frames to model inputs (``frames``) and object images to label patches (``patches``)."""

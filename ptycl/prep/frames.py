@@ -31,13 +31,16 @@ def check_frames(frames: np.ndarray, path: str | Path, indices: np.ndarray | Non
         return
     flat = frames.reshape(len(frames), -1)
     for problem, bad in (
-        ("non-finite (NaN/Inf)", ~np.isfinite(flat).all(axis=1) if frames.dtype.kind == "f" else None),
+        ("NaN or infinite", ~np.isfinite(flat).all(axis=1) if frames.dtype.kind == "f" else None),
         ("negative", (flat < 0).any(axis=1)),
     ):
         if bad is not None and bad.any():
             first = int(np.argmax(bad))
             frame = int(indices[first]) if indices is not None else first
-            raise ScanError(path, f"frame {frame} has {problem} counts ({int(bad.sum())} bad frame(s) in this read)")
+            raise ScanError(
+                path,
+                f"frame {frame} has {problem} counts ({int(bad.sum())} bad frame(s) in this read)",
+            )
 
 
 def resize_frames(frames: np.ndarray, input_size: int, resize: Resize) -> np.ndarray:
@@ -87,6 +90,8 @@ def prepare_frames(
     return normalise_intensity(resize_frames(frames, input_size, resize))
 
 
-def prepare_batch(batch: FrameBatch, input_size: int, resize: Resize = "crop", mask: np.ndarray | None = None) -> FrameBatch:
+def prepare_batch(
+    batch: FrameBatch, input_size: int, resize: Resize = "crop", mask: np.ndarray | None = None
+) -> FrameBatch:
     """The same batch with its frames replaced by prepared float32 model inputs."""
     return replace(batch, frames=prepare_frames(batch.frames, input_size, resize, mask))

@@ -1,0 +1,62 @@
+"""Batched inference over a scan; the predicted patches are then stitched into the object.
+
+Frames are read and prepared batch by batch; the predicted patches are kept so they can be
+stitched on more than one grid (the scan's own, the truth's) without inferring twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ptycl.config import PrepSettings
+from ptycl.io.records import ObjectImage, ScanMetadata
+from ptycl.io.source import open_scan
+from ptycl.model.ptychonn import PtychoNN
+from ptycl.prep.frames import prepare_frames
+from ptycl.prep.patches import label_pixel_m
+from ptycl.recon.stitch import CanvasGrid, StitchedObject, stitch_patches
+
+
+@torch.inference_mode()
+def predict(model: PtychoNN, inputs: torch.Tensor, device: torch.device, batch_size: int = 256) -> torch.Tensor:
+    """(n, 2, S, S) amplitude and phase for prepared (n, 1, S, S) inputs, returned on the CPU."""
+    was_training = model.training
+    model.eval()
+    outputs = [model(inputs[i : i + batch_size].to(device)).stacked().float().cpu() for i in range(0, len(inputs), batch_size)]
+    model.train(was_training)
+    return torch.cat(outputs) if outputs else torch.empty((0, 2, *inputs.shape[2:]))
+
+
+@dataclass(frozen=True)
+class ScanPrediction:
+    """The model's patches for every frame of a scan, before stitching."""
+
+    metadata: ScanMetadata
+    amplitude: np.ndarray  # (N, S, S)
+    phase: np.ndarray  # (N, S, S)
+    positions_m: np.ndarray  # (N, 2) (y, x)
+    pixel_m: tuple[float, float]  # object pixel of the patches
+    truth: ObjectImage | None  # the scan's label, when it has one
+
+    def stitch(self, canvas: CanvasGrid | ObjectImage | None = None) -> StitchedObject:
+        """Stitch on ``canvas`` (e.g. the truth's grid), or on the grid covering the scan."""
+        return stitch_patches(self.amplitude, self.phase, self.positions_m, self.pixel_m, canvas=canvas)
+
+
+def infer_scan(model: PtychoNN, path: Path, prep: PrepSettings, device: torch.device, batch_size: int = 256) -> ScanPrediction:
+    """Infer every frame of a finished scan, reading and preparing batch by batch."""
+    amplitude, phase, positions = [], [], []
+    with open_scan(path) as source:
+        metadata, truth = source.metadata, source.label()
+        for batch in source.batches(batch_size):
+            inputs = torch.from_numpy(prepare_frames(batch.frames, prep.input_size, prep.resize, mask=metadata.mask))
+            predicted = predict(model, inputs.unsqueeze(1), device, batch_size).numpy()
+            amplitude.append(predicted[:, 0])
+            phase.append(predicted[:, 1])
+            positions.append(batch.positions_m)
+    pixel_m = label_pixel_m(metadata.geometry, prep.input_size, prep.resize)
+    return ScanPrediction(metadata, np.concatenate(amplitude), np.concatenate(phase), np.concatenate(positions), pixel_m, truth)

@@ -1,0 +1,135 @@
+"""Simulate a beamline: write scans as HDF5 (CXI layout) or Zarr, optionally in real time.
+
+    ptycl simulate -c configs/continual-64.yaml [--set simulate.frame_rate_hz=200] [--reuse-existing]
+
+Scan i is ``simulate.out_dir/scanNNNN_FAMILY.h5`` (or ``.zarr``), its random numbers drawn from
+(simulate.seed, i), so any scan can be regenerated alone. Labels (the true object) go in the
+scan file, in ``scanNNNN_FAMILY.label.h5`` beside it, or nowhere (``simulate.labels``). With
+``simulate.frame_rate_hz`` set, each scan is written frame by frame at that rate, readable
+while it grows and marked complete only after its last frame; a separate label follows it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from ptycl.cli import add_config_arguments
+from ptycl.config import SimulateSettings, load_config
+from ptycl.errors import ScanError
+from ptycl.io.object_image import label_path_for, write_object_image
+from ptycl.io.records import SimulatedScan
+from ptycl.io.source import SUFFIXES, open_scan, open_streaming_writer, write_scan
+from ptycl.logs import progress, setup_logging
+
+log = logging.getLogger("ptycl.simulate")
+
+# Stored with every scan so that a later run can tell whether a file on disk is the scan it
+# would simulate; settings that change only how or where it is written are left out.
+NOT_PROVENANCE = {"out_dir", "format", "n_scans", "frame_rate_hz", "labels"}
+PROVENANCE_ATTR = "simulate_settings"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument(
+        "--reuse-existing",
+        action="store_true",
+        help="keep scans already on disk that are complete and were simulated with the same settings",
+    )
+
+
+def scan_path(settings: SimulateSettings, scan_index: int) -> Path:
+    family = settings.families[scan_index % len(settings.families)]
+    return settings.out_dir / f"scan{scan_index:04d}_{family}{SUFFIXES[settings.format]}"
+
+
+def _provenance(settings: SimulateSettings) -> str:
+    return settings.model_dump_json(exclude=NOT_PROVENANCE)
+
+
+def _reusable(path: Path, settings: SimulateSettings) -> bool:
+    """A complete scan on disk made from these settings, with its label where asked."""
+    if not path.exists():
+        return False
+    try:
+        with open_scan(path) as source:
+            same = source.metadata.attrs.get(PROVENANCE_ATTR) == _provenance(settings)
+            done = source.is_complete() and source.n_committed() == settings.frames_per_scan
+            labelled = settings.labels == "none" or source.label() is not None
+    except ScanError:
+        return False
+    return same and done and labelled
+
+
+def _bytes_on_disk(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size if path.exists() else 0
+
+
+def _stream(path: Path, scan: SimulatedScan, settings: SimulateSettings) -> None:
+    """Write frame by frame at ``frame_rate_hz``, as a detector would."""
+    label = scan.truth if settings.labels == "in_scan" else None
+    period_s = 1.0 / settings.frame_rate_hz
+    with open_streaming_writer(path, scan.metadata, scan.frames.dtype, label=label) as writer:
+        start = time.monotonic()
+        for index in progress(range(len(scan.frames)), desc=path.name, total=len(scan.frames)):
+            writer.write_frame(scan.frames[index], scan.positions_m[index])
+            # Pace against the start, not the last frame, so slow writes do not add up.
+            time.sleep(max(0.0, start + (index + 1) * period_s - time.monotonic()))
+        writer.mark_complete()
+    if settings.labels == "separate":
+        write_object_image(label_path_for(path), scan.truth)
+
+
+def simulate_scans(settings: SimulateSettings, reuse_existing: bool = False) -> list[Path]:
+    """Simulate and write ``settings.n_scans`` scans; return their paths in scan order."""
+    from ptycl.simulate.beamline import simulate_scan  # the physics imports scipy and friends
+
+    settings.out_dir.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    written_frames = written_bytes = reused = 0
+    start = time.monotonic()
+    for scan_index in progress(range(settings.n_scans), desc="simulate", total=settings.n_scans):
+        path = scan_path(settings, scan_index)
+        paths.append(path)
+        if reuse_existing and _reusable(path, settings):
+            reused += 1
+            continue
+        scan = simulate_scan(
+            settings, scan_index, np.random.default_rng([settings.seed, scan_index])
+        )
+        attrs = {**scan.metadata.attrs, PROVENANCE_ATTR: _provenance(settings)}
+        scan = replace(scan, metadata=replace(scan.metadata, attrs=attrs))
+        # A label left beside by an earlier run would not fit this scan.
+        label_path_for(path).unlink(missing_ok=True)
+        if settings.frame_rate_hz is None:
+            write_scan(path, scan, settings.format, settings.labels)
+        else:
+            _stream(path, scan, settings)
+        written_frames += len(scan.frames)
+        written_bytes += _bytes_on_disk(path) + _bytes_on_disk(label_path_for(path))
+        log.debug("wrote %s (%d frames)", path, len(scan.frames))
+    log.info(
+        "simulate: wrote %d scan(s), %d frames, %.1f MB in %.1f s to %s%s",
+        len(paths) - reused,
+        written_frames,
+        written_bytes / 1e6,
+        time.monotonic() - start,
+        settings.out_dir,
+        f" ({reused} complete scan(s) reused)" if reused else "",
+    )
+    return paths
+
+
+def main(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    setup_logging(config.run.log_level)
+    simulate_scans(config.simulate, reuse_existing=args.reuse_existing)
+    return 0
