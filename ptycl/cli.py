@@ -21,20 +21,47 @@ log = logging.getLogger("ptycl")
 # subcommand -> (module, function, one-line help). Modules are imported lazily so that
 # `ptycl --help` answers instantly and a command never pays for torch it does not use.
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "simulate": ("ptycl.simulate.run", "main", "simulate a beamline: write scans (HDF5/CXI or Zarr), optionally in real time"),
-    "info": ("ptycl.io.info", "main", "read scans back and summarise them (frames, geometry, labels, problems)"),
-    "train": ("ptycl.train.run", "main", "continual training over a sequence of scans (incremental, cumulative, er, der, derpp)"),
-    "reconstruct": ("ptycl.recon.run", "main", "infer a scan with a trained model and stitch the object image"),
+    "simulate": (
+        "ptycl.simulate.run",
+        "main",
+        "simulate a beamline: write scans (HDF5/CXI or Zarr), optionally in real time",
+    ),
+    "info": (
+        "ptycl.io.info",
+        "main",
+        "read scans back and summarise them (frames, geometry, labels, problems)",
+    ),
+    "train": (
+        "ptycl.train.run",
+        "main",
+        "continual training over a sequence of scans (incremental, cumulative, er, der, derpp)",
+    ),
+    "reconstruct": (
+        "ptycl.recon.run",
+        "main",
+        "infer a scan with a trained model and stitch the object image",
+    ),
     "bench": ("ptycl.bench.run", "main", "run benchmark suites, write JSON, markdown and plots"),
 }
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """The options every run-file-driven subcommand shares."""
-    parser.add_argument("-c", "--config", help="YAML run file (see configs/); defaults apply without one")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a setting by dotted key, e.g. --set train.alpha=0.3 (repeatable)",
+        "-c", "--config", help="YAML run file (see configs/); defaults apply without one"
+    )
+    add_override_argument(parser, "e.g. --set train.alpha=0.3")
+
+
+def add_override_argument(parser: argparse.ArgumentParser, example: str) -> None:
+    """``--set KEY=VALUE``: a dotted-key override of one setting, repeatable."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a setting by dotted key, {example} (repeatable)",
     )
 
 
@@ -52,8 +79,14 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
     for name, (module_name, _, help_text) in COMMANDS.items():
         if name == command:
             module = importlib.import_module(module_name)
-            module.add_arguments(sub.add_parser(name, help=help_text, description=module.__doc__,
-                                                formatter_class=argparse.RawDescriptionHelpFormatter))
+            module.add_arguments(
+                sub.add_parser(
+                    name,
+                    help=help_text,
+                    description=module.__doc__,
+                    formatter_class=argparse.RawDescriptionHelpFormatter,
+                )
+            )
         else:
             sub.add_parser(name, help=help_text)
     return parser
@@ -68,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     module_name, function, _ = COMMANDS[args.command]
-    handler: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(module_name), function)
+    handler: Callable[[argparse.Namespace], int] = getattr(
+        importlib.import_module(module_name), function
+    )
     try:
         return handler(args)
     except PtyclError as exc:

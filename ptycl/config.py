@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
 
 from ptycl.errors import ConfigError
 
@@ -147,7 +155,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         value = yaml.safe_load(raw) if raw else ""
     except yaml.YAMLError as exc:
-        raise ConfigError("--set", key, f"value is not valid YAML ({exc.__class__.__name__})") from None
+        raise ConfigError(
+            "--set", key, f"value is not valid YAML ({exc.__class__.__name__})"
+        ) from None
     return key.strip(), value
 
 

@@ -29,7 +29,9 @@ class _TqdmHandler(logging.StreamHandler):
 def setup_logging(level: str = "INFO", rank: int = 0) -> None:
     handler = _TqdmHandler()
     prefix = f"[rank {rank}] " if rank else ""
-    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)-7s {prefix}%(message)s", "%H:%M:%S"))
+    handler.setFormatter(
+        logging.Formatter(f"%(asctime)s %(levelname)-7s {prefix}%(message)s", "%H:%M:%S")
+    )
     root = logging.getLogger("ptycl")
     root.handlers[:] = [handler]
     root.setLevel(level if rank == 0 else max(logging.getLevelName(level), logging.WARNING))
@@ -39,4 +41,6 @@ def setup_logging(level: str = "INFO", rank: int = 0) -> None:
 def progress(items: Iterable[T], desc: str, total: int | None = None, rank: int = 0) -> Iterator[T]:
     """A progress bar on rank 0 when stderr is a terminal (or PTYCL_PROGRESS=1)."""
     show = rank == 0 and (sys.stderr.isatty() or os.environ.get("PTYCL_PROGRESS") == "1")
-    yield from tqdm(items, desc=desc, total=total, disable=not show, leave=False, dynamic_ncols=True)
+    yield from tqdm(
+        items, desc=desc, total=total, disable=not show, leave=False, dynamic_ncols=True
+    )

@@ -72,7 +72,9 @@ def test_phase_errors_are_measured_across_the_wrap():
     errors = image_errors(amplitude, predicted_phase, amplitude, true_phase)
     assert errors.phase_mae == pytest.approx(0.1, abs=1e-12)
     assert errors.phase_psnr == pytest.approx(10 * np.log10((2 * np.pi) ** 2 / 0.01), abs=1e-9)
-    np.testing.assert_allclose(wrapped_phase_difference(predicted_phase, true_phase), 0.1, atol=1e-12)
+    np.testing.assert_allclose(
+        wrapped_phase_difference(predicted_phase, true_phase), 0.1, atol=1e-12
+    )
 
     # a phase ramp that wraps in one image and is unwrapped in the other is the same phase
     _, y = np.mgrid[:64, :64]
@@ -98,7 +100,9 @@ def test_mask_restricts_every_metric_to_the_covered_area():
     mask = np.zeros(amplitude.shape, bool)
     mask[12:52, 10:50] = True
     # right inside the mask, zero (like unstitched pixels) outside it
-    errors = image_errors(np.where(mask, amplitude, 0), np.where(mask, phase, 0), amplitude, phase, mask)
+    errors = image_errors(
+        np.where(mask, amplitude, 0), np.where(mask, phase, 0), amplitude, phase, mask
+    )
     assert errors.amplitude_mae == 0 and errors.phase_mae == 0
     assert errors.amplitude_psnr == math.inf
     # no SSIM window reaches across the mask's edge into the zeros
@@ -118,7 +122,10 @@ def test_batch_errors_average_the_patches():
     predicted_phase = true_phase + 0.1 * rng.standard_normal((5, 16, 16))
 
     batch = batch_errors(predicted_amplitude, predicted_phase, true_amplitude, true_phase)
-    per_patch = [image_errors(*p) for p in zip(predicted_amplitude, predicted_phase, true_amplitude, true_phase, strict=True)]
+    per_patch = [
+        image_errors(*p)
+        for p in zip(predicted_amplitude, predicted_phase, true_amplitude, true_phase, strict=True)
+    ]
     for name, value in batch.to_dict().items():
         assert value == pytest.approx(np.mean([getattr(e, name) for e in per_patch]), rel=1e-12)
 
@@ -221,13 +228,19 @@ def test_error_matrix_and_curves_are_drawn(tmp_path):
     read_png(plot_error_over_time(R, IDS, tmp_path / "single.png", first_k=2))
     strategies = {"incremental": R, "der": R * 0.8, "cumulative": R * 0.6}
     read_png(plot_error_over_time(strategies, IDS, tmp_path / "several.png", first_k=3))
-    read_png(plot_cost_per_scan({"der": [1.0, 1.1, 1.0], "cumulative": [1.0, 2.0, 3.0]}, tmp_path / "cost.png", IDS))
+    read_png(
+        plot_cost_per_scan(
+            {"der": [1.0, 1.1, 1.0], "cumulative": [1.0, 2.0, 3.0]}, tmp_path / "cost.png", IDS
+        )
+    )
 
 
 def test_reconstruction_is_drawn_beside_the_truth(tmp_path):
     amplitude, phase = smooth_images((80, 96))
     truth = ObjectImage((amplitude * np.exp(1j * phase)).astype(np.complex64), (1e-8, 1e-8))
-    predicted = ObjectImage((amplitude * 0.9 * np.exp(1j * (phase + 0.1))).astype(np.complex64), (1e-8, 1e-8))
+    predicted = ObjectImage(
+        (amplitude * 0.9 * np.exp(1j * (phase + 0.1))).astype(np.complex64), (1e-8, 1e-8)
+    )
     covered = np.zeros(amplitude.shape, bool)
     covered[10:70, 10:86] = True
 

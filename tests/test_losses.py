@@ -10,7 +10,9 @@ from ptycl.train.losses import der_distance, per_sample_task_loss, task_loss
 
 
 def _output(amplitude: float, phase: float, n: int = 2, size: int = 4) -> ModelOutput:
-    return ModelOutput(torch.full((n, 1, size, size), amplitude), torch.full((n, 1, size, size), phase))
+    return ModelOutput(
+        torch.full((n, 1, size, size), amplitude), torch.full((n, 1, size, size), phase)
+    )
 
 
 def test_task_loss_mae_by_hand():
@@ -45,7 +47,9 @@ def test_der_distance_is_scaled_mse_to_stored_outputs():
 
 
 def test_per_sample_losses_differ_by_sample():
-    predicted = ModelOutput(torch.stack([torch.zeros(1, 4, 4), torch.ones(1, 4, 4)]), torch.zeros(2, 1, 4, 4))
+    predicted = ModelOutput(
+        torch.stack([torch.zeros(1, 4, 4), torch.ones(1, 4, 4)]), torch.zeros(2, 1, 4, 4)
+    )
     labels = torch.zeros(2, 2, 4, 4)
     losses = per_sample_task_loss(predicted, labels, "mae")
     assert losses.tolist() == pytest.approx([0.0, 0.5])

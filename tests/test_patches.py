@@ -14,7 +14,9 @@ SHAPE = (120, 150)
 
 
 def _object(values) -> ObjectImage:
-    return ObjectImage(values=np.asarray(values, dtype=np.complex64), pixel_m=PIXEL_M, center_m=CENTER_M)
+    return ObjectImage(
+        values=np.asarray(values, dtype=np.complex64), pixel_m=PIXEL_M, center_m=CENTER_M
+    )
 
 
 def _positions(pixel_offsets) -> np.ndarray:
@@ -34,7 +36,7 @@ def test_integer_positions_equal_plain_slices_bit_for_bit():
     offsets = np.array([[0, 0], [-3, 7], [-44, -59], [44, 59], [-44, 59]])
     patches = cut_patches(obj, _positions(offsets), size)
     assert patches.dtype == np.complex64 and patches.shape == (len(offsets), size, size)
-    for (dy, dx), patch in zip(offsets, patches):
+    for (dy, dx), patch in zip(offsets, patches, strict=True):
         top, left = 60 + dy - size // 2, 75 + dx - size // 2
         np.testing.assert_array_equal(patch, obj.values[top : top + size, left : left + size])
 
@@ -52,7 +54,9 @@ def test_centre_pixel_sits_at_the_position():
 
 
 @pytest.mark.parametrize(("period_px", "tolerance"), [(16.0, 3e-3), (32.0, 3e-4)])
-def test_subpixel_patches_of_a_band_limited_object_match_the_analytic_function(period_px, tolerance):
+def test_subpixel_patches_of_a_band_limited_object_match_the_analytic_function(
+    period_px, tolerance
+):
     def field(y, x):
         # Band-limited: sinusoids with periods >= period_px, in amplitude and phase.
         phase = 0.8 * np.sin(2 * np.pi * (y / period_px + x / (1.5 * period_px)) + 0.3)
@@ -81,7 +85,11 @@ def test_label_patches_are_amplitude_and_phase_of_the_cut():
     positions = _positions(np.random.default_rng(4).uniform(-10, 10, size=(5, 2)))
     amplitude, phase = label_patches(obj, positions, 24)
     patches = cut_patches(obj, positions, 24)
-    assert amplitude.dtype == phase.dtype == np.float32 and amplitude.shape == phase.shape == (5, 24, 24)
+    assert amplitude.dtype == phase.dtype == np.float32 and amplitude.shape == phase.shape == (
+        5,
+        24,
+        24,
+    )
     np.testing.assert_allclose(amplitude, np.abs(patches), rtol=1e-6)
     np.testing.assert_allclose(np.exp(1j * phase), patches / np.abs(patches), atol=1e-5)
 
@@ -92,7 +100,8 @@ def test_reference_phase_removes_any_global_offset_even_near_pi():
     phase = 0.5 * rng.standard_normal(SHAPE)
     positions = _positions(rng.uniform(-15, 15, size=(30, 2)))
     referenced = [
-        reference_phase(_object(amplitude * np.exp(1j * (phase + offset))), positions, 32) for offset in (0.3, 3.0, -3.1)
+        reference_phase(_object(amplitude * np.exp(1j * (phase + offset))), positions, 32)
+        for offset in (0.3, 3.0, -3.1)
     ]
     for image in referenced[1:]:
         np.testing.assert_allclose(image.values, referenced[0].values, atol=1e-5)
@@ -105,4 +114,6 @@ def test_reference_phase_removes_any_global_offset_even_near_pi():
     for row, col in np.rint(referenced[0].pixel_coordinates(positions)).astype(int):
         scanned[row - 16 : row + 16, col - 16 : col + 16] = True
     assert abs(np.angle(referenced[0].values[scanned].sum(dtype=np.complex128))) < 1e-6
-    assert abs(np.angle(referenced[0].values.sum(dtype=np.complex128))) > 1e-3  # a different region, another mean
+    assert (
+        abs(np.angle(referenced[0].values.sum(dtype=np.complex128))) > 1e-3
+    )  # a different region, another mean

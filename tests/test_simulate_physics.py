@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from scipy.signal import argrelmin
@@ -33,7 +32,9 @@ def test_pure_transmission_object_delivers_the_whole_budget():
     rng = np.random.default_rng(0)
     photons, n = 1e4, 400
     probe = make_probe("zone_plate", 64, 16.0, rng)
-    expected = expected_counts(far_field_intensity(exit_waves(probe, np.ones((n, 64, 64), np.complex64))), photons)
+    expected = expected_counts(
+        far_field_intensity(exit_waves(probe, np.ones((n, 64, 64), np.complex64))), photons
+    )
     np.testing.assert_allclose(expected.sum(axis=(1, 2)), photons, rtol=1e-5)
 
     frames, _ = detect(expected, DetectorSettings(), rng)
@@ -57,7 +58,9 @@ def test_absorbing_object_delivers_the_transmitted_fraction():
     half = np.ones((1, 64, 64), np.complex64)
     half[:, :, :32] = 0.3
     loud_probe = 7.0 * probe
-    expected = expected_counts(far_field_intensity(exit_waves(loud_probe, half)), photons, probe_power=49.0)
+    expected = expected_counts(
+        far_field_intensity(exit_waves(loud_probe, half)), photons, probe_power=49.0
+    )
     transmitted = np.sum(np.abs(loud_probe * half[0]) ** 2) / np.sum(np.abs(loud_probe) ** 2)
     np.testing.assert_allclose(expected.sum(), photons * transmitted, rtol=1e-5)
 
@@ -66,11 +69,24 @@ def test_absorbing_object_delivers_the_transmitted_fraction():
 
 
 def test_uniform_disc_gives_airy_first_zero_at_1_22_lambda_z_over_d():
-    geometry = ScanGeometry(energy_j=8800 * 1.602176634e-19, distance_m=2.0, detector_pixel_m=(75e-6, 75e-6), frame_shape=(512, 512))
+    geometry = ScanGeometry(
+        energy_j=8800 * 1.602176634e-19,
+        distance_m=2.0,
+        detector_pixel_m=(75e-6, 75e-6),
+        frame_shape=(512, 512),
+    )
     diameter_px = 32
     diameter_m = diameter_px * geometry.object_pixel_m[1]
-    predicted_px = 1.22 * geometry.wavelength_m * geometry.distance_m / diameter_m / geometry.detector_pixel_m[1]
-    intensity = far_field_intensity(exit_waves(_disc(512, diameter_px), np.ones((1, 512, 512), np.complex64)))[0]
+    predicted_px = (
+        1.22
+        * geometry.wavelength_m
+        * geometry.distance_m
+        / diameter_m
+        / geometry.detector_pixel_m[1]
+    )
+    intensity = far_field_intensity(
+        exit_waves(_disc(512, diameter_px), np.ones((1, 512, 512), np.complex64))
+    )[0]
     centre = 256
     for profile in (intensity[centre, centre:], intensity[centre:, centre]):
         r = argrelmin(profile.astype(np.float64))[0][0]
@@ -98,7 +114,9 @@ def test_phase_ramp_shifts_the_pattern_by_its_frequency():
     ramp = np.exp(2j * np.pi * (ky * yy + kx * xx) / n).astype(np.complex64)
     flat = far_field_intensity(exit_waves(probe, np.ones((1, n, n), np.complex64)))[0]
     shifted = far_field_intensity(exit_waves(probe, ramp[None]))[0]
-    np.testing.assert_allclose(shifted, np.roll(flat, (ky, kx), axis=(0, 1)), atol=1e-6 * flat.max())
+    np.testing.assert_allclose(
+        shifted, np.roll(flat, (ky, kx), axis=(0, 1)), atol=1e-6 * flat.max()
+    )
 
 
 # ---------------------------------------------------------------- detector
@@ -109,10 +127,18 @@ def test_detector_applies_noise_threshold_saturation_gap_and_bad_pixels():
     n, size = 200, 16
     level = np.geomspace(0.5, 3e5, size * size).reshape(size, size)
     expected = np.broadcast_to(level, (n, size, size))
-    settings = DetectorSettings(dtype="uint16", saturation_counts=2**20, threshold_counts=2, bad_pixel_fraction=0.02, gap_columns=2)
+    settings = DetectorSettings(
+        dtype="uint16",
+        saturation_counts=2**20,
+        threshold_counts=2,
+        bad_pixel_fraction=0.02,
+        gap_columns=2,
+    )
     frames, mask = detect(expected, settings, rng)
 
-    assert frames.dtype == np.uint16 and frames.shape == (n, size, size) and mask.shape == (size, size)
+    assert (
+        frames.dtype == np.uint16 and frames.shape == (n, size, size) and mask.shape == (size, size)
+    )
     full_scale = 65535  # the dtype's range is tighter than the 2^20 full well
     assert not np.any((frames >= 1) & (frames <= 2))  # at or below the threshold reads 0
     assert frames.max() <= full_scale
@@ -184,7 +210,12 @@ def _family_features(obj: np.ndarray) -> np.ndarray:
 
 def test_families_differ_in_statistics():
     seeds = range(3)
-    features = {f: np.array([_family_features(make_object(f, (128, 128), np.random.default_rng(s))) for s in seeds]) for f in FAMILIES}
+    features = {
+        f: np.array(
+            [_family_features(make_object(f, (128, 128), np.random.default_rng(s))) for s in seeds]
+        )
+        for f in FAMILIES
+    }
     families = sorted(features)
     for i, a in enumerate(families):
         for b in families[i + 1 :]:
@@ -226,7 +257,9 @@ def test_jitter_has_the_requested_spread():
 
 # ---------------------------------------------------------------- whole scans
 
-SMALL = SimulateSettings(frame_size=32, frames_per_scan=60, probe_diameter_px=8.0, photons_per_frame=1e5)
+SMALL = SimulateSettings(
+    frame_size=32, frames_per_scan=60, probe_diameter_px=8.0, photons_per_frame=1e5
+)
 
 
 def test_scan_geometry_metadata_and_truth_are_consistent():
@@ -235,7 +268,9 @@ def test_scan_geometry_metadata_and_truth_are_consistent():
     pixel = wavelength * 2.0 / (32 * 75e-6)
     assert scan.truth.pixel_m == pytest.approx((pixel, pixel), rel=1e-12)
     assert scan.metadata.geometry.object_pixel_m == pytest.approx((pixel, pixel), rel=1e-12)
-    assert scan.metadata.scan_id == "scan0005_particles" and scan.metadata.sample_family == "particles"
+    assert (
+        scan.metadata.scan_id == "scan0005_particles" and scan.metadata.sample_family == "particles"
+    )
     assert scan.truth.center_m == (0.0, 0.0)
     assert scan.frames.shape == (60, 32, 32) and scan.frames.dtype == np.uint32
     assert scan.positions_m.shape == (60, 2) and scan.probe.shape == (32, 32)
@@ -255,13 +290,19 @@ def test_frames_come_from_patches_cut_from_the_truth(monkeypatch):
         return far_field_intensity(waves)
 
     monkeypatch.setattr(beamline, "far_field_intensity", capture)
-    scan = simulate_scan(SMALL.model_copy(update={"probe": "aperture"}), 2, np.random.default_rng(10))
+    scan = simulate_scan(
+        SMALL.model_copy(update={"probe": "aperture"}), 2, np.random.default_rng(10)
+    )
     patches = cut_patches(scan.truth, scan.positions_m, 32)
     lit = np.abs(scan.probe) > 1e-3 * np.abs(scan.probe).max()
-    np.testing.assert_allclose(captured["exit_waves"][:, lit] / scan.probe[lit], patches[:, lit], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        captured["exit_waves"][:, lit] / scan.probe[lit], patches[:, lit], rtol=1e-5, atol=1e-6
+    )
 
     # End to end: the frames are Poisson draws around the truth's expected counts.
-    expected = expected_counts(far_field_intensity(exit_waves(scan.probe, patches)), SMALL.photons_per_frame)
+    expected = expected_counts(
+        far_field_intensity(exit_waves(scan.probe, patches)), SMALL.photons_per_frame
+    )
     usable = expected > 20
     chi2 = np.mean((scan.frames[usable] - expected[usable]) ** 2 / expected[usable])
     assert chi2 == pytest.approx(1.0, abs=0.1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -28,7 +27,9 @@ def random_object(shape=(160, 170), smooth_px=0.0, seed=0) -> ObjectImage:
     return ObjectImage((amplitude * np.exp(1j * phase)).astype(np.complex64), PIXEL_M, (0.0, 0.0))
 
 
-def lattice_positions(step_px: int, count: tuple[int, int], jitter_px: float = 0.0, seed=1) -> np.ndarray:
+def lattice_positions(
+    step_px: int, count: tuple[int, int], jitter_px: float = 0.0, seed=1
+) -> np.ndarray:
     """(y, x) positions in metres on a raster around the origin, optionally jittered."""
     rng = np.random.default_rng(seed)
     ys = (np.arange(count[0]) - count[0] // 2) * step_px
@@ -67,7 +68,9 @@ def test_integer_positions_give_back_the_object_where_covered(window):
     positions = lattice_positions(step_px=9, count=(11, 12))
     patches = cut_integer(truth, positions, PATCH)
 
-    stitched = stitch_patches(np.abs(patches), np.angle(patches), positions, PIXEL_M, canvas=truth, window=window)
+    stitched = stitch_patches(
+        np.abs(patches), np.angle(patches), positions, PIXEL_M, canvas=truth, window=window
+    )
 
     covered = stitched.covered
     union = footprint_union(truth, positions, PATCH)
@@ -84,7 +87,9 @@ def test_uniform_window_weight_counts_the_patches_over_each_pixel():
     truth = random_object()
     positions = lattice_positions(step_px=9, count=(4, 5))
     patches = cut_integer(truth, positions, PATCH)
-    stitched = stitch_patches(np.abs(patches), np.angle(patches), positions, PIXEL_M, canvas=truth, window="uniform")
+    stitched = stitch_patches(
+        np.abs(patches), np.angle(patches), positions, PIXEL_M, canvas=truth, window="uniform"
+    )
 
     counts = np.zeros(truth.values.shape)
     for r, c in np.rint(truth.pixel_coordinates(positions)).astype(int) - PATCH // 2:
@@ -123,7 +128,11 @@ def test_subpixel_positions_give_back_a_smooth_object_with_a_small_error():
     assert error.max() < 4e-2
     # and it matters: snapping positions to the nearest pixel is worse (measured: 3x)
     snapped = stitch_patches(
-        np.abs(patches), np.angle(patches), np.rint(positions / PIXEL_M) * PIXEL_M, PIXEL_M, canvas=truth
+        np.abs(patches),
+        np.angle(patches),
+        np.rint(positions / PIXEL_M) * PIXEL_M,
+        PIXEL_M,
+        canvas=truth,
     )
     snapped_error = np.abs(snapped.image.values[inner] - truth.values[inner])
     assert snapped_error.mean() > 2 * error.mean()
@@ -134,7 +143,9 @@ def test_default_canvas_holds_every_patch_where_object_image_maps_the_positions(
     positions = lattice_positions(step_px=7, count=(9, 6)) + np.array([130e-9, -40e-9])
     patches = cut_integer(truth, positions, PATCH)
 
-    stitched = stitch_patches(np.abs(patches), np.angle(patches), positions, PIXEL_M, window="uniform", margin_px=3)
+    stitched = stitch_patches(
+        np.abs(patches), np.angle(patches), positions, PIXEL_M, window="uniform", margin_px=3
+    )
     image = stitched.image
 
     # each patch sits, whole, where the stitched image's own pixel_coordinates put it
@@ -157,7 +168,9 @@ def test_patches_beyond_a_given_canvas_are_clipped():
     patches = cut_integer(big, positions, PATCH)
     inside = big.values[32:96, 32:96]  # the same 64x64 area as `truth`'s grid
 
-    stitched = stitch_patches(np.abs(patches), np.angle(patches), positions, PIXEL_M, canvas=truth, window="uniform")
+    stitched = stitch_patches(
+        np.abs(patches), np.angle(patches), positions, PIXEL_M, canvas=truth, window="uniform"
+    )
     assert stitched.covered.all()
     np.testing.assert_allclose(stitched.image.values, inside, atol=2e-6)
 
@@ -172,13 +185,19 @@ def test_probe_window_and_errors():
     truth = random_object()
     positions = lattice_positions(step_px=9, count=(5, 5))
     patches = cut_integer(truth, positions, PATCH)
-    stitched = stitch_patches(np.abs(patches), np.angle(patches), positions, PIXEL_M, canvas=truth, window=window)
-    np.testing.assert_allclose(stitched.image.values[stitched.covered], truth.values[stitched.covered], atol=2e-6)
+    stitched = stitch_patches(
+        np.abs(patches), np.angle(patches), positions, PIXEL_M, canvas=truth, window=window
+    )
+    np.testing.assert_allclose(
+        stitched.image.values[stitched.covered], truth.values[stitched.covered], atol=2e-6
+    )
 
     with pytest.raises(ValueError, match="differs from canvas pixel"):
         stitch_patches(np.abs(patches), np.angle(patches), positions, (5e-9, 5e-9), canvas=truth)
     with pytest.raises(ValueError, match="window of shape"):
-        stitch_patches(np.abs(patches), np.angle(patches), positions, PIXEL_M, window=np.ones((3, 3)))
+        stitch_patches(
+            np.abs(patches), np.angle(patches), positions, PIXEL_M, window=np.ones((3, 3))
+        )
     with pytest.raises(ValueError, match="positions of shape"):
         stitch_patches(np.abs(patches), np.angle(patches), positions[:-1], PIXEL_M)
 
@@ -187,4 +206,6 @@ def test_canvas_grid_of_image_matches_the_image():
     truth = random_object(shape=(50, 61))
     grid = CanvasGrid.of_image(truth)
     positions = np.array([[0.0, 0.0], [123e-9, -77e-9]])
-    np.testing.assert_allclose(grid.pixel_coordinates(positions), truth.pixel_coordinates(positions))
+    np.testing.assert_allclose(
+        grid.pixel_coordinates(positions), truth.pixel_coordinates(positions)
+    )

@@ -24,7 +24,12 @@ FIRST_SCANS = 2  # "the first scans" whose forgetting the suite reports
 
 
 def _with(config: Config, **sections: dict) -> Config:
-    return config.model_copy(update={name: getattr(config, name).model_copy(update=values) for name, values in sections.items()})
+    return config.model_copy(
+        update={
+            name: getattr(config, name).model_copy(update=values)
+            for name, values in sections.items()
+        }
+    )
 
 
 def _criteria(reports: dict[str, RunReport]) -> dict[str, dict]:
@@ -37,21 +42,25 @@ def _criteria(reports: dict[str, RunReport]) -> dict[str, dict]:
     samples = {s: [c["samples"] for c in r.costs] for s, r in reports.items()}
     return {
         "derpp_phase_error_over_cumulative": {
-            "value": final_average["derpp"] / final_average["cumulative"], "target": "<= 1.15",
+            "value": final_average["derpp"] / final_average["cumulative"],
+            "target": "<= 1.15",
             "met": final_average["derpp"] <= 1.15 * final_average["cumulative"],
         },
         "incremental_first_scans_final_over_best": {
-            "value": final_over_best, "target": ">= 1.5 on the first scans",
+            "value": final_over_best,
+            "target": ">= 1.5 on the first scans",
             "met": bool(np.mean(final_over_best) >= 1.5),
         },
         "derpp_last_scan_cost_over_cumulative": {
-            "value": samples["derpp"][-1] / samples["cumulative"][-1], "target": "<= 1/3",
+            "value": samples["derpp"][-1] / samples["cumulative"][-1],
+            "target": "<= 1/3",
             "met": samples["derpp"][-1] <= samples["cumulative"][-1] / 3,
         },
         "cost_per_scan_last_over_first": {
             "value": {s: v[-1] / v[0] for s, v in samples.items()},
             "target": "derpp ~1 (flat), cumulative ~number of scans (growing)",
-            "met": abs(samples["derpp"][-1] / samples["derpp"][0] - 1) < 0.05 and samples["cumulative"][-1] > 2 * samples["cumulative"][0],
+            "met": abs(samples["derpp"][-1] / samples["derpp"][0] - 1) < 0.05
+            and samples["cumulative"][-1] > 2 * samples["cumulative"][0],
         },
     }
 
@@ -75,26 +84,44 @@ def _markdown(reports: dict[str, RunReport], criteria: dict[str, dict]) -> str:
     lines += ["", "| criterion | value | target | met |", "|---|---|---|---|"]
     for name, c in criteria.items():
         value = c["value"]
-        shown = ", ".join(f"{k}={v:.2f}" for k, v in value.items()) if isinstance(value, dict) else (
-            ", ".join(f"{v:.2f}" for v in value) if isinstance(value, list) else f"{value:.3f}")
+        shown = (
+            ", ".join(f"{k}={v:.2f}" for k, v in value.items())
+            if isinstance(value, dict)
+            else (
+                ", ".join(f"{v:.2f}" for v in value) if isinstance(value, list) else f"{value:.3f}"
+            )
+        )
         lines.append(f"| {name} | {shown} | {c['target']} | {'yes' if c['met'] else 'NO'} |")
     return "\n".join(lines) + "\n"
 
 
 def run(config: Config, out_dir: Path, quick: bool) -> dict:
     if quick:
-        config = _with(config, simulate={"n_scans": 4, "frames_per_scan": 200}, train={"steps_per_scan": 30})
+        config = _with(
+            config, simulate={"n_scans": 4, "frames_per_scan": 200}, train={"steps_per_scan": 30}
+        )
     suite_dir = out_dir / "continual"
     resolve_scans(config)  # simulate once, before the strategies share the scans
     reports: dict[str, RunReport] = {}
     for strategy in STRATEGIES:
-        run_config = _with(config, run={"name": strategy, "output_dir": suite_dir / strategy}, train={"strategy": strategy})
+        run_config = _with(
+            config,
+            run={"name": strategy, "output_dir": suite_dir / strategy},
+            train={"strategy": strategy},
+        )
         reports[strategy] = run_continual(run_config)
         log.info("%s", reports[strategy].summary_line())
     criteria = _criteria(reports)
     scan_ids = reports["derpp"].scan_ids
-    plot_cost_per_scan({s: [c["samples"] for c in r.costs] for s, r in reports.items()}, suite_dir / "cost_per_scan.png")
-    plot_error_over_time({s: np.array(r.matrices["phase_mae"], dtype=float) for s, r in reports.items()}, scan_ids, suite_dir / "phase_error_first_scans.png")
+    plot_cost_per_scan(
+        {s: [c["samples"] for c in r.costs] for s, r in reports.items()},
+        suite_dir / "cost_per_scan.png",
+    )
+    plot_error_over_time(
+        {s: np.array(r.matrices["phase_mae"], dtype=float) for s, r in reports.items()},
+        scan_ids,
+        suite_dir / "phase_error_first_scans.png",
+    )
     table = _markdown(reports, criteria)
     (out_dir / "continual.md").write_text(table)
     print(table)
@@ -103,6 +130,12 @@ def run(config: Config, out_dir: Path, quick: bool) -> dict:
         "quick": quick,
         "scans": scan_ids,
         "criteria": criteria,
-        "strategies": {s: {"summary": r.summary, "costs": r.costs, "matrices": r.matrices} for s, r in reports.items()},
-        "plots": [str(suite_dir / "cost_per_scan.png"), str(suite_dir / "phase_error_first_scans.png")],
+        "strategies": {
+            s: {"summary": r.summary, "costs": r.costs, "matrices": r.matrices}
+            for s, r in reports.items()
+        },
+        "plots": [
+            str(suite_dir / "cost_per_scan.png"),
+            str(suite_dir / "phase_error_first_scans.png"),
+        ],
     }

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import numba
 import numpy as np
 
+from ptycl.bench.timing import items_per_second
 from ptycl.kernels import gpu_available
 from ptycl.rehearsal import select
 
@@ -81,25 +81,6 @@ def _workload(xp: Any, rng: Any) -> dict[str, tuple[Callable[[], Any], int, str]
     }
 
 
-def _rate(call: Callable[[], Any], items: int, seconds: float, sync: Callable[[], None]) -> float:
-    """Items per second: best of 3 rounds of at least ``seconds`` each, after a warm-up."""
-    call()  # compile / load the cache, allocate
-    sync()
-    best = 0.0
-    for _ in range(3):
-        calls, start = 0, time.perf_counter()
-        while True:
-            call()
-            calls += 1
-            if calls % 8 == 0:
-                sync()
-                elapsed = time.perf_counter() - start
-                if elapsed >= seconds:
-                    break
-        best = max(best, calls * items / elapsed)
-    return best
-
-
 def _numba_rates(seconds: float) -> dict[str, Any]:
     threads = numba.get_num_threads()
     work = _workload(np, np.random.default_rng(0))
@@ -107,9 +88,9 @@ def _numba_rates(seconds: float) -> dict[str, Any]:
     try:
         for name, (call, items, unit) in work.items():
             numba.set_num_threads(1)
-            one = _rate(call, items, seconds, lambda: None)
+            one = items_per_second(call, items, seconds)
             numba.set_num_threads(threads)
-            every = _rate(call, items, seconds, lambda: None)
+            every = items_per_second(call, items, seconds)
             rates[name] = {
                 "unit": unit,
                 "per_s_one_thread": one,
@@ -130,7 +111,7 @@ def _cupy_rates(seconds: float) -> dict[str, Any]:
     work = _workload(cupy, cupy.random.default_rng(0))
     sync = cupy.cuda.Device().synchronize
     rates = {
-        name: {"unit": unit, "per_s": _rate(call, items, seconds, sync)}
+        name: {"unit": unit, "per_s": items_per_second(call, items, seconds, sync)}
         for name, (call, items, unit) in work.items()
     }
     device = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"]

@@ -32,8 +32,15 @@ SUITES = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("suite", choices=[*SUITES, "all"], help="which suite to run")
     add_config_arguments(parser)
-    parser.add_argument("--quick", action="store_true", help="a reduced size that finishes in a few minutes")
-    parser.add_argument("--out", type=Path, default=Path("bench-results"), help="directory for JSON, markdown and plots")
+    parser.add_argument(
+        "--quick", action="store_true", help="a reduced size that finishes in a few minutes"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench-results"),
+        help="directory for JSON, markdown and plots",
+    )
 
 
 def machine_description() -> dict[str, object]:

@@ -82,7 +82,9 @@ def summarize_errors(
     )
 
 
-def write_error_matrix_csv(error_matrix: np.ndarray, scan_ids: Sequence[str], path: str | Path) -> Path:
+def write_error_matrix_csv(
+    error_matrix: np.ndarray, scan_ids: Sequence[str], path: str | Path
+) -> Path:
     """R as CSV: a header of scan ids, one row per training step; not-yet-seen cells empty."""
     R = _checked_matrix(error_matrix, scan_ids)
     path = Path(path)
@@ -122,7 +124,9 @@ def _checked_matrix(error_matrix: np.ndarray, scan_ids: Sequence[str]) -> np.nda
     seen = np.tril(np.ones((T, T), bool))
     if not np.isfinite(R[seen]).all():
         i, j = np.argwhere(seen & ~np.isfinite(R))[0]
-        raise ValueError(f"R[{i}, {j}] (scan {scan_ids[j]} after scan {scan_ids[i]}) is not a finite error")
+        raise ValueError(
+            f"R[{i}, {j}] (scan {scan_ids[j]} after scan {scan_ids[i]}) is not a finite error"
+        )
     return R
 
 

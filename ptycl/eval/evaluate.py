@@ -21,7 +21,14 @@ from ptycl.recon.infer import predict
 from ptycl.recon.stitch import StitchedObject, stitch_patches
 from ptycl.train.scan_data import ScanTensors
 
-MATRIX_NAMES = ("amplitude_mae", "phase_mae", "amplitude_psnr", "phase_psnr", "amplitude_ssim", "phase_ssim")
+MATRIX_NAMES = (
+    "amplitude_mae",
+    "phase_mae",
+    "amplitude_psnr",
+    "phase_psnr",
+    "amplitude_ssim",
+    "phase_ssim",
+)
 
 
 def holdout_mae(model: PtychoNN, scan: ScanTensors, device: torch.device) -> tuple[float, float]:
@@ -30,14 +37,18 @@ def holdout_mae(model: PtychoNN, scan: ScanTensors, device: torch.device) -> tup
     predicted = predict(model, scan.inputs[rows], device)
     truth = scan.labels[rows]
     amplitude = (predicted[:, 0] - truth[:, 0]).abs().mean().item()
-    phase_difference = torch.remainder(predicted[:, 1] - truth[:, 1] + math.pi, 2 * math.pi) - math.pi
+    phase_difference = (
+        torch.remainder(predicted[:, 1] - truth[:, 1] + math.pi, 2 * math.pi) - math.pi
+    )
     return amplitude, phase_difference.abs().mean().item()
 
 
 def stitch_scan(model: PtychoNN, scan: ScanTensors, device: torch.device) -> StitchedObject:
     """Infer every frame of the scan and stitch the patches on the truth's grid."""
     predicted = predict(model, scan.inputs, device).numpy()
-    return stitch_patches(predicted[:, 0], predicted[:, 1], scan.positions_m, scan.truth.pixel_m, canvas=scan.truth)
+    return stitch_patches(
+        predicted[:, 0], predicted[:, 1], scan.positions_m, scan.truth.pixel_m, canvas=scan.truth
+    )
 
 
 @dataclass
@@ -45,9 +56,13 @@ class ErrorMatrices:
     """R[i][j] for each metric: the metric on scan j after training through scan i (NaN: unseen)."""
 
     scan_ids: list[str] = field(default_factory=list)
-    rows: dict[str, list[list[float]]] = field(default_factory=lambda: {name: [] for name in MATRIX_NAMES})
+    rows: dict[str, list[list[float]]] = field(
+        default_factory=lambda: {name: [] for name in MATRIX_NAMES}
+    )
 
-    def add_row(self, model: PtychoNN, scans: list[ScanTensors], device: torch.device) -> dict[str, list[float]]:
+    def add_row(
+        self, model: PtychoNN, scans: list[ScanTensors], device: torch.device
+    ) -> dict[str, list[float]]:
         """Evaluate every scan seen so far after training through the newest one."""
         self.scan_ids = [scan.scan_id for scan in scans]
         row: dict[str, list[float]] = {name: [] for name in MATRIX_NAMES}
@@ -76,4 +91,7 @@ class ErrorMatrices:
 
     @classmethod
     def from_state(cls, state: dict) -> ErrorMatrices:
-        return cls(scan_ids=list(state["scan_ids"]), rows={k: [list(r) for r in v] for k, v in state["rows"].items()})
+        return cls(
+            scan_ids=list(state["scan_ids"]),
+            rows={k: [list(r) for r in v] for k, v in state["rows"].items()},
+        )

@@ -69,8 +69,13 @@ def image_errors(
     if not mask.any():
         raise ValueError("the mask selects no pixel to compare")
     return _errors(
-        predicted_amplitude, predicted_phase, true_amplitude, true_phase,
-        mask, _SsimRegion.of(mask), amplitude_range,
+        predicted_amplitude,
+        predicted_phase,
+        true_amplitude,
+        true_phase,
+        mask,
+        _SsimRegion.of(mask),
+        amplitude_range,
     )
 
 
@@ -80,7 +85,9 @@ def object_errors(
     """Errors of a stitched object against the truth on the same grid (stitch onto the truth's
     grid with ``stitch_patches(..., canvas=truth)``), over ``mask`` (e.g. ``covered``)."""
     if not on_same_grid(predicted, truth):
-        raise ValueError("predicted and true objects lie on different grids: stitch onto the truth's grid")
+        raise ValueError(
+            "predicted and true objects lie on different grids: stitch onto the truth's grid"
+        )
     return image_errors(predicted.amplitude, predicted.phase, truth.amplitude, truth.phase, mask)
 
 
@@ -107,18 +114,25 @@ def batch_errors(
     has an infinite mean PSNR. About 1 ms per 64x64 patch (SSIM is most of it).
     """
     shape = np.shape(true_amplitude)
-    if len(shape) != 3 or shape[0] == 0 or any(
-        np.shape(a) != shape for a in (predicted_amplitude, predicted_phase, true_phase)
+    if (
+        len(shape) != 3
+        or shape[0] == 0
+        or any(np.shape(a) != shape for a in (predicted_amplitude, predicted_phase, true_phase))
     ):
         raise ValueError("batch_errors needs four non-empty (n, h, w) arrays of one shape")
     mask = np.ones(shape[1:], bool)
     region = _SsimRegion.of(mask)
     per_patch = [
         _errors(*patch, mask, region, amplitude_range)
-        for patch in zip(predicted_amplitude, predicted_phase, true_amplitude, true_phase, strict=True)
+        for patch in zip(
+            predicted_amplitude, predicted_phase, true_amplitude, true_phase, strict=True
+        )
     ]
     return ImageErrors(
-        **{name: float(np.mean([getattr(e, name) for e in per_patch])) for name in per_patch[0].to_dict()}
+        **{
+            name: float(np.mean([getattr(e, name) for e in per_patch]))
+            for name in per_patch[0].to_dict()
+        }
     )
 
 

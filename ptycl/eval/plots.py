@@ -78,12 +78,19 @@ def plot_error_over_time(
     for s, (strategy, matrix) in enumerate(strategies.items()):
         R = np.asarray(matrix, dtype=np.float64)
         if R.shape != (T, T):
-            raise ValueError(f"error matrix of {strategy or 'the run'} has shape {R.shape} for {T} scans")
+            raise ValueError(
+                f"error matrix of {strategy or 'the run'} has shape {R.shape} for {T} scans"
+            )
         for j in range(min(first_k, T)):
             label = f"{strategy}: scan {scan_ids[j]}" if strategy else f"scan {scan_ids[j]}"
             ax.plot(
-                range(j, T), R[j:, j], marker="o", markersize=4, label=label,
-                color=colours(j % colours.N), linestyle=LINE_STYLES[s % len(LINE_STYLES)],
+                range(j, T),
+                R[j:, j],
+                marker="o",
+                markersize=4,
+                label=label,
+                color=colours(j % colours.N),
+                linestyle=LINE_STYLES[s % len(LINE_STYLES)],
             )
     ax.set_xticks(range(T), scan_ids, rotation=45, ha="right")
     ax.set_xlabel("after training through scan")
@@ -105,10 +112,16 @@ def plot_reconstruction(
     the truth beside it and the absolute error (phase: wrapped) with its mean over the covered
     area. Uncovered pixels are grey. Axes in micrometres in the scan frame."""
     if truth is not None and not on_same_grid(predicted, truth):
-        raise ValueError("truth and prediction lie on different grids: stitch onto the truth's grid")
-    covered = np.ones(predicted.values.shape, bool) if covered is None else np.asarray(covered, bool)
+        raise ValueError(
+            "truth and prediction lie on different grids: stitch onto the truth's grid"
+        )
+    covered = (
+        np.ones(predicted.values.shape, bool) if covered is None else np.asarray(covered, bool)
+    )
     if covered.shape != predicted.values.shape:
-        raise ValueError(f"covered mask of shape {covered.shape} for an image of shape {predicted.values.shape}")
+        raise ValueError(
+            f"covered mask of shape {covered.shape} for an image of shape {predicted.values.shape}"
+        )
     hidden = ~covered
 
     columns = 1 if truth is None else 3
@@ -120,8 +133,12 @@ def plot_reconstruction(
     twilight = colormaps["twilight"].with_extremes(bad=UNCOVERED_COLOUR)
     magma = colormaps["magma"].with_extremes(bad=UNCOVERED_COLOUR)
 
-    def show(ax: Axes, image: np.ndarray, cmap: Colormap, vmin: float, vmax: float, label: str) -> None:
-        shown = ax.imshow(np.ma.masked_array(image, hidden), cmap=cmap, vmin=vmin, vmax=vmax, extent=extent)
+    def show(
+        ax: Axes, image: np.ndarray, cmap: Colormap, vmin: float, vmax: float, label: str
+    ) -> None:
+        shown = ax.imshow(
+            np.ma.masked_array(image, hidden), cmap=cmap, vmin=vmin, vmax=vmax, extent=extent
+        )
         fig.colorbar(shown, ax=ax, shrink=0.8, label=label)
         ax.set_xlabel("x (µm)")
         ax.set_ylabel("y (µm)")
@@ -137,7 +154,9 @@ def plot_reconstruction(
         axes[1, 1].set_title("true phase")
         amplitude_error = np.abs(predicted.amplitude - truth.amplitude)
         phase_error = np.abs(wrapped_phase_difference(predicted.phase, truth.phase))
-        for row, (error, name) in enumerate(((amplitude_error, "amplitude"), (phase_error, "phase"))):
+        for row, (error, name) in enumerate(
+            ((amplitude_error, "amplitude"), (phase_error, "phase"))
+        ):
             top = float(error[covered].max(initial=0.0)) or 1.0
             show(axes[row, 2], error, magma, 0.0, top, f"|{name} error|")
             axes[row, 2].set_title(f"|{name} error|, mean {error[covered].mean():.3g}")
@@ -159,7 +178,11 @@ def plot_cost_per_scan(
     ax = fig.add_subplot()
     for s, (strategy, per_scan) in enumerate(costs.items()):
         ax.plot(
-            range(len(per_scan)), per_scan, marker="o", markersize=4, label=strategy,
+            range(len(per_scan)),
+            per_scan,
+            marker="o",
+            markersize=4,
+            label=strategy,
             linestyle=LINE_STYLES[s % len(LINE_STYLES)],
         )
     if scan_ids is not None:

@@ -62,7 +62,9 @@ class ObjectImage:
 
     def __post_init__(self) -> None:
         if self.values.ndim != 2 or not np.iscomplexobj(self.values):
-            raise ValueError(f"ObjectImage needs a 2-D complex array, got {self.values.dtype}{self.values.shape}")
+            raise ValueError(
+                f"ObjectImage needs a 2-D complex array, got {self.values.dtype}{self.values.shape}"
+            )
 
     @property
     def amplitude(self) -> np.ndarray:

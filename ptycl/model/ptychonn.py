@@ -51,7 +51,10 @@ def _decoder(widths: list[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
     c_in = widths[-1]
     for c_out in widths[::-1]:
-        layers += [_double_conv(c_in, c_out), nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)]
+        layers += [
+            _double_conv(c_in, c_out),
+            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+        ]
         c_in = c_out
     layers.append(nn.Conv2d(widths[0], 1, 3, padding=1))
     return nn.Sequential(*layers)

@@ -47,7 +47,9 @@ def cut_patches(obj: ObjectImage, positions_m: np.ndarray, size: int) -> np.ndar
     return sum(weights_x[:, k, None, None] * along_y[:, :, k : k + size] for k in range(4))
 
 
-def label_patches(obj: ObjectImage, positions_m: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+def label_patches(
+    obj: ObjectImage, positions_m: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(amplitude, phase) label patches, each (n, size, size) float32, phase in (-pi, pi].
 
     Call ``reference_phase`` once per scan (with all its positions) before cutting labels in
@@ -109,7 +111,10 @@ def label_pixel_m(geometry: ScanGeometry, input_size: int, resize: str) -> tuple
     if resize == "bin":
         return geometry.object_pixel_m
     lz = geometry.wavelength_m * geometry.distance_m
-    return (lz / (input_size * geometry.detector_pixel_m[0]), lz / (input_size * geometry.detector_pixel_m[1]))
+    return (
+        lz / (input_size * geometry.detector_pixel_m[0]),
+        lz / (input_size * geometry.detector_pixel_m[1]),
+    )
 
 
 def resample_object(obj: ObjectImage, pixel_m: tuple[float, float]) -> ObjectImage:

@@ -22,11 +22,16 @@ from ptycl.recon.stitch import CanvasGrid, StitchedObject, stitch_patches
 
 
 @torch.inference_mode()
-def predict(model: PtychoNN, inputs: torch.Tensor, device: torch.device, batch_size: int = 256) -> torch.Tensor:
+def predict(
+    model: PtychoNN, inputs: torch.Tensor, device: torch.device, batch_size: int = 256
+) -> torch.Tensor:
     """(n, 2, S, S) amplitude and phase for prepared (n, 1, S, S) inputs, returned on the CPU."""
     was_training = model.training
     model.eval()
-    outputs = [model(inputs[i : i + batch_size].to(device)).stacked().float().cpu() for i in range(0, len(inputs), batch_size)]
+    outputs = [
+        model(inputs[i : i + batch_size].to(device)).stacked().float().cpu()
+        for i in range(0, len(inputs), batch_size)
+    ]
     model.train(was_training)
     return torch.cat(outputs) if outputs else torch.empty((0, 2, *inputs.shape[2:]))
 
@@ -44,19 +49,32 @@ class ScanPrediction:
 
     def stitch(self, canvas: CanvasGrid | ObjectImage | None = None) -> StitchedObject:
         """Stitch on ``canvas`` (e.g. the truth's grid), or on the grid covering the scan."""
-        return stitch_patches(self.amplitude, self.phase, self.positions_m, self.pixel_m, canvas=canvas)
+        return stitch_patches(
+            self.amplitude, self.phase, self.positions_m, self.pixel_m, canvas=canvas
+        )
 
 
-def infer_scan(model: PtychoNN, path: Path, prep: PrepSettings, device: torch.device, batch_size: int = 256) -> ScanPrediction:
+def infer_scan(
+    model: PtychoNN, path: Path, prep: PrepSettings, device: torch.device, batch_size: int = 256
+) -> ScanPrediction:
     """Infer every frame of a finished scan, reading and preparing batch by batch."""
     amplitude, phase, positions = [], [], []
     with open_scan(path) as source:
         metadata, truth = source.metadata, source.label()
         for batch in source.batches(batch_size):
-            inputs = torch.from_numpy(prepare_frames(batch.frames, prep.input_size, prep.resize, mask=metadata.mask))
+            inputs = torch.from_numpy(
+                prepare_frames(batch.frames, prep.input_size, prep.resize, mask=metadata.mask)
+            )
             predicted = predict(model, inputs.unsqueeze(1), device, batch_size).numpy()
             amplitude.append(predicted[:, 0])
             phase.append(predicted[:, 1])
             positions.append(batch.positions_m)
     pixel_m = label_pixel_m(metadata.geometry, prep.input_size, prep.resize)
-    return ScanPrediction(metadata, np.concatenate(amplitude), np.concatenate(phase), np.concatenate(positions), pixel_m, truth)
+    return ScanPrediction(
+        metadata,
+        np.concatenate(amplitude),
+        np.concatenate(phase),
+        np.concatenate(positions),
+        pixel_m,
+        truth,
+    )

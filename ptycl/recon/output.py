@@ -34,7 +34,9 @@ def _put(group: h5py.Group | zarr.Group, name: str, data: np.ndarray) -> None:
         group.create_array(name, data=np.asarray(data), compressors=None)
 
 
-def _fill(root: h5py.Group | zarr.Group, prediction: ScanPrediction, stitched: StitchedObject, source: str) -> None:
+def _fill(
+    root: h5py.Group | zarr.Group, prediction: ScanPrediction, stitched: StitchedObject, source: str
+) -> None:
     geometry = prediction.metadata.geometry
     write_object_image(root, stitched.image)
     image = root[cxi.IMAGE]
@@ -46,11 +48,22 @@ def _fill(root: h5py.Group | zarr.Group, prediction: ScanPrediction, stitched: S
     _put(root, cxi.Y_PIXEL_SIZE, np.float64(geometry.detector_pixel_m[0]))
     _put(root, cxi.X_PIXEL_SIZE, np.float64(geometry.detector_pixel_m[1]))
     _put(root, cxi.CXI_VERSION_PATH, np.int64(cxi.CXI_VERSION))
-    root[cxi.ENTRY].attrs.update({"program": "ptycl", "program_version": __version__, "scan_id": prediction.metadata.scan_id, "model": source})
+    root[cxi.ENTRY].attrs.update(
+        {
+            "program": "ptycl",
+            "program_version": __version__,
+            "scan_id": prediction.metadata.scan_id,
+            "model": source,
+        }
+    )
 
 
 def write_reconstruction(
-    path: Path, prediction: ScanPrediction, stitched: StitchedObject, fmt: ReconFormat = "hdf5", source: str = ""
+    path: Path,
+    prediction: ScanPrediction,
+    stitched: StitchedObject,
+    fmt: ReconFormat = "hdf5",
+    source: str = "",
 ) -> Path:
     partial = path.with_name(f".{path.name}.partial")
     if fmt == "hdf5":

@@ -14,8 +14,7 @@ import argparse
 import logging
 from pathlib import Path
 
-import torch
-
+from ptycl.cli import add_override_argument
 from ptycl.config import load_config
 from ptycl.errors import ScanError
 from ptycl.eval.image_metrics import object_errors
@@ -32,12 +31,20 @@ log = logging.getLogger("ptycl.recon")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scans", nargs="+", type=Path, help="scan files (HDF5/CXI) or Zarr groups")
-    parser.add_argument("--run", type=Path, required=True, help="training run directory (config.yaml + checkpoints/)")
-    parser.add_argument("--out", type=Path, default=None, help="output directory (default: RUN/reconstructions)")
-    parser.add_argument("--format", choices=["hdf5", "zarr"], default="hdf5", help="reconstruction file format")
+    parser.add_argument(
+        "--run",
+        type=Path,
+        required=True,
+        help="training run directory (config.yaml + checkpoints/)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output directory (default: RUN/reconstructions)"
+    )
+    parser.add_argument(
+        "--format", choices=["hdf5", "zarr"], default="hdf5", help="reconstruction file format"
+    )
     parser.add_argument("--batch-size", type=int, default=256, help="frames per inference batch")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a setting of the run's config (e.g. train.device=cpu)")
+    add_override_argument(parser, "of the run's config, e.g. --set train.device=cpu")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -59,13 +66,23 @@ def main(args: argparse.Namespace) -> int:
         scan_id = prediction.metadata.scan_id
         suffix = ".recon.h5" if args.format == "hdf5" else ".recon.zarr"
         stitched = prediction.stitch()
-        written = write_reconstruction(out_dir / f"{scan_id}{suffix}", prediction, stitched, args.format, source=str(args.run))
+        written = write_reconstruction(
+            out_dir / f"{scan_id}{suffix}", prediction, stitched, args.format, source=str(args.run)
+        )
         message = ""
         if prediction.truth is not None:
             stitched = prediction.stitch(canvas=prediction.truth)  # compare pixel by pixel
             errors = object_errors(stitched.image, prediction.truth, stitched.covered)
             message = f", phase MAE {errors.phase_mae:.3f} rad, amplitude PSNR {errors.amplitude_psnr:.1f} dB"
-        plot_reconstruction(stitched.image, prediction.truth, stitched.covered, out_dir / f"{scan_id}.png", title=scan_id)
+        plot_reconstruction(
+            stitched.image,
+            prediction.truth,
+            stitched.covered,
+            out_dir / f"{scan_id}.png",
+            title=scan_id,
+        )
         log.info("%s: %d frames -> %s%s", scan_id, len(prediction.positions_m), written, message)
-    log.info("reconstructed %d of %d scans into %s", len(args.scans) - failed, len(args.scans), out_dir)
+    log.info(
+        "reconstructed %d of %d scans into %s", len(args.scans) - failed, len(args.scans), out_dir
+    )
     return 1 if failed else 0

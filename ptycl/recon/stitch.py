@@ -104,7 +104,9 @@ class StitchedObject:
     covered: np.ndarray  # (H, W) bool, weight >= the stitching threshold
 
 
-def patch_window(patch_shape: tuple[int, int], window: WindowName | np.ndarray = "tukey") -> np.ndarray:
+def patch_window(
+    patch_shape: tuple[int, int], window: WindowName | np.ndarray = "tukey"
+) -> np.ndarray:
     """The (h, w) weight of each patch pixel in the average, scaled to a maximum of 1.
 
     "tukey" (flat top over the inner half, cosine edges) and "hann" are separable windows from
@@ -120,6 +122,7 @@ def patch_window(patch_shape: tuple[int, int], window: WindowName | np.ndarray =
     elif window == "uniform":
         weights = np.ones((h, w))
     elif window in ("tukey", "hann"):
+
         def one_axis(n: int) -> np.ndarray:
             full = windows.tukey(n + 2, alpha=0.5) if window == "tukey" else windows.hann(n + 2)
             return full[1:-1]
@@ -155,7 +158,9 @@ def stitch_patches(
     phase = np.asarray(phase)
     positions_m = np.asarray(positions_m, dtype=np.float64)
     if amplitude.ndim != 3 or phase.shape != amplitude.shape:
-        raise ValueError(f"need (n, h, w) amplitude and phase, got {amplitude.shape} and {phase.shape}")
+        raise ValueError(
+            f"need (n, h, w) amplitude and phase, got {amplitude.shape} and {phase.shape}"
+        )
     n, h, w = amplitude.shape
     if positions_m.shape != (n, 2):
         raise ValueError(f"positions of shape {positions_m.shape} for {n} patches")
@@ -187,7 +192,11 @@ def stitch_patches(
 
 
 def _splat_bilinear(
-    window: np.ndarray, amplitude: np.ndarray, phase: np.ndarray, top_left: np.ndarray, sums: np.ndarray
+    window: np.ndarray,
+    amplitude: np.ndarray,
+    phase: np.ndarray,
+    top_left: np.ndarray,
+    sums: np.ndarray,
 ) -> None:
     """Add the window-weighted patch quantities (``SUMS``) into ``sums`` (H, W, len(SUMS)).
 

@@ -19,9 +19,10 @@ Insertion: Algorithm R on the global stream, decided on every rank
 first (rank r's candidate i is stream item seen + sum(counts[:r]) + i: the exclusive scan of
 the counts); (2) every rank runs the policy (``ptycl.rehearsal.policies``) on the same table
 with the same generator and gets the same writes, so nothing more needs agreeing; (3) one
-Alltoallv moves the frames of the written candidates from the rank that offered them to the
-rank owning their slot. The global store is then exactly what the single-process store would
-hold if fed the global stream in that order (tested slot by slot), from the first sample on.
+exchange moves the frames of the written candidates from the rank that offered them to the
+rank owning their slot (point-to-point, between the ranks with frames to move only). The
+global store is then exactly what the single-process store would hold if fed the global
+stream in that order (tested slot by slot), from the first sample on.
 
 Why Algorithm R with global stream indices, not per-rank random keys merged top-M: both give
 an exactly uniform sample, but Algorithm R needs only the count of samples seen, which the
@@ -37,11 +38,16 @@ Draws: uniform over all shards
 ``draw(n)`` picks min(n, held) distinct global slots uniformly (Floyd) with the rank's own
 generator, reading the replicated table; held = min(seen, capacity) is the same on every rank.
 The frames come from their owners in one request/response exchange on a second communicator:
-Alltoall of counts, Alltoallv of the requested rows, Alltoallv of the frames. Alltoallv was
-chosen over one-sided RMA (``MPI_Get`` from windows over the shards) by measurement
-(``ptycl bench store``): passive-target RMA progresses only when the target rank enters MPI, and
-during a training step the target computes, so a Get waited for most of a step (~150-190 ms
-against ~10-20 ms for Alltoallv with MPICH on this machine) unless a progress thread burns a core.
+an Alltoall of counts, then the requested rows and the frames as nonblocking point-to-point
+messages between the ranks that exchange anything (``mpi_comm.exchange_rows``).
+
+The transport was chosen by measurement (``ptycl bench store``, MPICH, 2 ranks, a draw of 32
+samples of 128²): idle, MPI_Alltoallv, point-to-point and one-sided MPI_Get all take 7-8 ms;
+started on a background thread while every rank's main thread computes (a prefetch during a
+step), point-to-point finished after ~28 ms, while Alltoallv and passive-target Get finished
+only when the 100 ms of compute ended: the collective's shared-memory pipeline and the RMA
+target both need the peer's process to run MPI code in turn, point-to-point messages use a
+single-copy transfer.
 
 Prefetch
 --------
@@ -104,29 +110,19 @@ from mpi4py import MPI
 
 from ptycl.rehearsal import select
 from ptycl.rehearsal.errors import StoreRestoreError
-from ptycl.rehearsal.local_store import samples_for_bytes
 from ptycl.rehearsal.mpi_comm import (
     StoreComms,
     allgather_rows,
     alltoall_counts,
-    alltoallv_rows,
+    exchange_rows,
     require_thread_level,
 )
 from ptycl.rehearsal.policies import POLICIES, Policy, decide, scores_samples
 from ptycl.rehearsal.prefetch import DrawPrefetcher
 from ptycl.rehearsal.samples import ReplaySamples
 from ptycl.rehearsal.shard import PayloadShard, pack, unpack
-from ptycl.rehearsal.slot_table import Candidates, SlotTable, Writes, table_bytes_per_slot
+from ptycl.rehearsal.slot_table import Candidates, SlotTable, Writes
 from ptycl.rehearsal.store import RehearsalStore
-
-
-def samples_per_rank_for_bytes(
-    capacity_bytes: int, frame_shape: tuple[int, int], *, half_precision: bool, policy: Policy, ranks: int
-) -> int:
-    """Samples per rank that fit a per-rank byte budget: the rank's rows, plus the slot table
-    every rank keeps for all ranks' slots (``ranks`` table entries per row held here)."""
-    table_bytes = ranks * table_bytes_per_slot(scores_samples(policy))
-    return samples_for_bytes(capacity_bytes, frame_shape, half_precision, bookkeeping_bytes=table_bytes)
 
 
 def shards_for_rank(old_ranks: int, rank: int, ranks: int) -> list[int]:
@@ -178,7 +174,9 @@ class DistributedRehearsalStore(RehearsalStore):
         seed: int = 0,
     ) -> None:
         if prefetch:
-            require_thread_level(MPI.THREAD_MULTIPLE, "its prefetch thread calls MPI while the training thread may")
+            require_thread_level(
+                MPI.THREAD_MULTIPLE, "its prefetch thread calls MPI while the training thread may"
+            )
         else:
             require_thread_level(MPI.THREAD_FUNNELED, "it calls MPI from the thread that calls it")
         if policy not in POLICIES:
@@ -196,8 +194,12 @@ class DistributedRehearsalStore(RehearsalStore):
         self.frame_shape = frame_shape
         self.seed = seed
         self._layout = ShardLayout(self._comms.rank, self._comms.size)
-        self._table = SlotTable.empty(capacity_per_rank * self._comms.size, scored=scores_samples(policy))
-        self._shard = PayloadShard(capacity_per_rank, frame_shape, half_precision=half_precision, device=device)
+        self._table = SlotTable.empty(
+            capacity_per_rank * self._comms.size, scored=scores_samples(policy)
+        )
+        self._shard = PayloadShard(
+            capacity_per_rank, frame_shape, half_precision=half_precision, device=device
+        )
         self._decision_rng = np.random.default_rng(seed)  # replicated: every rank decides the same
         self._draw_rng = np.random.default_rng([seed, self._comms.rank])  # this rank's own draws
         self._prefetcher = DrawPrefetcher() if prefetch else None
@@ -229,7 +231,9 @@ class DistributedRehearsalStore(RehearsalStore):
     def offer(self, samples: ReplaySamples, losses: torch.Tensor | None = None) -> int:
         """Collective. Returns how many of this rank's samples were written (on any rank)."""
         self._settle_prefetch()
-        records, counts = allgather_rows(self._comms.offers, Candidates.of(samples, losses).as_records())
+        records, counts = allgather_rows(
+            self._comms.offers, Candidates.of(samples, losses).as_records()
+        )
         batch = Candidates.from_records(records)
         writes = decide(self.policy, self._table, batch, self._decision_rng)
         self._table.apply(writes, batch)
@@ -250,9 +254,13 @@ class DistributedRehearsalStore(RehearsalStore):
         by_destination = np.argsort(destination[mine], kind="stable")
         first_here = int(counts[:rank].sum())
         batch_rows = torch.from_numpy(writes.candidates[mine][by_destination] - first_here)
-        outgoing = pack(samples.take(batch_rows.to(samples.inputs.device)), self._shard.dtype).cpu().numpy()
+        outgoing = (
+            pack(samples.take(batch_rows.to(samples.inputs.device)), self._shard.dtype)
+            .cpu()
+            .numpy()
+        )
         to_me = destination == rank
-        incoming = alltoallv_rows(
+        incoming = exchange_rows(
             self._comms.offers,
             outgoing,
             np.bincount(destination[mine], minlength=ranks),
@@ -275,7 +283,9 @@ class DistributedRehearsalStore(RehearsalStore):
         held = self._table.held
         if held == 0:
             return None
-        slots = select.draw_without_replacement(held, n, select.draw_uniforms(self._draw_rng, min(n, held)))
+        slots = select.draw_without_replacement(
+            held, n, select.draw_uniforms(self._draw_rng, min(n, held))
+        )
         return DrawPlan(slots, self._table.scan_index[slots], self._table.step[slots])
 
     def _fetch(self, plan: DrawPlan | None) -> ReplaySamples | None:
@@ -287,9 +297,11 @@ class DistributedRehearsalStore(RehearsalStore):
         by_owner = np.argsort(owner, kind="stable")
         asked = np.bincount(owner, minlength=ranks)
         to_serve = alltoall_counts(comm, asked)
-        requested_rows = alltoallv_rows(comm, self._layout.row(plan.slots[by_owner]), asked, to_serve)
+        requested_rows = exchange_rows(
+            comm, self._layout.row(plan.slots[by_owner]), asked, to_serve
+        )
         served = self._shard.read(requested_rows).cpu().numpy()
-        received = alltoallv_rows(comm, served, to_serve, asked)
+        received = exchange_rows(comm, served, to_serve, asked)
         rows = np.empty_like(received)
         rows[by_owner] = received  # back to the plan's (ascending slot) order
         return unpack(torch.from_numpy(rows).to(self._shard.device), plan.scan_index, plan.step)
@@ -340,6 +352,7 @@ class DistributedRehearsalStore(RehearsalStore):
         problem = problem or self._capacity_problem(table.capacity)
         self._raise_if_any(problem)
         self._table = table
+        self.seed = int(state["settings"]["seed"])
         self._decision_rng.bit_generator.state = state["decision_rng"]
         self._draw_rng.bit_generator.state = state["draw_rng"]
         self._forget_draw_pattern()
@@ -354,32 +367,48 @@ class DistributedRehearsalStore(RehearsalStore):
         """
         self._settle_prefetch()
         comm, layout = self._comms.offers, self._layout
-        reference = comm.bcast(_replicated_part(shard_states[0]) if layout.rank == 0 and shard_states else None)
+        reference = comm.bcast(
+            _replicated_part(shard_states[0]) if layout.rank == 0 and shard_states else None
+        )
         if reference is None:  # known to every rank: all raise
             raise StoreRestoreError("rank 0 was given no shard: it must load old shard 0")
         old_ranks = int(reference["ranks"])
         table = SlotTable.from_state(reference["table"])
         given = [int(state["rank"]) for state in shard_states]
         expected = shards_for_rank(old_ranks, layout.rank, layout.ranks)
-        problem = self._settings_problem(reference["settings"]) or self._capacity_problem(table.capacity)
+        problem = self._settings_problem(reference["settings"]) or self._capacity_problem(
+            table.capacity
+        )
         if given != expected:
-            problem = problem or f"rank {layout.rank} was given old shards {given}, expected {expected}"
-        if any(SlotTable.from_state(state["table"]).fingerprint() != table.fingerprint() for state in shard_states):
-            problem = problem or f"old shards {given} come from different steps of the stream than shard 0"
+            problem = (
+                problem or f"rank {layout.rank} was given old shards {given}, expected {expected}"
+            )
+        if any(
+            SlotTable.from_state(state["table"]).fingerprint() != table.fingerprint()
+            for state in shard_states
+        ):
+            problem = (
+                problem
+                or f"old shards {given} come from different steps of the stream than shard 0"
+            )
         self._raise_if_any(problem)
         # Old shard k held the slots k, k + old_ranks, ... in its rows 0, 1, ...: send every
         # row to the new owner of its slot, with the slot number so the owner knows the row.
         slots = np.concatenate(
-            [ShardLayout(k, old_ranks).slots_here(table.held) for k in given] + [np.zeros(0, dtype=np.int64)]
+            [ShardLayout(k, old_ranks).slots_here(table.held) for k in given]
+            + [np.zeros(0, dtype=np.int64)]
         )
-        rows = torch.cat([state["rows"] for state in shard_states] + [self._shard.planes[:0].cpu()]).numpy()
+        rows = torch.cat(
+            [state["rows"] for state in shard_states] + [self._shard.planes[:0].cpu()]
+        ).numpy()
         destination = layout.owner(slots)
         by_destination = np.argsort(destination, kind="stable")
         sending = np.bincount(destination, minlength=layout.ranks)
         receiving = alltoall_counts(comm, sending)
-        my_slots = alltoallv_rows(comm, slots[by_destination], sending, receiving)
-        my_rows = alltoallv_rows(comm, rows[by_destination], sending, receiving)
+        my_slots = exchange_rows(comm, slots[by_destination], sending, receiving)
+        my_rows = exchange_rows(comm, rows[by_destination], sending, receiving)
         self._table = table
+        self.seed = int(reference["settings"]["seed"])
         self._decision_rng.bit_generator.state = reference["decision_rng"]
         self._draw_rng = np.random.default_rng([self.seed, layout.rank, table.seen])
         self._forget_draw_pattern()
@@ -421,11 +450,13 @@ class DistributedRehearsalStore(RehearsalStore):
 
     def _settings_problem(self, saved: dict[str, Any]) -> str | None:
         ours = self._settings()
-        # A store may grow its shards (capacity_per_rank) between runs: _capacity_problem
-        # checks what matters, that every slot has a row.
-        different = [k for k in ours if k != "capacity_per_rank" and saved[k] != ours[k]]
+        # A store may grow its shards (capacity_per_rank) between runs, _capacity_problem
+        # checks what matters (every slot has a row); the seed is the checkpoint's to keep.
+        different = [k for k in ("policy", "frame_shape", "half_precision") if saved[k] != ours[k]]
         if different:
-            return "; ".join(f"{k} is {saved[k]!r} in the checkpoint, {ours[k]!r} configured" for k in different)
+            return "; ".join(
+                f"{k} is {saved[k]!r} in the checkpoint, {ours[k]!r} configured" for k in different
+            )
         return None
 
     def _capacity_problem(self, capacity: int) -> str | None:

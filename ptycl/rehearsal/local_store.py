@@ -41,6 +41,23 @@ def samples_for_bytes(
     return max(1, capacity_bytes // per_sample)
 
 
+def samples_per_rank_for_bytes(
+    capacity_bytes: int,
+    frame_shape: tuple[int, int],
+    *,
+    half_precision: bool,
+    policy: Policy,
+    ranks: int,
+) -> int:
+    """Samples per rank of a distributed store that fit a per-rank byte budget: the rank's
+    rows, plus the slot table every rank keeps for all ranks' slots (``ranks`` table entries
+    per row held here). Here, not in distributed_store, so sizing a store needs no MPI."""
+    table_bytes = ranks * table_bytes_per_slot(scores_samples(policy))
+    return samples_for_bytes(
+        capacity_bytes, frame_shape, half_precision, bookkeeping_bytes=table_bytes
+    )
+
+
 class LocalReservoirStore(RehearsalStore):
     def __init__(
         self,
@@ -55,7 +72,9 @@ class LocalReservoirStore(RehearsalStore):
         self.policy = policy
         self.frame_shape = frame_shape
         self._table = SlotTable.empty(capacity, scored=scores_samples(policy))
-        self._shard = PayloadShard(capacity, frame_shape, half_precision=half_precision, device=device)
+        self._shard = PayloadShard(
+            capacity, frame_shape, half_precision=half_precision, device=device
+        )
         self._rng = np.random.default_rng(seed)
 
     @property
@@ -88,25 +107,54 @@ class LocalReservoirStore(RehearsalStore):
         held = self._table.held
         if held == 0:
             return None
-        slots = select.draw_without_replacement(held, n, select.draw_uniforms(self._rng, min(n, held)))
-        return unpack(self._shard.read(slots), self._table.scan_index[slots], self._table.step[slots])
+        slots = select.draw_without_replacement(
+            held, n, select.draw_uniforms(self._rng, min(n, held))
+        )
+        return unpack(
+            self._shard.read(slots), self._table.scan_index[slots], self._table.step[slots]
+        )
 
     def state_dict(self) -> dict[str, Any]:
+        held = self._table.held
+        rows = self._shard.planes[:held].cpu().clone()
         return {
+            "capacity": self.capacity,
+            "seen": self.seen,
             "policy": self.policy,
-            "table": self._table.state_dict(),
             "rng": self._rng.bit_generator.state,
-            # Only the filled rows: a checkpoint of a young store stays small.
-            "rows": self._shard.planes[: self._table.held].cpu().clone(),
+            # Only the filled slots (0 .. held - 1): a checkpoint of a young store stays small.
+            "held": {
+                "inputs": rows[:, 0:1],
+                "labels": rows[:, 1:3],
+                "outputs": rows[:, 3:5],
+                "scan_index": torch.from_numpy(self._table.scan_index[:held].copy()),
+                "step": torch.from_numpy(self._table.step[:held].copy()),
+                "score": None
+                if self._table.score is None
+                else torch.from_numpy(self._table.score[:held].copy()),
+            },
+            "scan_seen": torch.from_numpy(self._table.scan_seen.copy()),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        table = SlotTable.from_state(state["table"])
-        if table.capacity != self.capacity:
-            raise StoreRestoreError(f"store capacity {table.capacity} in the checkpoint, {self.capacity} configured")
+        if state["capacity"] != self.capacity:
+            raise StoreRestoreError(
+                f"store capacity {state['capacity']} in the checkpoint, {self.capacity} configured"
+            )
         if state["policy"] != self.policy:
-            raise StoreRestoreError(f"store policy {state['policy']!r} in the checkpoint, {self.policy!r} configured")
+            raise StoreRestoreError(
+                f"store policy {state['policy']!r} in the checkpoint, {self.policy!r} configured"
+            )
+        saved = state["held"]
+        held = len(saved["step"])
+        table = SlotTable.empty(self.capacity, scored=scores_samples(self.policy))
+        table.seen = int(state["seen"])
+        table.scan_index[:held] = saved["scan_index"].numpy()
+        table.step[:held] = saved["step"].numpy()
+        if table.score is not None:
+            table.score[:held] = saved["score"].numpy()
+        table.scan_seen = state["scan_seen"].numpy().astype(np.int64)
         self._table = table
         self._rng.bit_generator.state = state["rng"]
-        rows = state["rows"]
-        self._shard.write(np.arange(len(rows)), rows)
+        rows = torch.cat([saved["inputs"], saved["labels"], saved["outputs"]], dim=1)
+        self._shard.write(np.arange(held), rows)

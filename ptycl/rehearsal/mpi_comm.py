@@ -1,5 +1,5 @@
 """The MPI the distributed store uses: its own communicators, a thread-level check, and
-the three array collectives it is built from.
+the three array exchanges it is built from.
 
 Arrays travel as raw bytes (``MPI.BYTE``), row by row: any numpy dtype, structured
 records and float16 included, moves the same way, and a row's layout is whatever numpy
@@ -97,13 +97,46 @@ def alltoall_counts(comm: MPI.Comm, send_counts: np.ndarray) -> np.ndarray:
     return recv_counts
 
 
-def alltoallv_rows(comm: MPI.Comm, rows: np.ndarray, send_counts: np.ndarray, recv_counts: np.ndarray) -> np.ndarray:
+def exchange_rows(
+    comm: MPI.Comm, rows: np.ndarray, send_counts: np.ndarray, recv_counts: np.ndarray
+) -> np.ndarray:
     """Send ``rows`` grouped by destination (``send_counts[d]`` rows to rank d, in rank order);
-    return the rows received, grouped by source rank."""
+    return the rows received, grouped by source rank.
+
+    An all-to-all of variable sizes, made of nonblocking point-to-point messages to and from
+    the ranks that have rows to exchange. Measured against MPI_Alltoallv with MPICH: while the
+    ranks' main threads compute, the collective's shared-memory pipeline advances only when
+    both ranks' threads get a core in turn (a 5 MB exchange took the whole 100 ms compute
+    window), where point-to-point messages use single-copy transfers and finished in ~7 ms.
+    Peers with nothing to exchange cost nothing, which also matters at many ranks.
+    """
     received = np.empty((int(recv_counts.sum()), *rows.shape[1:]), dtype=rows.dtype)
     row_nbytes = rows.dtype.itemsize * int(np.prod(rows.shape[1:], dtype=np.int64))
-    comm.Alltoallv(
-        [_bytes(rows), _byte_layout(send_counts, row_nbytes), MPI.BYTE],
-        [_bytes(received), _byte_layout(recv_counts, row_nbytes), MPI.BYTE],
-    )
+    send_bytes, recv_bytes = _bytes(rows), _bytes(received)
+    send_sizes, send_starts = _byte_layout(send_counts, row_nbytes)
+    recv_sizes, recv_starts = _byte_layout(recv_counts, row_nbytes)
+    me = comm.rank
+    requests = [
+        comm.Irecv(
+            recv_bytes[recv_starts[k] : recv_starts[k] + recv_sizes[k]], source=k, tag=_ROWS_TAG
+        )
+        for k in range(comm.size)
+        if k != me and recv_sizes[k]
+    ]
+    requests += [
+        comm.Isend(
+            send_bytes[send_starts[k] : send_starts[k] + send_sizes[k]], dest=k, tag=_ROWS_TAG
+        )
+        for k in range(comm.size)
+        if k != me and send_sizes[k]
+    ]
+    recv_bytes[recv_starts[me] : recv_starts[me] + recv_sizes[me]] = send_bytes[
+        send_starts[me] : send_starts[me] + send_sizes[me]
+    ]
+    MPI.Request.Waitall(requests)
     return received
+
+
+# One exchange completes before the next starts on a communicator, and messages between two
+# ranks do not overtake each other, so a single tag cannot mix rows of different exchanges.
+_ROWS_TAG = 17

@@ -70,12 +70,16 @@ def _balanced(table: SlotTable, batch: Candidates, rng: np.random.Generator) -> 
     scan_seen = np.zeros(scans, dtype=np.int64)
     scan_seen[: len(table.scan_seen)] = table.scan_seen
     uniforms = select.draw_uniforms(rng, len(batch))
-    return _last_writers(select.balanced_slots(table.scan_index, scan_seen, batch.scan_index, uniforms))
+    return _last_writers(
+        select.balanced_slots(table.scan_index, scan_seen, batch.scan_index, uniforms)
+    )
 
 
 def _loss_aware(table: SlotTable, batch: Candidates, rng: np.random.Generator) -> Writes:
     if np.isnan(batch.loss).any():
-        raise ValueError("the loss_aware policy needs the per-sample losses: offer(samples, losses)")
+        raise ValueError(
+            "the loss_aware policy needs the per-sample losses: offer(samples, losses)"
+        )
     if table.score is None:
         raise ValueError("a loss-aware store keeps a score per slot: SlotTable.empty(scored=True)")
     uniforms = select.draw_uniforms(rng, len(batch))

@@ -46,7 +46,9 @@ class DrawPrefetcher:
         sizes, self._sizes_this_step = self._sizes_this_step, []
         return sizes
 
-    def issue(self, size: int, rng_state: dict[str, Any], fetch: Callable[[], ReplaySamples | None]) -> None:
+    def issue(
+        self, size: int, rng_state: dict[str, Any], fetch: Callable[[], ReplaySamples | None]
+    ) -> None:
         self._pending.append(PendingDraw(size, rng_state, self._worker.submit(fetch)))
 
     def take(self, size: int) -> PendingDraw | None:

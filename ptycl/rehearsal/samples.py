@@ -27,11 +27,25 @@ class ReplaySamples:
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> ReplaySamples:
         def move(t: torch.Tensor) -> torch.Tensor:
-            return t.to(device, dtype=dtype if dtype is not None and t.is_floating_point() else None, non_blocking=True)
+            return t.to(
+                device,
+                dtype=dtype if dtype is not None and t.is_floating_point() else None,
+                non_blocking=True,
+            )
 
-        return ReplaySamples(move(self.inputs), move(self.labels), move(self.outputs), move(self.scan_index), move(self.step))
+        return ReplaySamples(
+            move(self.inputs),
+            move(self.labels),
+            move(self.outputs),
+            move(self.scan_index),
+            move(self.step),
+        )
 
     def take(self, rows: torch.Tensor | slice) -> ReplaySamples:
         return ReplaySamples(
-            self.inputs[rows], self.labels[rows], self.outputs[rows], self.scan_index[rows], self.step[rows]
+            self.inputs[rows],
+            self.labels[rows],
+            self.outputs[rows],
+            self.scan_index[rows],
+            self.step[rows],
         )

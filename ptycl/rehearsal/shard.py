@@ -31,19 +31,29 @@ def unpack(rows: torch.Tensor, scan_index: np.ndarray, step: np.ndarray) -> Repl
         return torch.from_numpy(np.ascontiguousarray(values, dtype=np.int64)).to(rows.device)
 
     return ReplaySamples(
-        inputs=rows[:, 0:1], labels=rows[:, 1:3], outputs=rows[:, 3:5],
-        scan_index=as_tensor(scan_index), step=as_tensor(step),
+        inputs=rows[:, 0:1],
+        labels=rows[:, 1:3],
+        outputs=rows[:, 3:5],
+        scan_index=as_tensor(scan_index),
+        step=as_tensor(step),
     )
 
 
 class PayloadShard:
     def __init__(
-        self, rows: int, frame_shape: tuple[int, int], *, half_precision: bool, device: torch.device | str
+        self,
+        rows: int,
+        frame_shape: tuple[int, int],
+        *,
+        half_precision: bool,
+        device: torch.device | str,
     ) -> None:
         self.device = torch.device(device)
         self.dtype = torch.float16 if half_precision else torch.float32
         pin = self.device.type == "cpu" and torch.cuda.is_available()
-        self.planes = torch.zeros((rows, PLANES, *frame_shape), dtype=self.dtype, device=self.device, pin_memory=pin)
+        self.planes = torch.zeros(
+            (rows, PLANES, *frame_shape), dtype=self.dtype, device=self.device, pin_memory=pin
+        )
 
     @property
     def rows(self) -> int:
@@ -60,4 +70,6 @@ class PayloadShard:
 
     def read(self, rows: np.ndarray) -> torch.Tensor:
         """A copy of ``planes[rows]``, (k, 5, H, W), on the shard's device."""
-        return self.planes[torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)).to(self.device)]
+        return self.planes[
+            torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)).to(self.device)
+        ]

@@ -52,12 +52,18 @@ class Candidates:
     def as_records(self) -> np.ndarray:
         """One structured row per candidate: what ranks exchange to agree on a batch."""
         records = np.empty(len(self), dtype=CANDIDATE_RECORD)
-        records["scan_index"], records["step"], records["loss"] = self.scan_index, self.step, self.loss
+        records["scan_index"], records["step"], records["loss"] = (
+            self.scan_index,
+            self.step,
+            self.loss,
+        )
         return records
 
     @staticmethod
     def from_records(records: np.ndarray) -> Candidates:
-        return Candidates(records["scan_index"].copy(), records["step"].copy(), records["loss"].copy())
+        return Candidates(
+            records["scan_index"].copy(), records["step"].copy(), records["loss"].copy()
+        )
 
 
 CANDIDATE_RECORD = np.dtype([("scan_index", "<i8"), ("step", "<i8"), ("loss", "<f8")])

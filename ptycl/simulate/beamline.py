@@ -23,7 +23,9 @@ from ptycl.simulate.scan_path import add_jitter, fermat_spiral, raster
 OBJECT_MARGIN_PX = 8  # object beyond the outermost patch, so no patch reaches the edge
 
 
-def simulate_scan(settings: SimulateSettings, scan_index: int, rng: np.random.Generator) -> SimulatedScan:
+def simulate_scan(
+    settings: SimulateSettings, scan_index: int, rng: np.random.Generator
+) -> SimulatedScan:
     """Scan number ``scan_index`` of a run; its family cycles through ``settings.families``."""
     family = settings.families[scan_index % len(settings.families)]
     size = settings.frame_size
@@ -37,7 +39,9 @@ def simulate_scan(settings: SimulateSettings, scan_index: int, rng: np.random.Ge
 
     step_m = settings.step_fraction * settings.probe_diameter_px * pixel_m[0]
     path = fermat_spiral if settings.scan_path == "fermat" else raster
-    positions_m = add_jitter(path(settings.frames_per_scan, step_m), settings.jitter_fraction * step_m, rng)
+    positions_m = add_jitter(
+        path(settings.frames_per_scan, step_m), settings.jitter_fraction * step_m, rng
+    )
 
     # Symmetric about the centre pixel, so every patch (size px around a position) fits with margin.
     reach_px = np.ceil(np.max(np.abs(positions_m) / np.asarray(pixel_m), axis=0)).astype(int)
@@ -47,7 +51,9 @@ def simulate_scan(settings: SimulateSettings, scan_index: int, rng: np.random.Ge
 
     probe = make_probe(settings.probe, size, settings.probe_diameter_px, rng)
     intensity = far_field_intensity(exit_waves(probe, cut_patches(truth, positions_m, size)))
-    frames, mask = detect(expected_counts(intensity, settings.photons_per_frame), settings.detector, rng)
+    frames, mask = detect(
+        expected_counts(intensity, settings.photons_per_frame), settings.detector, rng
+    )
 
     scan_id = f"scan{scan_index:04d}_{family}"
     metadata = ScanMetadata(
@@ -64,4 +70,6 @@ def simulate_scan(settings: SimulateSettings, scan_index: int, rng: np.random.Ge
             "photons_per_frame": repr(settings.photons_per_frame),
         },
     )
-    return SimulatedScan(metadata=metadata, frames=frames, positions_m=positions_m, truth=truth, probe=probe)
+    return SimulatedScan(
+        metadata=metadata, frames=frames, positions_m=positions_m, truth=truth, probe=probe
+    )

@@ -21,7 +21,9 @@ from ptycl.config import DetectorSettings
 def exit_waves(probe: np.ndarray, object_patches: np.ndarray) -> np.ndarray:
     """(n, H, W) complex64 exit waves of a (H, W) probe through (n, H, W) object patches."""
     if object_patches.shape[-2:] != probe.shape:
-        raise ValueError(f"object patches {object_patches.shape} do not match the probe {probe.shape}")
+        raise ValueError(
+            f"object patches {object_patches.shape} do not match the probe {probe.shape}"
+        )
     return (probe * object_patches).astype(np.complex64, copy=False)
 
 
@@ -31,7 +33,9 @@ def far_field_intensity(exit_waves: np.ndarray) -> np.ndarray:
     return (field.real**2 + field.imag**2).astype(np.float32, copy=False)
 
 
-def expected_counts(intensity: np.ndarray, photons_per_frame: float, probe_power: float = 1.0) -> np.ndarray:
+def expected_counts(
+    intensity: np.ndarray, photons_per_frame: float, probe_power: float = 1.0
+) -> np.ndarray:
     """Mean photon counts per pixel (float64): ``photons_per_frame`` incident on the sample.
 
     ``probe_power`` is sum |P|^2 of the probe that made ``intensity`` (1 for ``make_probe``).
@@ -58,12 +62,15 @@ def detect(
 
     height, width = expected.shape[-2:]
     mask = np.zeros((height, width), dtype=bool)
-    gap = slice(width // 2 - detector.gap_columns // 2, width // 2 - detector.gap_columns // 2 + detector.gap_columns)
+    gap = slice(
+        width // 2 - detector.gap_columns // 2,
+        width // 2 - detector.gap_columns // 2 + detector.gap_columns,
+    )
     mask[:, gap] = True
     counts[..., mask] = 0
 
     working = np.flatnonzero(~mask)
-    n_bad = int(round(detector.bad_pixel_fraction * working.size))
+    n_bad = round(detector.bad_pixel_fraction * working.size)
     bad = rng.choice(working, size=n_bad, replace=False)
     hot = rng.random(n_bad) < 0.5
     bad_rows, bad_cols = np.unravel_index(bad, mask.shape)

@@ -30,7 +30,18 @@ BLUR_SIGMA_PX = 0.6  # resolution of the "truth", see the module docstring
 MAX_PHASE_RAD = 1.5
 
 # Photographs that ship inside scikit-image (no download); colour ones are turned to grey.
-TEXTURE_IMAGES = ("camera", "astronaut", "brick", "grass", "gravel", "moon", "coffee", "chelsea", "rocket", "coins")
+TEXTURE_IMAGES = (
+    "camera",
+    "astronaut",
+    "brick",
+    "grass",
+    "gravel",
+    "moon",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "coins",
+)
 
 
 def make_object(family: str, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -83,10 +94,14 @@ def _wire_layer(
     return (metal if horizontal else metal.T), centres
 
 
-def _on_off_runs(length: int, mean_on: float, mean_off: float, rng: np.random.Generator) -> np.ndarray:
+def _on_off_runs(
+    length: int, mean_on: float, mean_off: float, rng: np.random.Generator
+) -> np.ndarray:
     """A 1-D wire track: alternating metal/gap runs of exponential length (>= 1 px)."""
     n_pairs = length // 2 + 1  # enough runs even if every run were 1 px long
-    runs = np.maximum(1, rng.exponential([mean_on, mean_off], size=(n_pairs, 2))).astype(int).ravel()
+    runs = (
+        np.maximum(1, rng.exponential([mean_on, mean_off], size=(n_pairs, 2))).astype(int).ravel()
+    )
     states = np.tile([True, False], n_pairs)
     if rng.integers(2):  # start inside a gap half of the time
         states = ~states
@@ -111,8 +126,12 @@ def _vias(
 
 def _particles(shape: tuple[int, int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Dense nanoparticles (e.g. Pt) on light support grains (e.g. alumina), each a sphere."""
-    support = _spheres(shape, mean_radius=rng.uniform(8, 20), coverage=rng.uniform(0.6, 1.2), rng=rng)
-    metal = _spheres(shape, mean_radius=rng.uniform(1.5, 4), coverage=rng.uniform(0.1, 0.4), rng=rng)
+    support = _spheres(
+        shape, mean_radius=rng.uniform(8, 20), coverage=rng.uniform(0.6, 1.2), rng=rng
+    )
+    metal = _spheres(
+        shape, mean_radius=rng.uniform(1.5, 4), coverage=rng.uniform(0.1, 0.4), rng=rng
+    )
     # delta per pixel of thickness for each material, and its delta/beta (heavier absorbs more).
     delta_support, delta_metal = 1.0, rng.uniform(4.0, 8.0)
     ratio_support, ratio_metal = rng.uniform(20, 40), rng.uniform(5, 12)
@@ -124,13 +143,15 @@ def _particles(shape: tuple[int, int], rng: np.random.Generator) -> tuple[np.nda
     return scale * phase_shift, scale * attenuation
 
 
-def _spheres(shape: tuple[int, int], mean_radius: float, coverage: float, rng: np.random.Generator) -> np.ndarray:
+def _spheres(
+    shape: tuple[int, int], mean_radius: float, coverage: float, rng: np.random.Generator
+) -> np.ndarray:
     """Summed projected thickness 2 sqrt(r^2 - d^2) of randomly placed, log-normal spheres."""
     count = max(1, int(coverage * shape[0] * shape[1] / (np.pi * mean_radius**2)))
     radii = mean_radius * rng.lognormal(0.0, 0.3, count)
     centres = rng.uniform((0, 0), shape, size=(count, 2))
     thickness = np.zeros(shape)
-    for (cy, cx), r in zip(centres, radii):
+    for (cy, cx), r in zip(centres, radii, strict=True):
         y0, y1 = max(int(cy - r), 0), min(int(cy + r) + 2, shape[0])
         x0, x1 = max(int(cx - r), 0), min(int(cx + r) + 2, shape[1])
         yy, xx = np.ogrid[y0:y1, x0:x1]
@@ -165,7 +186,9 @@ def _texture(shape: tuple[int, int], rng: np.random.Generator) -> tuple[np.ndarr
     centred = np.stack([yy.ravel() - shape[0] / 2, xx.ravel() - shape[1] / 2])
     origin = rng.uniform(0, image.shape)[:, None]
     # "mirror" tiles the photograph seamlessly when the object is larger than it.
-    content = ndimage.map_coordinates(image, rotation @ centred + origin, order=1, mode="mirror").reshape(shape)
+    content = ndimage.map_coordinates(
+        image, rotation @ centred + origin, order=1, mode="mirror"
+    ).reshape(shape)
     content = (content - content.min()) / max(np.ptp(content), 1e-12)
     phase_shift = rng.uniform(0.8, MAX_PHASE_RAD) * content
     attenuation = rng.uniform(0.1, 0.7) * power_law_field(shape, rng.uniform(1.5, 2.5), rng)
@@ -182,7 +205,9 @@ def _photograph(name: str) -> np.ndarray:
     return image.astype(float)
 
 
-def power_law_field(shape: tuple[int, int], exponent: float, rng: np.random.Generator) -> np.ndarray:
+def power_law_field(
+    shape: tuple[int, int], exponent: float, rng: np.random.Generator
+) -> np.ndarray:
     """A random field in [0, 1] whose power spectrum falls as 1/|f|^exponent (natural: ~2)."""
     fy = np.fft.fftfreq(shape[0])[:, None]
     fx = np.fft.fftfreq(shape[1])[None, :]
@@ -192,7 +217,9 @@ def power_law_field(shape: tuple[int, int], exponent: float, rng: np.random.Gene
     return (field - field.min()) / max(np.ptp(field), 1e-12)
 
 
-FAMILIES: dict[str, Callable[[tuple[int, int], np.random.Generator], tuple[np.ndarray, np.ndarray]]] = {
+FAMILIES: dict[
+    str, Callable[[tuple[int, int], np.random.Generator], tuple[np.ndarray, np.ndarray]]
+] = {
     "manhattan": _manhattan,
     "particles": _particles,
     "siemens": _siemens,

@@ -23,10 +23,14 @@ import numpy as np
 ProbeKind = Literal["zone_plate", "aperture"]
 
 
-def make_probe(kind: ProbeKind, size_px: int, diameter_px: float, rng: np.random.Generator) -> np.ndarray:
+def make_probe(
+    kind: ProbeKind, size_px: int, diameter_px: float, rng: np.random.Generator
+) -> np.ndarray:
     """A (size_px, size_px) complex64 probe of about ``diameter_px`` across, unit power."""
     if not 1 < diameter_px < size_px:
-        raise ValueError(f"probe diameter {diameter_px} px must lie between 1 and the window size {size_px} px")
+        raise ValueError(
+            f"probe diameter {diameter_px} px must lie between 1 and the window size {size_px} px"
+        )
     if kind == "zone_plate":
         probe = _zone_plate(size_px, diameter_px, rng)
     elif kind == "aperture":
@@ -59,7 +63,9 @@ def _aperture(size: int, diameter: float, rng: np.random.Generator) -> np.ndarra
     yy, xx = np.indices((padded, padded)) - padded // 2
     # The disc's edge pixels are weighted by how much of them lies inside (anti-aliasing).
     disc = np.clip(diameter / 2 - np.hypot(yy, xx) + 0.5, 0.0, 1.0)
-    spectrum = _to_fourier_space(disc) * np.exp(-1j * np.pi * lambda_z * _centred_radial_frequency(padded) ** 2)
+    spectrum = _to_fourier_space(disc) * np.exp(
+        -1j * np.pi * lambda_z * _centred_radial_frequency(padded) ** 2
+    )
     start = padded // 2 - size // 2
     return _to_real_space(spectrum)[start : start + size, start : start + size]
 

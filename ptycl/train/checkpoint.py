@@ -43,4 +43,6 @@ def load_checkpoint(directory: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for torn or foreign files
-        raise CheckpointError(path, f"unreadable checkpoint ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None
+        raise CheckpointError(
+            path, f"unreadable checkpoint ({exc.__class__.__name__}: {str(exc).splitlines()[0]})"
+        ) from None

@@ -31,14 +31,18 @@ def _scaled(values: torch.Tensor) -> torch.Tensor:
     return values * _CHANNEL_SCALE.to(values.device, values.dtype)
 
 
-def per_sample_task_loss(predicted: ModelOutput, labels: torch.Tensor, kind: Literal["mae", "mse"]) -> torch.Tensor:
+def per_sample_task_loss(
+    predicted: ModelOutput, labels: torch.Tensor, kind: Literal["mae", "mse"]
+) -> torch.Tensor:
     """(n,) task loss of each sample: MAE (PtychoNN's choice) or MSE over both channels."""
     difference = _scaled(predicted.stacked() - labels.to(predicted.amplitude.dtype))
     error = difference.abs() if kind == "mae" else difference.square()
     return error.flatten(1).mean(dim=1)
 
 
-def task_loss(predicted: ModelOutput, labels: torch.Tensor, kind: Literal["mae", "mse"]) -> torch.Tensor:
+def task_loss(
+    predicted: ModelOutput, labels: torch.Tensor, kind: Literal["mae", "mse"]
+) -> torch.Tensor:
     return per_sample_task_loss(predicted, labels, kind).mean()
 
 

@@ -33,7 +33,12 @@ class RunReport:
 
     @classmethod
     def build(
-        cls, config: Config, trainer: ContinualTrainer, matrices: ErrorMatrices, rejected: list[str], wall_seconds: float
+        cls,
+        config: Config,
+        trainer: ContinualTrainer,
+        matrices: ErrorMatrices,
+        rejected: list[str],
+        wall_seconds: float,
     ) -> RunReport:
         complete = {name: matrices.matrix(name) for name in MATRIX_NAMES}
         return cls(
@@ -83,9 +88,22 @@ def write_report(report: RunReport, output_dir: Path) -> None:
     plots = output_dir / "plots"
     plots.mkdir(exist_ok=True)
     for name, rows in report.matrices.items():
-        write_error_matrix_csv(ErrorMatrices(report.scan_ids, {name: rows}).matrix(name), report.scan_ids, output_dir / f"R_{name}.csv")
+        write_error_matrix_csv(
+            ErrorMatrices(report.scan_ids, {name: rows}).matrix(name),
+            report.scan_ids,
+            output_dir / f"R_{name}.csv",
+        )
     for name in ERROR_METRICS:
         matrix = ErrorMatrices(report.scan_ids, {name: report.matrices[name]}).matrix(name)
-        plot_error_matrix(matrix, report.scan_ids, plots / f"R_{name}.png", title=f"{report.strategy}: {name} R[i, j]")
-        plot_error_over_time({report.strategy: matrix}, report.scan_ids, plots / f"{name}_first_scans.png")
-    plot_cost_per_scan({report.strategy: [c["seconds"] for c in report.costs]}, plots / "cost_per_scan.png")
+        plot_error_matrix(
+            matrix,
+            report.scan_ids,
+            plots / f"R_{name}.png",
+            title=f"{report.strategy}: {name} R[i, j]",
+        )
+        plot_error_over_time(
+            {report.strategy: matrix}, report.scan_ids, plots / f"{name}_first_scans.png"
+        )
+    plot_cost_per_scan(
+        {report.strategy: [c["seconds"] for c in report.costs]}, plots / "cost_per_scan.png"
+    )

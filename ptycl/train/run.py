@@ -35,9 +35,14 @@ SCAN_SUFFIXES = (".h5", ".hdf5", ".cxi", ".zarr")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
-    parser.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     parser.add_argument(
-        "--max-steps", type=int, default=None, metavar="N",
+        "--resume", action="store_true", help="continue from the run's latest checkpoint"
+    )
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        metavar="N",
         help="stop (with a checkpoint) after N optimiser steps in total, e.g. to fit a batch-job time limit",
     )
 
@@ -51,7 +56,9 @@ def resolve_scans(config: Config) -> list[Path]:
     paths: list[Path] = []
     for entry in config.scans:
         if entry.is_dir() and entry.suffix != ".zarr":
-            paths += sorted(p for p in entry.iterdir() if p.suffix in SCAN_SUFFIXES and ".label" not in p.name)
+            paths += sorted(
+                p for p in entry.iterdir() if p.suffix in SCAN_SUFFIXES and ".label" not in p.name
+            )
         else:
             paths.append(entry)
     return paths
@@ -67,7 +74,11 @@ class _StopRequest:
     def __call__(self, position: StreamPosition | None = None) -> bool:
         if self.signalled is not None:
             return True
-        return self.max_global_steps is not None and position is not None and position.global_step >= self.max_global_steps
+        return (
+            self.max_global_steps is not None
+            and position is not None
+            and position.global_step >= self.max_global_steps
+        )
 
 
 def run_continual(config: Config, resume: bool = False, max_steps: int | None = None) -> RunReport:
@@ -88,10 +99,22 @@ def run_continual(config: Config, resume: bool = False, max_steps: int | None = 
         log.info("resumed at scan %d, step %d", position.scan_index, position.step_in_scan)
 
     def checkpoint() -> None:
-        save_checkpoint(checkpoint_dir, {"trainer": trainer.state_dict(), "matrices": matrices.state_dict(), "rejected": rejected})
+        save_checkpoint(
+            checkpoint_dir,
+            {
+                "trainer": trainer.state_dict(),
+                "matrices": matrices.state_dict(),
+                "rejected": rejected,
+            },
+        )
 
     stop = _StopRequest(max_global_steps=max_steps)
-    previous_handlers = {s: signal.signal(s, lambda signum, _: setattr(stop, "signalled", signal.Signals(signum).name)) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous_handlers = {
+        s: signal.signal(
+            s, lambda signum, _: setattr(stop, "signalled", signal.Signals(signum).name)
+        )
+        for s in (signal.SIGINT, signal.SIGTERM)
+    }
     every = config.train.checkpoint_every_steps
 
     def on_step(position: StreamPosition) -> None:
@@ -114,12 +137,25 @@ def run_continual(config: Config, resume: bool = False, max_steps: int | None = 
             trainer.arrived(scan)
             if task < trainer.state.position.scan_index:
                 continue  # trained on before the resume point
-            log.info("scan %d: %s (%d frames, %d held out)", task, scan.scan_id, len(scan), len(scan.holdout_rows))
-            finished = trainer.train_scan(scan, task, should_stop=lambda: stop(trainer.state.position), on_step=on_step)
+            log.info(
+                "scan %d: %s (%d frames, %d held out)",
+                task,
+                scan.scan_id,
+                len(scan),
+                len(scan.holdout_rows),
+            )
+            finished = trainer.train_scan(
+                scan, task, should_stop=lambda: stop(trainer.state.position), on_step=on_step
+            )
             if not finished:
                 checkpoint()
                 why = stop.signalled or f"--max-steps {max_steps}"
-                log.warning("stopped (%s) at scan %d step %d; continue with --resume", why, task, trainer.state.position.step_in_scan)
+                log.warning(
+                    "stopped (%s) at scan %d step %d; continue with --resume",
+                    why,
+                    task,
+                    trainer.state.position.step_in_scan,
+                )
                 break
             row = matrices.add_row(trainer.model, scans, trainer.device)
             trainer.state.position = StreamPosition(task + 1, 0, trainer.state.position.global_step)
@@ -127,12 +163,18 @@ def run_continual(config: Config, resume: bool = False, max_steps: int | None = 
             cost = trainer.state.costs[-1]
             log.info(
                 "scan %d done: %d steps, %d samples, %.1f s; phase MAE now %s",
-                task, cost.steps, cost.samples, cost.seconds, " ".join(f"{v:.3f}" for v in row["phase_mae"]),
+                task,
+                cost.steps,
+                cost.samples,
+                cost.seconds,
+                " ".join(f"{v:.3f}" for v in row["phase_mae"]),
             )
     finally:
         for s, handler in previous_handlers.items():
             signal.signal(s, handler)
-    report = RunReport.build(config, trainer, matrices, rejected, wall_seconds=time.perf_counter() - started)
+    report = RunReport.build(
+        config, trainer, matrices, rejected, wall_seconds=time.perf_counter() - started
+    )
     write_report(report, output_dir)
     return report
 

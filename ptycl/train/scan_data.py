@@ -44,7 +44,7 @@ class ScanTensors:
 def split_rows(n: int, holdout_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A deterministic random split, so a resumed run holds out the same frames."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_holdout = int(round(n * holdout_fraction))
+    n_holdout = round(n * holdout_fraction)
     return order[n_holdout:].sort().values, order[:n_holdout].sort().values
 
 
@@ -54,10 +54,14 @@ def load_scan(path: Path, prep: PrepSettings, seed: int, batch_frames: int = 512
         metadata = source.metadata
         truth = source.label()
         if truth is None:
-            raise ScanError(path, "no label (object image) in the scan or beside it; cannot train on it")
+            raise ScanError(
+                path, "no label (object image) in the scan or beside it; cannot train on it"
+            )
         inputs, positions = [], []
         for batch in source.batches(batch_frames):
-            inputs.append(prepare_frames(batch.frames, prep.input_size, prep.resize, mask=metadata.mask))
+            inputs.append(
+                prepare_frames(batch.frames, prep.input_size, prep.resize, mask=metadata.mask)
+            )
             positions.append(batch.positions_m)
     inputs_np = np.concatenate(inputs)
     positions_m = np.concatenate(positions)

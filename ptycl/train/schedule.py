@@ -52,7 +52,9 @@ def learning_rate(settings: TrainSettings, step_in_scan: int, steps_in_scan: int
         return settings.lr
     progress = step_in_scan / max(1, steps_in_scan)
     if settings.schedule == "cosine":
-        return settings.lr_min + 0.5 * (settings.lr - settings.lr_min) * (1 + math.cos(math.pi * progress))
+        return settings.lr_min + 0.5 * (settings.lr - settings.lr_min) * (
+            1 + math.cos(math.pi * progress)
+        )
     # cyclic: triangular, two cycles per scan (PtychoNN used a cyclic rate with Adam)
     phase = (2 * progress) % 1.0
     return settings.lr_min + (settings.lr - settings.lr_min) * (1 - abs(2 * phase - 1))

@@ -68,12 +68,18 @@ def build_store(config: Config, device: torch.device) -> RehearsalStore | None:
         return None
     settings = config.train.store
     frame_shape = (config.prep.input_size, config.prep.input_size)
-    capacity = settings.capacity_samples or samples_for_bytes(settings.capacity_bytes, frame_shape, settings.half_precision)
-    return LocalReservoirStore(capacity, frame_shape, half_precision=settings.half_precision, seed=config.run.seed)
+    capacity = settings.capacity_samples or samples_for_bytes(
+        settings.capacity_bytes, frame_shape, settings.half_precision
+    )
+    return LocalReservoirStore(
+        capacity, frame_shape, half_precision=settings.half_precision, seed=config.run.seed
+    )
 
 
 class ContinualTrainer:
-    def __init__(self, config: Config, model: PtychoNN, store: RehearsalStore | None, device: torch.device) -> None:
+    def __init__(
+        self, config: Config, model: PtychoNN, store: RehearsalStore | None, device: torch.device
+    ) -> None:
         self.config = config
         self.settings = config.train
         self.device = device
@@ -116,7 +122,9 @@ class ContinualTrainer:
         """
         inputs, labels, scan_of_row = self._training_rows(scan, scan_index)
         steps = self.steps_for_scan(scan_index)
-        plan = plan_scan(len(inputs), steps, self.settings.batch_size, self.config.run.seed, scan_index)
+        plan = plan_scan(
+            len(inputs), steps, self.settings.batch_size, self.config.run.seed, scan_index
+        )
         position = self.state.position
         if position.scan_index != scan_index or position.step_in_scan == 0:
             self.state.position = position = StreamPosition(scan_index, 0, position.global_step)
@@ -136,7 +144,9 @@ class ContinualTrainer:
                 keep = plan.offer[position.step_in_scan]
                 self.store.offer(
                     ReplaySamples(
-                        inputs=inputs[offered], labels=labels[offered], outputs=outputs[keep],
+                        inputs=inputs[offered],
+                        labels=labels[offered],
+                        outputs=outputs[keep],
                         scan_index=scan_of_row[offered],
                         step=torch.full((len(offered),), position.global_step, dtype=torch.int64),
                     ),
@@ -151,21 +161,30 @@ class ContinualTrainer:
                 on_step(position)
         return True
 
-    def _training_rows(self, scan: ScanTensors, scan_index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _training_rows(
+        self, scan: ScanTensors, scan_index: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         scans = self.pool if self.settings.strategy == "cumulative" else [scan]
         first_index = scan_index - len(scans) + 1
         inputs = torch.cat([s.inputs[s.train_rows] for s in scans])
         labels = torch.cat([s.labels[s.train_rows] for s in scans])
         scan_of_row = torch.cat(
-            [torch.full((len(s.train_rows),), first_index + k, dtype=torch.int64) for k, s in enumerate(scans)]
+            [
+                torch.full((len(s.train_rows),), first_index + k, dtype=torch.int64)
+                for k, s in enumerate(scans)
+            ]
         )
         return inputs, labels, scan_of_row
 
-    def _step(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
+    def _step(
+        self, inputs: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[int, torch.Tensor, torch.Tensor]:
         """One optimiser step; returns forward samples, the new batch's pre-step outputs and losses."""
         kind, strategy = self.settings.loss, self.settings.strategy
         predicted = self.model(inputs.to(self.device, non_blocking=True))
-        per_sample = per_sample_task_loss(predicted, labels.to(self.device, non_blocking=True), kind)
+        per_sample = per_sample_task_loss(
+            predicted, labels.to(self.device, non_blocking=True), kind
+        )
         loss = per_sample.mean()
         samples = len(inputs)
         if strategy in REPLAY_STRATEGIES and self.store is not None:
@@ -184,7 +203,9 @@ class ContinualTrainer:
                 if second is not None:
                     second = second.to(self.device, torch.float32)
                     samples += len(second)
-                    loss = loss + self.settings.beta * task_loss(self.model(second.inputs), second.labels, kind)
+                    loss = loss + self.settings.beta * task_loss(
+                        self.model(second.inputs), second.labels, kind
+                    )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -209,5 +230,8 @@ class ContinualTrainer:
             self.store.load_state_dict(state["store"])
         self.state = TrainerState(
             position=StreamPosition(*state["position"]),
-            costs=[ScanCost(scan_id, steps, samples, seconds) for scan_id, steps, samples, seconds in state["costs"]],
+            costs=[
+                ScanCost(scan_id, steps, samples, seconds)
+                for scan_id, steps, samples, seconds in state["costs"]
+            ],
         )

@@ -36,9 +36,13 @@ def check_intact(drawn: ReplaySamples) -> np.ndarray:
     """The drawn items' ids, after checking frames and bookkeeping agree and ids are distinct."""
     ids = drawn.step.numpy()
     planes = torch.cat([drawn.inputs, drawn.labels, drawn.outputs], dim=1).double()
-    expected = torch.as_tensor(ids).double().view(-1, 1, 1, 1) * torch.tensor([1, -1, -1, 1, 1]).view(1, 5, 1, 1)
+    expected = torch.as_tensor(ids).double().view(-1, 1, 1, 1) * torch.tensor(
+        [1, -1, -1, 1, 1]
+    ).view(1, 5, 1, 1)
     expected[:, 3:] += 0.5
-    assert torch.equal(planes, expected.expand_as(planes)), "a drawn sample's frames do not match its step"
+    assert torch.equal(planes, expected.expand_as(planes)), (
+        "a drawn sample's frames do not match its step"
+    )
     assert len(np.unique(ids)) == len(ids), f"a draw repeated a sample: {sorted(ids)}"
     return ids
 

@@ -1,0 +1,92 @@
+"""Continual training end to end on tiny simulated scans: strategies, costs, resume, outputs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from ptycl.train.checkpoint import load_checkpoint
+from ptycl.train.run import run_continual
+from tests.conftest import tiny_config
+
+
+@pytest.mark.parametrize("strategy", ["incremental", "cumulative", "er", "der", "derpp"])
+def test_each_strategy_fills_the_error_matrix_and_counts_its_cost(tiny_scans, tmp_path, strategy):
+    report = run_continual(tiny_config(tiny_scans, tmp_path, f"train.strategy={strategy}"))
+    assert len(report.scan_ids) == 3
+    phase = report.matrices["phase_mae"]
+    for i in range(3):  # row i has scans 0..i, NaN after
+        assert all(math.isfinite(v) and 0 <= v <= math.pi for v in phase[i][: i + 1])
+        assert all(math.isnan(v) for v in phase[i][i + 1 :])
+    steps = [c["steps"] for c in report.costs]
+    samples = [c["samples"] for c in report.costs]
+    batch, replay = 8, 4
+    if strategy == "cumulative":
+        assert steps == [6, 12, 18]  # retrains on every scan seen: cost grows
+        assert samples == [s * batch for s in steps]
+    else:
+        assert steps == [6, 6, 6]  # a constant budget per scan
+        draws = {"incremental": 0, "er": 1, "der": 1, "derpp": 2}[strategy]
+        # the store is empty only before the first offer; after scan 0 every step replays
+        assert samples[1] == samples[2] == 6 * (batch + draws * replay)
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert (
+        written["strategy"] == strategy
+        and written["summary"]["phase_mae"]["final_average_error"] > 0
+    )
+    assert (tmp_path / "plots" / "R_phase_mae.png").stat().st_size > 1000
+    assert (tmp_path / "R_phase_mae.csv").read_text().startswith("after_scan,")
+
+
+def test_resume_mid_scan_continues_exactly_as_an_uninterrupted_run(tiny_scans, tmp_path):
+    straight = run_continual(tiny_config(tiny_scans, tmp_path / "straight", "train.strategy=derpp"))
+    interrupted_config = tiny_config(tiny_scans, tmp_path / "interrupted", "train.strategy=derpp")
+    first = run_continual(interrupted_config, max_steps=9)  # stops in the middle of scan 1
+    assert len(first.scan_ids) == 1
+    state = load_checkpoint(tmp_path / "interrupted" / "checkpoints")
+    assert state["trainer"]["position"] == [1, 3, 9]
+    resumed = run_continual(interrupted_config, resume=True)
+    # The weights below must match bit for bit; the evaluations only to float32 summation
+    # order (oneDNN picks its reduction order per call), hence rel=1e-6.
+    for metric, matrix in straight.matrices.items():
+        flat_straight = [v for row in matrix for v in row if not math.isnan(v)]
+        flat_resumed = [v for row in resumed.matrices[metric] for v in row if not math.isnan(v)]
+        assert flat_resumed == pytest.approx(flat_straight, rel=1e-6), metric
+    assert [c["samples"] for c in resumed.costs] == [c["samples"] for c in straight.costs]
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints")["trainer"]
+    b = load_checkpoint(tmp_path / "interrupted" / "checkpoints")["trainer"]
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert a["store"]["seen"] == b["store"]["seen"]
+    assert torch.equal(a["store"]["held"]["scan_index"], b["store"]["held"]["scan_index"])
+
+
+def test_derpp_with_zero_weights_trains_like_incremental(tiny_scans, tmp_path):
+    """The replay terms are the only difference: with alpha = beta = 0 the weights match."""
+    incremental = tiny_config(tiny_scans, tmp_path / "a", "train.strategy=incremental")
+    derpp = tiny_config(
+        tiny_scans, tmp_path / "b", "train.strategy=derpp", "train.alpha=0", "train.beta=0"
+    )
+    run_continual(incremental)
+    run_continual(derpp)
+    a = load_checkpoint(tmp_path / "a" / "checkpoints")["trainer"]["model"]
+    b = load_checkpoint(tmp_path / "b" / "checkpoints")["trainer"]["model"]
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+
+
+def test_a_bad_scan_is_skipped_with_a_one_line_reason(tiny_scans, tmp_path, caplog):
+    bad = tmp_path / "scans"
+    bad.mkdir()
+    for path in sorted(tiny_scans.iterdir())[:2]:
+        (bad / path.name).symlink_to(path)
+    truncated = bad / "scan0001b_broken.h5"
+    data = sorted(tiny_scans.iterdir())[2].read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    report = run_continual(tiny_config(bad, tmp_path / "run", "train.strategy=er"))
+    assert len(report.scan_ids) == 2  # the good scans were trained on
+    assert len(report.rejected) == 1 and "scan0001b_broken.h5" in report.rejected[0]
+    assert "\n" not in report.rejected[0]
