@@ -9,12 +9,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from helpers_scans import tiny_scan, write_foreign_cxi
 
 from ptycl.errors import ScanError
 from ptycl.io import cxi
 from ptycl.io.object_image import label_path_for
 from ptycl.io.source import ScanSource, open_scan, write_scan
+from tests.helpers_scans import tiny_scan, write_foreign_cxi
 
 
 def _scan_error(

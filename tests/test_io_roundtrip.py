@@ -7,11 +7,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from helpers_scans import tiny_scan, write_foreign_cxi
 
 from ptycl.io import cxi
 from ptycl.io.object_image import label_path_for, read_object_image, write_object_image
 from ptycl.io.source import open_scan, open_streaming_writer, write_scan
+from tests.helpers_scans import tiny_scan, write_foreign_cxi
 
 SUFFIXES = [".h5", ".zarr"]
 

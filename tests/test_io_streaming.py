@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers_scans import pattern_position, stream_pattern_scan
 
 from ptycl.errors import ScanError
 from ptycl.io.source import open_scan
+from tests.helpers_scans import pattern_position, stream_pattern_scan
 
 HELPER = Path(__file__).with_name("helpers_scans.py")
 REPO = HELPER.parent.parent

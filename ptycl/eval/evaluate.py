@@ -31,23 +31,35 @@ MATRIX_NAMES = (
 )
 
 
-def holdout_mae(model: PtychoNN, scan: ScanTensors, device: torch.device) -> tuple[float, float]:
-    """(amplitude MAE, phase MAE in radians, wrapped) over the scan's held-out frames."""
+def holdout_mae(
+    model: PtychoNN, scan: ScanTensors, device: torch.device, support: torch.Tensor
+) -> tuple[float, float]:
+    """(amplitude MAE, phase MAE in radians, wrapped) over the scan's held-out frames, on the
+    (S, S) ``support`` pixels (the illuminated field of view the model learns)."""
     rows = scan.holdout_rows
     predicted = predict(model, scan.inputs[rows], device)
     truth = scan.labels[rows]
-    amplitude = (predicted[:, 0] - truth[:, 0]).abs().mean().item()
+    lit = support.cpu()
+    amplitude = (predicted[:, 0] - truth[:, 0])[:, lit].abs().mean().item()
     phase_difference = (
         torch.remainder(predicted[:, 1] - truth[:, 1] + math.pi, 2 * math.pi) - math.pi
     )
-    return amplitude, phase_difference.abs().mean().item()
+    return amplitude, phase_difference[:, lit].abs().mean().item()
 
 
-def stitch_scan(model: PtychoNN, scan: ScanTensors, device: torch.device) -> StitchedObject:
-    """Infer every frame of the scan and stitch the patches on the truth's grid."""
+def stitch_scan(
+    model: PtychoNN, scan: ScanTensors, device: torch.device, support: torch.Tensor
+) -> StitchedObject:
+    """Infer every frame of the scan and stitch the ``support`` of each patch on the truth's
+    grid."""
     predicted = predict(model, scan.inputs, device).numpy()
     return stitch_patches(
-        predicted[:, 0], predicted[:, 1], scan.positions_m, scan.truth.pixel_m, canvas=scan.truth
+        predicted[:, 0],
+        predicted[:, 1],
+        scan.positions_m,
+        scan.truth.pixel_m,
+        canvas=scan.truth,
+        window=support.cpu().numpy(),
     )
 
 
@@ -61,14 +73,18 @@ class ErrorMatrices:
     )
 
     def add_row(
-        self, model: PtychoNN, scans: list[ScanTensors], device: torch.device
+        self,
+        model: PtychoNN,
+        scans: list[ScanTensors],
+        device: torch.device,
+        support: torch.Tensor,
     ) -> dict[str, list[float]]:
         """Evaluate every scan seen so far after training through the newest one."""
         self.scan_ids = [scan.scan_id for scan in scans]
         row: dict[str, list[float]] = {name: [] for name in MATRIX_NAMES}
         for scan in scans:
-            amplitude_mae, phase_mae = holdout_mae(model, scan, device)
-            stitched = stitch_scan(model, scan, device)
+            amplitude_mae, phase_mae = holdout_mae(model, scan, device, support)
+            stitched = stitch_scan(model, scan, device, support)
             errors = object_errors(stitched.image, scan.truth, stitched.covered)
             row["amplitude_mae"].append(amplitude_mae)
             row["phase_mae"].append(phase_mae)

@@ -60,6 +60,7 @@ IMAGE_DATA = "data"  # members of IMAGE
 IMAGE_X_PIXEL_SIZE = "x_pixel_size"
 IMAGE_Y_PIXEL_SIZE = "y_pixel_size"
 IMAGE_CENTER = "center_m"  # (2,) metres, axes (y, x) as its "axes" attribute says
+IMAGE_PROBE = "probe"  # optional (h, w) complex illumination on the image's pixel grid
 
 # Streaming state written by ptycl; a file without it (a foreign CXI file) is finished.
 STREAM = "entry_1/ptycl_stream"

@@ -48,6 +48,8 @@ def write_object_image(target: str | Path | Group, image: ObjectImage) -> None:
         _put(group, cxi.IMAGE_X_PIXEL_SIZE, np.float64(image.pixel_m[1]))
         _put(group, cxi.IMAGE_CENTER, np.asarray(image.center_m, dtype=np.float64))
         group[cxi.IMAGE_CENTER].attrs["axes"] = "y x"
+        if image.probe is not None:
+            _put(group, cxi.IMAGE_PROBE, image.probe.astype(np.complex64))
         return
     path = Path(target)
     partial = path.with_name(f".{path.name}.partial")
@@ -73,6 +75,7 @@ def read_object_image_from(root: Group, path: str | Path) -> ObjectImage:
         if cxi.IMAGE_CENTER in group:
             y, x = np.asarray(group[cxi.IMAGE_CENTER][...], dtype=np.float64)
             center_m = (float(y), float(x))
+        probe = np.asarray(group[cxi.IMAGE_PROBE][...]) if cxi.IMAGE_PROBE in group else None
     except KeyError as exc:
         raise ScanError(path, f"object image: missing {cxi.IMAGE}/{exc.args[0]}") from None
     except (OSError, ValueError) as exc:
@@ -81,8 +84,13 @@ def read_object_image_from(root: Group, path: str | Path) -> ObjectImage:
         raise ScanError(
             path, f"object image must be 2-D complex, found {values.dtype}{values.shape}"
         )
+    if probe is not None and (probe.ndim != 2 or not np.iscomplexobj(probe)):
+        raise ScanError(path, f"probe must be 2-D complex, found {probe.dtype}{probe.shape}")
     return ObjectImage(
-        values=values.astype(np.complex64, copy=False), pixel_m=pixel_m, center_m=center_m
+        values=values.astype(np.complex64, copy=False),
+        pixel_m=pixel_m,
+        center_m=center_m,
+        probe=None if probe is None else probe.astype(np.complex64, copy=False),
     )
 
 

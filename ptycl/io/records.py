@@ -54,11 +54,17 @@ class ObjectImage:
 
     ``center_m`` is the (y, x) position, in the scan's coordinate frame, of the image's centre
     pixel (index (H // 2, W // 2)); probe positions are in the same frame.
+
+    ``probe`` is the illumination that goes with the image, on the same pixel grid, centred:
+    an iterative reconstruction returns it beside the object, the simulator knows it. It
+    tells which part of a patch a diffraction frame can say anything about (the model learns
+    and is scored on the illuminated disc, see ``prep.patches.illuminated_support``).
     """
 
     values: np.ndarray  # (H, W) complex64
     pixel_m: tuple[float, float]  # (y, x)
     center_m: tuple[float, float] = (0.0, 0.0)  # (y, x)
+    probe: np.ndarray | None = None  # (h, w) complex64 on the image's pixel grid
 
     def __post_init__(self) -> None:
         if self.values.ndim != 2 or not np.iscomplexobj(self.values):

@@ -143,3 +143,38 @@ def resample_object(obj: ObjectImage, pixel_m: tuple[float, float]) -> ObjectIma
         else:
             values.imag = sampled
     return ObjectImage(values, (float(pixel_m[0]), float(pixel_m[1])), obj.center_m)
+
+
+def illuminated_support(
+    probe: np.ndarray,
+    probe_pixel_m: tuple[float, float],
+    label_pixel_m: tuple[float, float],
+    size: int,
+    energy_fraction: float = 0.9,
+) -> np.ndarray:
+    """(size, size) bool: the label pixels under the probe, a disc about the patch centre whose
+    radius encircles ``energy_fraction`` of the probe's intensity.
+
+    A diffraction frame records probe × object; where the probe is dark the frame says nothing
+    about the object, so a model cannot learn those pixels and scoring them only measures how
+    well it guesses the mean. The model is trained and scored on this disc instead (PtychoNN's
+    "object patch under the probe"). The encircled-energy radius is the usual measure of a
+    beam's size; unlike a fraction of the peak it counts the rings of a zone-plate focus, which
+    light the object too.
+    """
+    intensity = np.abs(probe).astype(np.float64) ** 2
+    rows, cols = np.indices(probe.shape)
+    radius_m = np.hypot(
+        (rows - probe.shape[0] // 2) * probe_pixel_m[0],
+        (cols - probe.shape[1] // 2) * probe_pixel_m[1],
+    ).ravel()
+    order = np.argsort(radius_m)
+    encircled = np.cumsum(intensity.ravel()[order]) / intensity.sum()
+    support_radius_m = radius_m[order][
+        min(np.searchsorted(encircled, energy_fraction), order.size - 1)
+    ]
+    offsets = np.arange(size) - size // 2
+    label_radius_m = np.hypot(
+        offsets[:, None] * label_pixel_m[0], offsets[None, :] * label_pixel_m[1]
+    )
+    return label_radius_m <= support_radius_m

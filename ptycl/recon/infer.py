@@ -46,16 +46,28 @@ class ScanPrediction:
     positions_m: np.ndarray  # (N, 2) (y, x)
     pixel_m: tuple[float, float]  # object pixel of the patches
     truth: ObjectImage | None  # the scan's label, when it has one
+    support: np.ndarray | None = None  # (S, S) bool: the patch pixels the model learned
 
     def stitch(self, canvas: CanvasGrid | ObjectImage | None = None) -> StitchedObject:
-        """Stitch on ``canvas`` (e.g. the truth's grid), or on the grid covering the scan."""
+        """Stitch on ``canvas`` (e.g. the truth's grid), or on the grid covering the scan;
+        only the ``support`` of each patch counts when the model was trained on one."""
         return stitch_patches(
-            self.amplitude, self.phase, self.positions_m, self.pixel_m, canvas=canvas
+            self.amplitude,
+            self.phase,
+            self.positions_m,
+            self.pixel_m,
+            canvas=canvas,
+            window="tukey" if self.support is None else self.support,
         )
 
 
 def infer_scan(
-    model: PtychoNN, path: Path, prep: PrepSettings, device: torch.device, batch_size: int = 256
+    model: PtychoNN,
+    path: Path,
+    prep: PrepSettings,
+    device: torch.device,
+    batch_size: int = 256,
+    support: np.ndarray | None = None,
 ) -> ScanPrediction:
     """Infer every frame of a finished scan, reading and preparing batch by batch."""
     amplitude, phase, positions = [], [], []
@@ -77,4 +89,5 @@ def infer_scan(
         np.concatenate(positions),
         pixel_m,
         truth,
+        support,
     )

@@ -52,13 +52,15 @@ def main(args: argparse.Namespace) -> int:
     setup_logging(config.run.log_level)
     device = resolve_device(config.train.device)
     model = build_model(config.model).to(device)
-    model.load_state_dict(load_checkpoint(args.run / "checkpoints")["trainer"]["model"])
+    trained = load_checkpoint(args.run / "checkpoints")["trainer"]
+    model.load_state_dict(trained["model"])
+    support = None if trained["support"] is None else trained["support"].numpy()
     out_dir = args.out or args.run / "reconstructions"
     out_dir.mkdir(parents=True, exist_ok=True)
     failed = 0
     for path in progress(args.scans, desc="reconstruct"):
         try:
-            prediction = infer_scan(model, path, config.prep, device, args.batch_size)
+            prediction = infer_scan(model, path, config.prep, device, args.batch_size, support)
         except ScanError as exc:
             log.error("%s", exc)
             failed += 1

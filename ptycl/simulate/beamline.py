@@ -10,6 +10,8 @@ illuminated the detector.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from ptycl.config import SimulateSettings
@@ -50,6 +52,7 @@ def simulate_scan(
     truth = reference_phase(obj, positions_m, size)
 
     probe = make_probe(settings.probe, size, settings.probe_diameter_px, rng)
+    truth = dataclasses.replace(truth, probe=probe)  # the label carries its illumination
     intensity = far_field_intensity(exit_waves(probe, cut_patches(truth, positions_m, size)))
     frames, mask = detect(
         expected_counts(intensity, settings.photons_per_frame), settings.detector, rng

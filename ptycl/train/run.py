@@ -157,7 +157,7 @@ def run_continual(config: Config, resume: bool = False, max_steps: int | None = 
                     trainer.state.position.step_in_scan,
                 )
                 break
-            row = matrices.add_row(trainer.model, scans, trainer.device)
+            row = matrices.add_row(trainer.model, scans, trainer.device, trainer.support)
             trainer.state.position = StreamPosition(task + 1, 0, trainer.state.position.global_step)
             checkpoint()
             cost = trainer.state.costs[-1]

@@ -17,7 +17,13 @@ from ptycl.errors import ScanError
 from ptycl.io.records import ObjectImage, ScanMetadata
 from ptycl.io.source import open_scan
 from ptycl.prep.frames import prepare_frames
-from ptycl.prep.patches import label_patches, label_pixel_m, reference_phase, resample_object
+from ptycl.prep.patches import (
+    illuminated_support,
+    label_patches,
+    label_pixel_m,
+    reference_phase,
+    resample_object,
+)
 
 
 @dataclass
@@ -30,6 +36,7 @@ class ScanTensors:
     labels: torch.Tensor  # (N, 2, S, S) float32 amplitude, phase
     positions_m: np.ndarray  # (N, 2) (y, x)
     truth: ObjectImage  # the label object, phase-referenced, on the label pixel grid
+    support: torch.Tensor  # (S, S) bool: label pixels under the probe (all, without a probe)
     train_rows: torch.Tensor  # (N_train,) int64
     holdout_rows: torch.Tensor  # (N_holdout,) int64
 
@@ -66,7 +73,12 @@ def load_scan(path: Path, prep: PrepSettings, seed: int, batch_frames: int = 512
     inputs_np = np.concatenate(inputs)
     positions_m = np.concatenate(positions)
     # Labels live on the model's output grid, which cropping the detector makes coarser.
-    truth = resample_object(truth, label_pixel_m(metadata.geometry, prep.input_size, prep.resize))
+    pixel_m = label_pixel_m(metadata.geometry, prep.input_size, prep.resize)
+    if truth.probe is None:
+        support = np.ones((prep.input_size, prep.input_size), dtype=bool)
+    else:
+        support = illuminated_support(truth.probe, truth.pixel_m, pixel_m, prep.input_size)
+    truth = resample_object(truth, pixel_m)
     truth = reference_phase(truth, positions_m, prep.input_size)
     amplitude, phase = label_patches(truth, positions_m, prep.input_size)
     train_rows, holdout_rows = split_rows(len(inputs_np), prep.holdout_fraction, seed)
@@ -77,6 +89,7 @@ def load_scan(path: Path, prep: PrepSettings, seed: int, batch_frames: int = 512
         labels=torch.from_numpy(np.stack([amplitude, phase], axis=1)),
         positions_m=positions_m,
         truth=truth,
+        support=torch.from_numpy(support),
         train_rows=train_rows,
         holdout_rows=holdout_rows,
     )

@@ -90,6 +90,10 @@ class ContinualTrainer:
         # The cumulative strategy retrains on every scan seen: it keeps them all (the cost
         # the rehearsal strategies avoid).
         self.pool: list[ScanTensors] = []
+        # The field of view the model learns: the first scan's illuminated support, kept for
+        # the whole run (one beamline set-up per run) and saved with the model, so replayed
+        # samples, evaluation and reconstruction all score the same pixels.
+        self.support: torch.Tensor | None = None
 
     @classmethod
     def build(cls, config: Config) -> ContinualTrainer:
@@ -106,6 +110,8 @@ class ContinualTrainer:
 
     def arrived(self, scan: ScanTensors) -> None:
         """A scan joined the stream (also called for the scans before a resume point)."""
+        if self.support is None:
+            self.support = scan.support.to(self.device)
         if self.settings.strategy == "cumulative":
             self.pool.append(scan)
 
@@ -182,8 +188,9 @@ class ContinualTrainer:
         """One optimiser step; returns forward samples, the new batch's pre-step outputs and losses."""
         kind, strategy = self.settings.loss, self.settings.strategy
         predicted = self.model(inputs.to(self.device, non_blocking=True))
+        support = self.support
         per_sample = per_sample_task_loss(
-            predicted, labels.to(self.device, non_blocking=True), kind
+            predicted, labels.to(self.device, non_blocking=True), kind, support
         )
         loss = per_sample.mean()
         samples = len(inputs)
@@ -195,16 +202,18 @@ class ContinualTrainer:
                 replayed = self.model(first.inputs)
                 samples += len(first)
                 if strategy == "er":
-                    loss = loss + task_loss(replayed, first.labels, kind)
+                    loss = loss + task_loss(replayed, first.labels, kind, support)
                 else:
-                    loss = loss + self.settings.alpha * der_distance(replayed, first.outputs)
+                    loss = loss + self.settings.alpha * der_distance(
+                        replayed, first.outputs, support
+                    )
             if strategy == "derpp":
                 second = self.store.draw(replay_size)
                 if second is not None:
                     second = second.to(self.device, torch.float32)
                     samples += len(second)
                     loss = loss + self.settings.beta * task_loss(
-                        self.model(second.inputs), second.labels, kind
+                        self.model(second.inputs), second.labels, kind, support
                     )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -217,6 +226,7 @@ class ContinualTrainer:
         position = self.state.position
         return {
             "model": self.model.state_dict(),
+            "support": None if self.support is None else self.support.cpu(),
             "optimizer": self.optimizer.state_dict(),
             "store": self.store.state_dict() if self.store is not None else None,
             "position": [position.scan_index, position.step_in_scan, position.global_step],
@@ -225,6 +235,8 @@ class ContinualTrainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
+        if state["support"] is not None:
+            self.support = state["support"].to(self.device)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.store is not None:
             self.store.load_state_dict(state["store"])
