@@ -120,6 +120,35 @@ class TrainSettings(Section):
     store: StoreSettings = StoreSettings()
 
 
+class WatchSettings(Section):
+    """The beamline file watcher (``ptycl watch DIR``); see ``ptycl.stream.watch``."""
+
+    # Discover scans by polling the directory instead of inotify: for NFS/Lustre/GPFS, where
+    # inotify does not see writes from other nodes (also ``ptycl watch --polling``).
+    polling: bool = False
+    poll_interval_s: PositiveFloat = 0.2  # how often growing scans (and, polling, DIR) are read
+    # Training granularity: a scan's frames are trained on in segments of this many frames as
+    # they arrive (the last segment of a scan may be shorter).
+    segment_frames: PositiveInt = 128
+    # A scan of this many frames gets train.steps_per_scan optimiser steps, as in `ptycl
+    # train`; a segment gets steps in proportion to its frames (a constant cost per frame).
+    nominal_frames_per_scan: PositiveInt = 400
+    # A finished scan without a label waits this long for one before it is reconstructed
+    # with the current model (a label arriving later still trains on it).
+    label_wait_s: Annotated[float, Field(ge=0.0)] = 2.0
+    # A file seen only as "created" (no rename or close event) must stay unchanged this long
+    # before a finished-looking scan in it is read; a growing ptycl scan is followed at once.
+    settle_s: Annotated[float, Field(ge=0.0)] = 1.0
+    # A file that cannot be opened and has not changed for this long is quarantined.
+    unreadable_after_s: PositiveFloat = 10.0
+    # A scan that gets no new frame for this long and is never marked complete is quarantined
+    # as stalled (None: wait for ever).
+    stall_timeout_s: PositiveFloat | None = 600.0
+    # Where reconstructions of unlabelled scans go (None: beside the scan, <stem>.recon.h5/png).
+    recon_dir: Path | None = None
+    status_every_s: PositiveFloat = 5.0  # the live status line (and status.json)
+
+
 class RunSettings(Section):
     name: str = "ptycl-run"
     output_dir: Path = Path("runs/ptycl-run")
@@ -133,6 +162,7 @@ class Config(Section):
     prep: PrepSettings = PrepSettings()
     model: ModelSettings = ModelSettings()
     train: TrainSettings = TrainSettings()
+    watch: WatchSettings = WatchSettings()
     # Scans to train on, in arrival order (files or directories). Empty: the simulated ones.
     scans: list[Path] = []
 

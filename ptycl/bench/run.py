@@ -26,6 +26,7 @@ SUITES = {
     "continual": "ptycl.bench.continual",  # strategies side by side: accuracy, forgetting, cost
     "ingest": "ptycl.bench.ingest",  # scan files -> normalised batches, beside a raw read
     "kernels": "ptycl.bench.kernels",  # selection kernels, candidates/s
+    "store": "ptycl.bench.store",  # kernels, global draw latency at 1/2/4 ranks, step with replay
 }
 
 

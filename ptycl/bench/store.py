@@ -373,7 +373,7 @@ def step_time_part(params: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(comm.rank)
     frame = (work.frame, work.frame)
-    model = PtychoNN(work.width, work.depth)
+    model = PtychoNN(work.width, work.depth, work.frame)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     pool = _random_samples(256, work.frame, generator)
     stores = {

@@ -4,6 +4,15 @@ One shared convolutional encoder, two decoders: amplitude (sigmoid, in [0, 1]) a
 (tanh scaled by pi, in [-pi, pi]). Each level is conv-ReLU-conv-ReLU then max-pool (encoder)
 or upsample (decoder); widths double at each encoder level. At width 32 and depth 3 the model
 has about 1.15 M parameters, in the range of the published network.
+
+The first thing the model does is standardise each detector pixel with a mean and spread fitted
+once, on the first scan's training frames (``fit_input_statistics``), and kept as buffers, so
+they travel with the weights into checkpoints, DDP replicas and reconstructions. Why: the frames
+of a scan differ from each other by a few percent; the probe's own diffraction, common to all of
+them, carries almost all of the intensity. Without the per-pixel standardisation the network
+sees nearly the same input for every frame and learns the mean patch (measured on a simulated
+Manhattan scan, width 8, 300 steps: phase MAE 0.139 rad raw, 0.108 standardised, 0.157 for the
+mean patch).
 """
 
 from __future__ import annotations
@@ -61,8 +70,12 @@ def _decoder(widths: list[int]) -> nn.Sequential:
 
 
 class PtychoNN(nn.Module):
-    def __init__(self, width: int = 32, depth: int = 3) -> None:
+    def __init__(self, width: int = 32, depth: int = 3, input_size: int = 64) -> None:
         super().__init__()
+        # Identity until fitted; ``input_fitted`` records whether it has been.
+        self.register_buffer("input_mean", torch.zeros(1, 1, input_size, input_size))
+        self.register_buffer("input_scale", torch.ones(1, 1, input_size, input_size))
+        self.register_buffer("input_fitted", torch.tensor(False))
         widths = [width * 2**level for level in range(depth)]
         encoder: list[nn.Module] = []
         c_in = 1
@@ -76,15 +89,33 @@ class PtychoNN(nn.Module):
 
     def forward(self, frames: torch.Tensor) -> ModelOutput:
         """``frames``: (n, 1, H, W) prepared diffraction intensities, H and W divisible by 2**depth."""
-        features = self.encoder(frames)
+        features = self.encoder((frames - self.input_mean) / self.input_scale)
         return ModelOutput(
             amplitude=torch.sigmoid(self.amplitude_head(features)),
             phase=math.pi * torch.tanh(self.phase_head(features)),
         )
 
+    @torch.no_grad()
+    def fit_input_statistics(self, frames: torch.Tensor) -> None:
+        """Fit the per-pixel standardisation on (n, 1, S, S) prepared frames.
 
-def build_model(settings: ModelSettings) -> PtychoNN:
-    return PtychoNN(width=settings.width, depth=settings.depth)
+        The spread gets a floor of 1% of its median, so detector pixels that never see a
+        photon (gaps, the far corners) are not blown up from noise.
+        """
+        if frames.shape[1:] != self.input_mean.shape[1:]:
+            raise ValueError(
+                f"frames of shape {tuple(frames.shape[1:])} for a model built for "
+                f"{tuple(self.input_mean.shape[1:])}"
+            )
+        frames = frames.to(self.input_mean.device, torch.float32)
+        spread = frames.std(dim=0, keepdim=True)
+        self.input_mean.copy_(frames.mean(dim=0, keepdim=True))
+        self.input_scale.copy_(spread.clamp_min(0.01 * spread.median().item() + 1e-12))
+        self.input_fitted.fill_(True)
+
+
+def build_model(settings: ModelSettings, input_size: int) -> PtychoNN:
+    return PtychoNN(width=settings.width, depth=settings.depth, input_size=input_size)
 
 
 def parameter_count(model: nn.Module) -> int:

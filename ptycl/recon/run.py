@@ -51,7 +51,7 @@ def main(args: argparse.Namespace) -> int:
     config = load_config(args.run / "config.yaml", args.overrides)
     setup_logging(config.run.log_level)
     device = resolve_device(config.train.device)
-    model = build_model(config.model).to(device)
+    model = build_model(config.model, config.prep.input_size).to(device)
     trained = load_checkpoint(args.run / "checkpoints")["trainer"]
     model.load_state_dict(trained["model"])
     support = None if trained["support"] is None else trained["support"].numpy()

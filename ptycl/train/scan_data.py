@@ -55,6 +55,68 @@ def split_rows(n: int, holdout_fraction: float, seed: int) -> tuple[torch.Tensor
     return order[n_holdout:].sort().values, order[:n_holdout].sort().values
 
 
+@dataclass(frozen=True)
+class PreparedLabel:
+    """A scan's label made ready for cutting patches: on the model's output grid, its phase
+    referenced to the scanned area, with the illuminated support the model learns."""
+
+    truth: ObjectImage  # on the label pixel grid, phase-referenced
+    support: np.ndarray  # (S, S) bool
+
+
+def prepare_label(
+    truth: ObjectImage,
+    metadata: ScanMetadata,
+    prep: PrepSettings,
+    reference_positions_m: np.ndarray,
+    path: Path | str = "",
+) -> PreparedLabel:
+    """Resample ``truth`` to the model's output grid and reference its phase to the area the
+    probe covers at ``reference_positions_m`` (all of a finished scan's positions; a scan
+    followed while it is written uses its first frames, so every batch shares one reference)."""
+    # Labels live on the model's output grid, which cropping the detector makes coarser.
+    pixel_m = label_pixel_m(metadata.geometry, prep.input_size, prep.resize)
+    if truth.probe is None:
+        support = np.ones((prep.input_size, prep.input_size), dtype=bool)
+    else:
+        support = illuminated_support(truth.probe, truth.pixel_m, pixel_m, prep.input_size)
+    truth = resample_object(truth, pixel_m)
+    try:
+        truth = reference_phase(truth, reference_positions_m, prep.input_size)
+    except ValueError as exc:  # a probe position off the label image
+        raise ScanError(path or metadata.scan_id, f"label does not cover the scan: {exc}") from None
+    return PreparedLabel(truth=truth, support=support)
+
+
+def scan_tensors(
+    metadata: ScanMetadata,
+    path: Path,
+    inputs: np.ndarray,
+    positions_m: np.ndarray,
+    label: PreparedLabel,
+    prep: PrepSettings,
+    seed: int,
+) -> ScanTensors:
+    """Prepared frames (n, S, S) and their positions (n, 2) with label patches cut from
+    ``label``, split into training and held-out rows by ``seed``."""
+    try:
+        amplitude, phase = label_patches(label.truth, positions_m, prep.input_size)
+    except ValueError as exc:
+        raise ScanError(path, f"label does not cover the scan: {exc}") from None
+    train_rows, holdout_rows = split_rows(len(inputs), prep.holdout_fraction, seed)
+    return ScanTensors(
+        metadata=metadata,
+        path=Path(path),
+        inputs=torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).unsqueeze(1),
+        labels=torch.from_numpy(np.stack([amplitude, phase], axis=1)),
+        positions_m=positions_m,
+        truth=label.truth,
+        support=torch.from_numpy(label.support),
+        train_rows=train_rows,
+        holdout_rows=holdout_rows,
+    )
+
+
 def load_scan(path: Path, prep: PrepSettings, seed: int, batch_frames: int = 512) -> ScanTensors:
     """Read a finished scan with its label into memory (a scan at 64² is a few MB)."""
     with open_scan(path) as source:
@@ -72,24 +134,5 @@ def load_scan(path: Path, prep: PrepSettings, seed: int, batch_frames: int = 512
             positions.append(batch.positions_m)
     inputs_np = np.concatenate(inputs)
     positions_m = np.concatenate(positions)
-    # Labels live on the model's output grid, which cropping the detector makes coarser.
-    pixel_m = label_pixel_m(metadata.geometry, prep.input_size, prep.resize)
-    if truth.probe is None:
-        support = np.ones((prep.input_size, prep.input_size), dtype=bool)
-    else:
-        support = illuminated_support(truth.probe, truth.pixel_m, pixel_m, prep.input_size)
-    truth = resample_object(truth, pixel_m)
-    truth = reference_phase(truth, positions_m, prep.input_size)
-    amplitude, phase = label_patches(truth, positions_m, prep.input_size)
-    train_rows, holdout_rows = split_rows(len(inputs_np), prep.holdout_fraction, seed)
-    return ScanTensors(
-        metadata=metadata,
-        path=Path(path),
-        inputs=torch.from_numpy(inputs_np).unsqueeze(1),
-        labels=torch.from_numpy(np.stack([amplitude, phase], axis=1)),
-        positions_m=positions_m,
-        truth=truth,
-        support=torch.from_numpy(support),
-        train_rows=train_rows,
-        holdout_rows=holdout_rows,
-    )
+    label = prepare_label(truth, metadata, prep, positions_m, path)
+    return scan_tensors(metadata, Path(path), inputs_np, positions_m, label, prep, seed)

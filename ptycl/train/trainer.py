@@ -99,7 +99,12 @@ class ContinualTrainer:
     def build(cls, config: Config) -> ContinualTrainer:
         torch.manual_seed(config.run.seed)  # model initialisation
         device = resolve_device(config.train.device)
-        return cls(config, build_model(config.model), build_store(config, device), device)
+        return cls(
+            config,
+            build_model(config.model, config.prep.input_size),
+            build_store(config, device),
+            device,
+        )
 
     # -- the stream -----------------------------------------------------------------------
 
@@ -112,6 +117,8 @@ class ContinualTrainer:
         """A scan joined the stream (also called for the scans before a resume point)."""
         if self.support is None:
             self.support = scan.support.to(self.device)
+        if not self.model.input_fitted:
+            self.model.fit_input_statistics(scan.inputs[scan.train_rows])
         if self.settings.strategy == "cumulative":
             self.pool.append(scan)
 
