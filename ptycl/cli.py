@@ -41,6 +41,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "main",
         "infer a scan with a trained model and stitch the object image",
     ),
+    "watch": (
+        "ptycl.stream.watch",
+        "main",
+        "watch a beamline directory: follow scans as they are written, train, reconstruct",
+    ),
     "bench": ("ptycl.bench.run", "main", "run benchmark suites, write JSON, markdown and plots"),
 }
 

@@ -107,6 +107,9 @@ class StoreSettings(Section):
 class TrainSettings(Section):
     strategy: Literal["incremental", "cumulative", "er", "der", "derpp"] = "derpp"
     steps_per_scan: PositiveInt = 200
+    # Both batch sizes count all MPI ranks together: under `mpiexec -n N` each rank takes its
+    # share of every step's rows (and of every draw), so N ranks take the steps one process
+    # would (each must be at least N).
     batch_size: PositiveInt = 32
     replay_batch_size: PositiveInt = 16  # per replay draw (derpp draws twice)
     alpha: Annotated[float, Field(ge=0.0)] = 0.3  # DER logit-matching weight

@@ -5,6 +5,11 @@ probe sits at ``pattern_position(i)``, so a reader in another process can tell a
 (not yet written) or mixed frame from a good one::
 
     python tests/helpers_scans.py write PATH --frames 40 --rate-hz 50 --size 16
+
+or plays a beamline for the watch-mode tests (``beamline_scenario``): simulated scans written
+in real time into a directory, labelled in three ways, then two broken ones::
+
+    python tests/helpers_scans.py beamline DIR --frames 48 --rate-hz 60
 """
 
 from __future__ import annotations
@@ -124,6 +129,72 @@ def stream_pattern_scan(
             writer.mark_complete()
 
 
+# The scans ``beamline_scenario`` writes, and what the watcher must make of each.
+BEAMLINE_SCANS = {
+    "scan0000_manhattan.h5": "trained",  # label inside the scan: trained while it streams
+    "scan0001_siemens.zarr": "trained",  # label in a separate file after the last frame
+    "scan0002_particles.h5": "reconstructed",  # no label at all
+    "scan0003_nan.h5": "quarantined",  # a NaN frame in the middle
+    "scan0004_truncated.h5": "quarantined",  # a finished file cut short
+}
+
+
+def _stream(path: Path, scan: SimulatedScan, rate_hz: float, label: ObjectImage | None) -> None:
+    with open_streaming_writer(path, scan.metadata, scan.frames.dtype, label=label) as writer:
+        start = time.monotonic()
+        for index in range(len(scan.frames)):
+            writer.write_frame(scan.frames[index], scan.positions_m[index])
+            time.sleep(max(0.0, start + (index + 1) / rate_hz - time.monotonic()))
+        writer.mark_complete()
+
+
+def beamline_scan(index: int, n_frames: int) -> SimulatedScan:
+    """Scan ``index`` of the beamline scenario (its truth is the label a test may add later)."""
+    from ptycl.config import SimulateSettings
+    from ptycl.simulate.beamline import simulate_scan
+
+    settings = SimulateSettings(
+        families=["manhattan", "siemens", "particles", "texture"],
+        frames_per_scan=n_frames,
+        frame_size=64,
+    )
+    return simulate_scan(settings, index, np.random.default_rng([settings.seed, index]))
+
+
+def beamline_scenario(
+    directory: Path, n_frames: int = 48, rate_hz: float = 60.0, label_delay_s: float = 0.5
+) -> None:
+    """Write ``BEAMLINE_SCANS`` into ``directory`` one after the other, in real time."""
+    import os
+    from dataclasses import replace
+
+    from ptycl.io.object_image import label_path_for, write_object_image
+    from ptycl.io.source import write_scan
+
+    def simulated(index: int) -> SimulatedScan:
+        return beamline_scan(index, n_frames)
+
+    names = list(BEAMLINE_SCANS)
+    scan = simulated(0)
+    _stream(directory / names[0], scan, rate_hz, label=scan.truth)
+    scan = simulated(1)
+    _stream(directory / names[1], scan, rate_hz, label=None)
+    time.sleep(label_delay_s)  # the label comes later, as an iterative reconstruction would
+    write_object_image(label_path_for(directory / names[1]), scan.truth)
+    _stream(directory / names[2], simulated(2), rate_hz, label=None)
+    # float frames with a NaN in frame 10: readable up to there, then refused
+    scan = simulated(3)
+    frames = scan.frames.astype(np.float32)
+    frames[10, 5, 5] = np.nan
+    bad = replace(scan, metadata=replace(scan.metadata, scan_id="scan0003_nan"), frames=frames)
+    _stream(directory / names[3], bad, rate_hz, label=bad.truth)
+    # a finished scan whose file lost its second half, renamed into place
+    hidden = directory / f".{names[4]}.tmp"
+    write_scan(hidden, simulated(4), format="hdf5")
+    os.truncate(hidden, hidden.stat().st_size // 2)
+    os.rename(hidden, directory / names[4])
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -135,7 +206,14 @@ def main(argv: list[str]) -> int:
     write.add_argument(
         "--incomplete", action="store_true", help="stop without marking the scan complete"
     )
+    beamline = sub.add_parser("beamline", help="write the watch-mode scenario into a directory")
+    beamline.add_argument("directory", type=Path)
+    beamline.add_argument("--frames", type=int, default=48)
+    beamline.add_argument("--rate-hz", type=float, default=60.0)
     args = parser.parse_args(argv)
+    if args.command == "beamline":
+        beamline_scenario(args.directory, args.frames, args.rate_hz)
+        return 0
     stream_pattern_scan(
         args.path, args.frames, args.rate_hz, args.size, complete=not args.incomplete
     )

@@ -67,3 +67,35 @@ def test_model_outputs_are_bounded_and_named():
 
 def test_default_width_has_ptychonn_size():
     assert 0.7e6 <= parameter_count(PtychoNN(width=32, depth=3)) <= 1.3e6
+
+
+def test_losses_count_only_the_support_pixels():
+    labels = torch.zeros(2, 2, 4, 4)
+    support = torch.zeros(4, 4, dtype=torch.bool)
+    support[1:3, 1:3] = True
+    inside = _output(0.5, 0.0)
+    outside_too = ModelOutput(inside.amplitude.clone(), inside.phase.clone())
+    outside_too.amplitude[..., 0, :] = 1.0  # errors only outside the support
+    for loss in (
+        lambda p: task_loss(p, labels, "mae", support),
+        lambda p: der_distance(p, labels, support),
+    ):
+        assert loss(outside_too).item() == pytest.approx(loss(inside).item(), rel=1e-6)
+    assert task_loss(inside, labels, "mae", support).item() == pytest.approx(0.25, rel=1e-6)
+
+
+def test_input_standardisation_is_fitted_once_and_saved_with_the_weights():
+    generator = torch.Generator().manual_seed(0)
+    frames = 3.0 + 0.1 * torch.randn(200, 1, 16, 16, generator=generator)
+    frames[:, :, :8] *= 40.0  # a bright half, like the probe's own diffraction
+    model = PtychoNN(width=4, depth=2, input_size=16)
+    assert not model.input_fitted
+    model.fit_input_statistics(frames)
+    standardised = (frames - model.input_mean) / model.input_scale
+    assert standardised.mean(dim=0).abs().max().item() < 1e-4
+    assert standardised.std(dim=0).sub(1).abs().max().item() < 1e-4
+    copy = PtychoNN(width=4, depth=2, input_size=16)
+    copy.load_state_dict(model.state_dict())
+    assert copy.input_fitted and torch.equal(copy.input_scale, model.input_scale)
+    with pytest.raises(ValueError, match="built for"):
+        model.fit_input_statistics(frames[:, :, :8, :8])

@@ -117,3 +117,21 @@ def test_reference_phase_removes_any_global_offset_even_near_pi():
     assert (
         abs(np.angle(referenced[0].values.sum(dtype=np.complex128))) > 1e-3
     )  # a different region, another mean
+
+
+@pytest.mark.parametrize("kind", ["zone_plate", "aperture"])
+def test_illuminated_support_is_the_smallest_centred_disc_holding_90_percent(kind):
+    from ptycl.prep.patches import illuminated_support
+    from ptycl.simulate.probe import make_probe
+
+    probe = make_probe(kind, 64, 16.0, np.random.default_rng(3))
+    intensity = np.abs(probe) ** 2 / np.sum(np.abs(probe) ** 2)
+    support = illuminated_support(probe, (1.0, 1.0), (1.0, 1.0), 64)
+    rows, cols = np.indices(support.shape) - 32
+    radius = np.hypot(rows, cols)
+    assert intensity[support].sum() >= 0.9
+    assert support[radius <= radius[support].max()].all()  # a filled disc about the centre
+    assert intensity[radius < radius[support].max()].sum() < 0.9  # and no smaller one will do
+    # On a label grid twice as coarse the same disc covers a quarter of the pixels (±15%).
+    coarse = illuminated_support(probe, (1.0, 1.0), (2.0, 2.0), 32)
+    assert coarse.sum() == pytest.approx(support.sum() / 4, rel=0.15)

@@ -19,6 +19,7 @@ from ptycl.eval.image_metrics import object_errors
 from ptycl.model.ptychonn import PtychoNN
 from ptycl.recon.infer import predict
 from ptycl.recon.stitch import StitchedObject, stitch_patches
+from ptycl.train.distributed import Distributed
 from ptycl.train.scan_data import ScanTensors
 
 MATRIX_NAMES = (
@@ -63,6 +64,20 @@ def stitch_scan(
     )
 
 
+def scan_errors(
+    model: PtychoNN, scan: ScanTensors, device: torch.device, support: torch.Tensor
+) -> dict[str, float]:
+    """Every metric of ``MATRIX_NAMES`` on one scan."""
+    amplitude_mae, phase_mae = holdout_mae(model, scan, device, support)
+    stitched = stitch_scan(model, scan, device, support)
+    image = object_errors(stitched.image, scan.truth, stitched.covered)
+    return {
+        "amplitude_mae": amplitude_mae,
+        "phase_mae": phase_mae,
+        **{name: float(getattr(image, name)) for name in MATRIX_NAMES[2:]},
+    }
+
+
 @dataclass
 class ErrorMatrices:
     """R[i][j] for each metric: the metric on scan j after training through scan i (NaN: unseen)."""
@@ -78,18 +93,20 @@ class ErrorMatrices:
         scans: list[ScanTensors],
         device: torch.device,
         support: torch.Tensor,
+        dist: Distributed | None = None,
     ) -> dict[str, list[float]]:
-        """Evaluate every scan seen so far after training through the newest one."""
+        """Evaluate every scan seen so far after training through the newest one.
+
+        With ``dist`` (a data-parallel job; collective), each rank evaluates its share of the
+        scans and every rank gets, and adds, the whole row.
+        """
         self.scan_ids = [scan.scan_id for scan in scans]
-        row: dict[str, list[float]] = {name: [] for name in MATRIX_NAMES}
-        for scan in scans:
-            amplitude_mae, phase_mae = holdout_mae(model, scan, device, support)
-            stitched = stitch_scan(model, scan, device, support)
-            errors = object_errors(stitched.image, scan.truth, stitched.covered)
-            row["amplitude_mae"].append(amplitude_mae)
-            row["phase_mae"].append(phase_mae)
-            for name in MATRIX_NAMES[2:]:
-                row[name].append(float(getattr(errors, name)))
+        indices = range(len(scans))
+        mine = indices if dist is None else indices[dist.share(len(scans))]
+        errors = {i: scan_errors(model, scans[i], device, support) for i in mine}
+        if dist is not None:
+            errors = {i: e for part in dist.allgather(errors) for i, e in part.items()}
+        row = {name: [errors[i][name] for i in indices] for name in MATRIX_NAMES}
         for name in MATRIX_NAMES:
             self.rows[name].append(row[name])
         return row

@@ -52,6 +52,11 @@ class RehearsalStore(ABC):
     @abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    def close(self) -> None:
+        """Release what the store holds beyond memory (threads, communicators); collective
+        for a distributed store. Nothing to do for a store in one process."""
+        return None
+
     def sample_nbytes(self) -> int:
         """Bytes one held sample takes (inputs, labels, outputs and bookkeeping)."""
         raise NotImplementedError

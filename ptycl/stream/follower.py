@@ -1,14 +1,16 @@
-"""Follow one scan while it is written: read its committed frames as they arrive, prepare
-them for the model, and cut them into training segments once its label is known.
+"""Follow one scan while it is written (``ScanFollower``) and hold what was read of it
+(``ScanBuffer``): prepared frames, positions, the label once known, and from them the
+training segments and the evaluation set.
 
 Reading goes through ``ptycl.io.source`` and so obeys the readers' rules: only frames below
 the committed count the writer publishes after each frame are read (a half-written frame is
 never seen), and the scan is complete only when the writer says so. Frames are prepared
 (resize, normalise) as they are read and kept in memory with their positions (a scan of 450
-64² frames is 7 MB), because training segments, evaluation and a late label all need them.
+64² frames is 7 MB), because training segments, evaluation, the reconstruction and a late
+label all need them; the buffer is dropped once the scan is trained or reconstructed.
 
 One ``ScanSource`` per growing file per process (see ``ptycl.io.hdf5_scan``): the follower
-closes its source as soon as the scan is complete, so the reconstruction can reopen it.
+closes its source as soon as the scan is complete.
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ class GrowingArray:
     def append(self, rows: np.ndarray) -> None:
         needed = self._n + len(rows)
         if needed > len(self._data):
-            grown = np.empty((max(needed, 2 * len(self._data)), *self._data.shape[1:]), self._data.dtype)
+            grown = np.empty(
+                (max(needed, 2 * len(self._data)), *self._data.shape[1:]), self._data.dtype
+            )
             grown[: self._n] = self._data[: self._n]
             self._data = grown
         self._data[self._n : needed] = rows
@@ -53,7 +57,8 @@ class GrowingArray:
 
 
 class ScanFollower:
-    """One scan, read as it grows. ``poll()`` reads what was committed since the last call."""
+    """One scan file, read as it grows. ``poll()`` returns what was committed since the last
+    call, prepared for the model."""
 
     def __init__(
         self,
@@ -65,47 +70,49 @@ class ScanFollower:
         self.path = Path(path)
         self.prep = prep
         self.max_frames_per_poll = max_frames_per_poll
-        self._source: ScanSource | None = open_scan(self.path, expected_frame_shape)
+        self.frames_read = 0
+        self.complete = False
+        # Opening raises ScanError for a file that is not (yet) a readable scan.
+        self._source: ScanSource | None = open_scan(self.path)
         try:
             self.metadata: ScanMetadata = self._source.metadata
             self.frame_shape = self.metadata.geometry.frame_shape
+            if expected_frame_shape is not None and self.frame_shape != tuple(expected_frame_shape):
+                raise UnusableScan(
+                    self.path,
+                    f"shape mismatch: frames are {self.frame_shape[0]}x{self.frame_shape[1]}, "
+                    f"this run's scans are {expected_frame_shape[0]}x{expected_frame_shape[1]}",
+                )
             if min(self.frame_shape) < prep.input_size:
-                raise ScanError(
+                raise UnusableScan(
                     self.path,
                     f"frames are {self.frame_shape[0]}x{self.frame_shape[1]}, smaller than the "
                     f"model input {prep.input_size}",
                 )
             # A label inside the scan is written when the file is created (before any frame).
             self._label_in_file = self._source.label_in_file()
-            self.complete = self._source.progress().complete
+            self.looks_finished = self._source.progress().complete
         except BaseException:
             self.close()
             raise
-        size = prep.input_size
-        self.inputs = GrowingArray((size, size), np.float32)
-        self.positions_m = GrowingArray((2,), np.float64)
         self.last_arrival = time.monotonic()
-
-    @property
-    def frames_read(self) -> int:
-        return len(self.inputs)
 
     @property
     def label_in_file(self) -> bool:
         return self._label_in_file is not None
 
-    def poll(self) -> int:
-        """Read newly committed frames (at most ``max_frames_per_poll``); return how many.
+    def poll(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Newly committed frames (at most ``max_frames_per_poll``), prepared, with their
+        (n, 2) positions; None when there are none. Sets ``complete`` once the writer has
+        marked the scan complete and every frame is read, and closes the file then.
 
-        Raises ScanError for a bad frame (NaN, negative, unreadable) or a bad position.
-        Once the writer has marked the scan complete and every frame is read, the file is
-        closed and ``complete`` is True.
+        Raises ScanError for a bad frame (NaN, negative, unreadable) or position.
         """
         if self._source is None:
-            return 0
+            return None
         state = self._source.progress()
         stop = min(state.committed_frames, self.frames_read + self.max_frames_per_poll)
-        new = 0
+        new = None
         if stop > self.frames_read:
             batch = self._source.read(np.arange(self.frames_read, stop))
             try:
@@ -114,22 +121,15 @@ class ScanFollower:
                 )
             except ValueError as exc:
                 raise ScanError(self.path, f"frames cannot be prepared: {exc}") from None
-            self.inputs.append(prepared)
-            self.positions_m.append(batch.positions_m)
-            new = len(batch)
+            new = (prepared, batch.positions_m)
+            self.frames_read = stop
             self.last_arrival = time.monotonic()
         if state.complete and self.frames_read == state.committed_frames:
-            self.complete = True
             if self.frames_read == 0:
-                raise ScanError(self.path, "the writer marked the scan complete with no frame")
+                raise UnusableScan(self.path, "the writer marked the scan complete with no frame")
+            self.complete = True
             self.close()
         return new
-
-    def read_all(self) -> None:
-        """Read every frame of a finished scan (for one reopened after a restart)."""
-        while self._source is not None:
-            if self.poll() == 0 and not self.complete:
-                raise ScanError(self.path, "not complete: cannot read it to the end now")
 
     def label(self) -> tuple[ObjectImage, str] | None:
         """The scan's label and where it came from: in the scan file, else ``<stem>.label.h5``
@@ -137,10 +137,7 @@ class ScanFollower:
         the label file."""
         if self._label_in_file is not None:
             return self._label_in_file, "in_scan"
-        separate = label_path_for(self.path)
-        if not separate.exists():
-            return None
-        return read_object_image(separate), separate.name
+        return read_label_file(self.path)
 
     def close(self) -> None:
         if self._source is not None:
@@ -148,82 +145,107 @@ class ScanFollower:
             self._source = None
 
 
-class StreamedScan:
-    """A followed scan's frames with its label: training segments and the evaluation set.
+class UnusableScan(ScanError):
+    """A scan that opened but can never be used (wrong shape, no frames): quarantine it now
+    rather than wait for it to become readable."""
+
+
+def read_label_file(scan_path: Path) -> tuple[ObjectImage, str] | None:
+    """The label in ``<stem>.label.h5`` beside the scan and the file's name, if it exists."""
+    separate = label_path_for(scan_path)
+    if not separate.exists():
+        return None
+    return read_object_image(separate), separate.name
+
+
+class ScanBuffer:
+    """A followed scan's prepared frames and positions, with its label once known: the
+    training segments and the evaluation set.
 
     Everything here is a function of the frames, the label and the run's settings (segment
-    size, seeds), never of arrival times, so a resumed run rebuilds the same tensors.
+    size, seeds), never of arrival times, so a resumed run rebuilds the same tensors. Under
+    MPI every rank holds the same buffers (rank 0 reads the file and broadcasts).
     """
 
     def __init__(
         self,
-        follower: ScanFollower,
-        truth: ObjectImage,
+        path: Path,
+        metadata: ScanMetadata,
         prep: PrepSettings,
         segment_frames: int,
         run_seed: int,
-        task: int,
     ) -> None:
-        self.follower = follower
-        self.truth = truth
+        self.path = Path(path)
+        self.metadata = metadata
         self.prep = prep
         self.segment_frames = segment_frames
         self.run_seed = run_seed
-        self.task = task
+        size = prep.input_size
+        self.inputs = GrowingArray((size, size), np.float32)
+        self.positions_m = GrowingArray((2,), np.float64)
+        self.complete = False
+        self.truth: ObjectImage | None = None
+        self.task: int | None = None
         self._label: PreparedLabel | None = None
 
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def append(self, inputs: np.ndarray, positions_m: np.ndarray) -> None:
+        self.inputs.append(inputs)
+        self.positions_m.append(positions_m)
+
+    def set_label(self, truth: ObjectImage, task: int) -> None:
+        self.truth, self.task, self._label = truth, task, None
+
+    @property
+    def labelled(self) -> bool:
+        return self.truth is not None
+
     def _prepared_label(self) -> PreparedLabel:
+        if self.truth is None or self.task is None:
+            raise ValueError(f"{self.path}: no label yet")
         if self._label is None:
             # The phase reference: the area the first segment's probe positions cover.
-            first = self.follower.positions_m.view(0, self.segment_frames)
-            self._label = prepare_label(
-                self.truth, self.follower.metadata, self.prep, first, self.follower.path
-            )
+            first = self.positions_m.view(0, self.segment_frames)
+            self._label = prepare_label(self.truth, self.metadata, self.prep, first, self.path)
         return self._label
 
     def ready_segment(self, index: int) -> tuple[int, int] | None:
-        f = self.follower
-        return segment_bounds(index, self.segment_frames, f.frames_read, f.complete)
+        return segment_bounds(index, self.segment_frames, len(self), self.complete)
 
     def segment(self, index: int) -> ScanTensors:
-        """Training tensors of segment ``index`` (which must be ready)."""
+        """Training tensors of segment ``index`` (which must be ready); ScanError when the
+        label does not cover its positions."""
         bounds = self.ready_segment(index)
         if bounds is None:
-            raise ValueError(f"{self.follower.path}: segment {index} is not ready")
+            raise ValueError(f"{self.path}: segment {index} is not ready")
         start, stop = bounds
-        f = self.follower
+        label = self._prepared_label()
         return scan_tensors(
-            f.metadata,
-            f.path,
-            f.inputs.view(start, stop),
-            f.positions_m.view(start, stop).copy(),
-            self._prepared_label(),
+            self.metadata,
+            self.path,
+            self.inputs.view(start, stop),
+            self.positions_m.view(start, stop).copy(),
+            label,
             self.prep,
             segment_seed(self.run_seed, self.task, index),
         )
 
     def evaluation(self) -> ScanTensors:
-        """The whole finished scan, its held-out rows the union of its segments' held-out rows."""
-        f = self.follower
-        if not f.complete:
-            raise ValueError(f"{f.path}: not complete")
+        """The whole finished scan; its held-out rows are the union of its segments'."""
+        if not self.complete:
+            raise ValueError(f"{self.path}: not complete")
         whole = scan_tensors(
-            f.metadata,
-            f.path,
-            f.inputs.view().copy(),  # not a view: the follower's buffer has spare room
-            f.positions_m.view().copy(),
+            self.metadata,
+            self.path,
+            self.inputs.view().copy(),  # not a view: the buffer has spare room
+            self.positions_m.view().copy(),
             self._prepared_label(),
             self.prep,
             seed=0,
         )
         whole.train_rows, whole.holdout_rows = holdout_rows(
-            f.frames_read,
-            self.segment_frames,
-            self.prep.holdout_fraction,
-            self.run_seed,
-            self.task,
+            len(self), self.segment_frames, self.prep.holdout_fraction, self.run_seed, self.task
         )
         return whole
-
-    def support(self) -> np.ndarray:
-        return self._prepared_label().support

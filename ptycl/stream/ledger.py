@@ -14,6 +14,7 @@ One ``ScanRecord`` per scan file, keyed by the file's name in the watched direct
 - ``reconstructed``: finished without a label; its image was inferred with the model;
 - ``quarantined``: unusable (``reason`` says why, in one line); never looked at again.
 
+``evaluated`` lists the trained scans in the order of the error matrices' rows and columns.
 ``in_progress`` names the segment whose optimiser steps were under way at the last checkpoint
 (the trainer's position holds the step), so a resumed run finishes exactly that segment first.
 
@@ -81,6 +82,7 @@ class Ledger:
     in_progress: tuple[str, int] | None = None  # (scan name, segment index)
     frame_shape: tuple[int, int] | None = None  # detector frame shape every scan must have
     next_task: int = 0
+    evaluated: list[str] = field(default_factory=list)  # trained scans, in error-matrix order
 
     def record(self, name: str) -> ScanRecord | None:
         return self.scans.get(name)
@@ -107,6 +109,8 @@ class Ledger:
                 self.in_progress = None
         if state in ("trained", "reconstructed", "quarantined"):
             record.finished = time.time()
+        if state == "trained":
+            self.evaluated.append(name)
         return record
 
     def quarantine(self, name: str, reason: str) -> ScanRecord:
@@ -132,6 +136,7 @@ class Ledger:
             "in_progress": None if self.in_progress is None else list(self.in_progress),
             "frame_shape": None if self.frame_shape is None else list(self.frame_shape),
             "next_task": self.next_task,
+            "evaluated": list(self.evaluated),
             "scans": [asdict(record) for record in self.scans.values()],
         }
 
@@ -154,6 +159,7 @@ class Ledger:
             in_progress=None if in_progress is None else (str(in_progress[0]), int(in_progress[1])),
             frame_shape=None if frame_shape is None else (int(frame_shape[0]), int(frame_shape[1])),
             next_task=int(state["next_task"]),
+            evaluated=[str(name) for name in state["evaluated"]],
         )
 
     def write_json(self, path: Path) -> Path:

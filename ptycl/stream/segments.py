@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from ptycl.train.scan_data import split_rows
@@ -73,8 +72,3 @@ def holdout_rows(
         empty = torch.empty(0, dtype=torch.int64)
         return empty, empty
     return torch.cat(train), torch.cat(held)
-
-
-def reference_frames(frames_total_or_available: int, segment_frames: int) -> np.ndarray:
-    """Frames whose probe positions set a scan's phase reference: its first segment."""
-    return np.arange(min(segment_frames, frames_total_or_available))

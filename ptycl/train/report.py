@@ -30,6 +30,7 @@ class RunReport:
     summary: dict[str, dict]  # error metric -> final average, backward transfer, forgetting
     rejected: list[str]
     wall_seconds: float
+    ranks: int = 1  # MPI ranks training data-parallel (the costs are rank 0's seconds)
 
     @classmethod
     def build(
@@ -56,14 +57,16 @@ class RunReport:
             },
             rejected=rejected,
             wall_seconds=wall_seconds,
+            ranks=trainer.dist.world_size,
         )
 
     def summary_line(self) -> str:
         phase = self.summary.get("phase_mae", {})
         samples = sum(c["samples"] for c in self.costs)
         seconds = sum(c["seconds"] for c in self.costs)
+        on = f" on {self.ranks} ranks" if self.ranks > 1 else ""
         return (
-            f"{self.strategy}: {len(self.scan_ids)} scans, final average phase MAE "
+            f"{self.strategy}{on}: {len(self.scan_ids)} scans, final average phase MAE "
             f"{phase.get('final_average_error') or math.nan:.4f} rad, forgetting {phase.get('mean_forgetting') or math.nan:.4f}, "
             f"{samples} samples in {seconds:.1f} s of training ({len(self.rejected)} scans rejected)"
         )

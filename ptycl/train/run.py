@@ -7,6 +7,18 @@ empty, from the simulated beamline described by ``simulate:`` (simulated first i
 After each scan the run evaluates every scan seen so far, checkpoints, and at the end writes
 metrics (JSON, CSV) and plots under ``run.output_dir``. SIGINT/SIGTERM stop at the next step
 with a checkpoint; ``--resume`` continues exactly where the run stopped.
+
+Data-parallel on N MPI ranks (one per GPU, or several per CPU node):
+
+    mpiexec -n 4 ptycl train -c configs/continual-64.yaml
+    srun --mpi=pmi2 ptycl train -c configs/continual-64.yaml     # Slurm, MPICH (pmix: Open MPI)
+
+Each rank trains on its share of every step's ``train.batch_size`` rows (the batch of all ranks
+together), so N ranks take the steps one process would; the rehearsal store is spread over the
+ranks (``train.store`` capacities are per rank). The ranks share the evaluation out; rank 0
+writes the outputs; each rank checkpoints its store shard. ``--resume`` on the same number of ranks continues exactly; on
+another number (above one) the store's samples are redistributed over the new ranks. A rank
+that fails ends the job with one line naming the rank and the error.
 """
 
 from __future__ import annotations
@@ -18,12 +30,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from ptycl.cli import add_config_arguments
 from ptycl.config import Config, dump_config, load_config
 from ptycl.errors import ScanError
 from ptycl.eval.evaluate import ErrorMatrices
 from ptycl.logs import setup_logging
-from ptycl.train.checkpoint import load_checkpoint, save_checkpoint
+from ptycl.train.checkpoint import load_run_checkpoint, save_run_checkpoint
+from ptycl.train.distributed import Distributed, init_distributed, resolve_device
 from ptycl.train.report import RunReport, write_report
 from ptycl.train.scan_data import ScanTensors, load_scan
 from ptycl.train.trainer import ContinualTrainer, StreamPosition
@@ -81,39 +96,57 @@ class _StopRequest:
         )
 
 
-def run_continual(config: Config, resume: bool = False, max_steps: int | None = None) -> RunReport:
-    """Train through the stream; returns the report (also written under run.output_dir)."""
+def run_continual(
+    config: Config,
+    resume: bool = False,
+    max_steps: int | None = None,
+    dist: Distributed | None = None,
+) -> RunReport:
+    """Train through the stream; returns the report (also written under run.output_dir).
+
+    ``dist``: this process's place in a data-parallel job (``init_distributed``); None for a
+    run in this process alone. In a job, every rank calls this at the same time: rank 0 picks
+    the scans, logs and writes the outputs and the model checkpoint; every rank trains its
+    share, evaluates its share of the scans and checkpoints its store shard; all return the
+    same report.
+    """
+    dist = dist or Distributed.single(resolve_device(config.train.device))
     output_dir = config.run.output_dir
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config.yaml").write_text(dump_config(config))
     checkpoint_dir = output_dir / "checkpoints"
-    trainer = ContinualTrainer.build(config)
+    if dist.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(dump_config(config))
+    trainer = ContinualTrainer.build(config, dist)
     matrices = ErrorMatrices()
     rejected: list[str] = []
     if resume:
-        state = load_checkpoint(checkpoint_dir)
-        trainer.load_state_dict(state["trainer"])
+        state, old_store_shards = load_run_checkpoint(checkpoint_dir, dist)
+        trainer.load_state_dict(state["trainer"], store_shards=old_store_shards)
         matrices = ErrorMatrices.from_state(state["matrices"])
         rejected = list(state["rejected"])
         position = trainer.state.position
-        log.info("resumed at scan %d, step %d", position.scan_index, position.step_in_scan)
+        log.info(
+            "resumed at scan %d, step %d (saved by %d rank(s), now %d)",
+            position.scan_index,
+            position.step_in_scan,
+            state.get("ranks", 1),
+            dist.world_size,
+        )
 
     def checkpoint() -> None:
-        save_checkpoint(
-            checkpoint_dir,
-            {
-                "trainer": trainer.state_dict(),
-                "matrices": matrices.state_dict(),
-                "rejected": rejected,
-            },
-        )
+        state = {
+            "trainer": trainer.state_dict(),
+            "matrices": matrices.state_dict(),
+            "rejected": rejected,
+        }
+        save_run_checkpoint(checkpoint_dir, state, dist)
 
     stop = _StopRequest(max_global_steps=max_steps)
     previous_handlers = {
         s: signal.signal(
             s, lambda signum, _: setattr(stop, "signalled", signal.Signals(signum).name)
         )
-        for s in (signal.SIGINT, signal.SIGTERM)
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
     }
     every = config.train.checkpoint_every_steps
 
@@ -121,16 +154,28 @@ def run_continual(config: Config, resume: bool = False, max_steps: int | None = 
         if every and position.global_step % every == 0:
             checkpoint()
 
+    def should_stop() -> bool:
+        # A signal may reach the ranks at different steps: all stop at the first step any saw it.
+        return dist.any(stop(trainer.state.position))
+
     scans: list[ScanTensors] = []
     started = time.perf_counter()
+    # Rank 0 lists (or simulates) the scans: every rank then reads the same ones, in order.
+    paths = dist.broadcast(resolve_scans(config) if dist.is_main else None)
     try:
-        for path in resolve_scans(config):
+        for path in paths:
+            scan, problem = None, None
             try:
                 scan = load_scan(path, config.prep, seed=config.run.seed + len(scans))
             except ScanError as exc:
-                if str(exc) not in rejected:
-                    log.error("skipping scan: %s", exc)
-                    rejected.append(str(exc))
+                problem = str(exc)
+            # A scan one rank cannot read is skipped by all, with that rank's reason.
+            problem = next((p for p in dist.allgather(problem) if p is not None), None)
+            if problem is not None:
+                if problem not in rejected:
+                    if dist.is_main:
+                        log.error("skipping scan: %s", problem)
+                    rejected.append(problem)
                 continue
             task = len(scans)
             scans.append(scan)
@@ -144,44 +189,59 @@ def run_continual(config: Config, resume: bool = False, max_steps: int | None = 
                 len(scan),
                 len(scan.holdout_rows),
             )
-            finished = trainer.train_scan(
-                scan, task, should_stop=lambda: stop(trainer.state.position), on_step=on_step
-            )
+            finished = trainer.train_scan(scan, task, should_stop=should_stop, on_step=on_step)
             if not finished:
                 checkpoint()
-                why = stop.signalled or f"--max-steps {max_steps}"
-                log.warning(
-                    "stopped (%s) at scan %d step %d; continue with --resume",
-                    why,
-                    task,
-                    trainer.state.position.step_in_scan,
-                )
+                if dist.is_main:
+                    budget = stop(trainer.state.position) and f"--max-steps {max_steps}"
+                    log.warning(
+                        "stopped (%s) at scan %d step %d; continue with --resume",
+                        stop.signalled or budget or "another rank was signalled",
+                        task,
+                        trainer.state.position.step_in_scan,
+                    )
                 break
-            row = matrices.add_row(trainer.model, scans, trainer.device, trainer.support)
+            # The ranks share the evaluation out; every rank gets the row.
+            row = matrices.add_row(trainer.model, scans, trainer.device, trainer.support, dist)
             trainer.state.position = StreamPosition(task + 1, 0, trainer.state.position.global_step)
             checkpoint()
             cost = trainer.state.costs[-1]
-            log.info(
-                "scan %d done: %d steps, %d samples, %.1f s; phase MAE now %s",
-                task,
-                cost.steps,
-                cost.samples,
-                cost.seconds,
-                " ".join(f"{v:.3f}" for v in row["phase_mae"]),
-            )
+            if dist.is_main:
+                log.info(
+                    "scan %d done: %d steps, %d samples, %.1f s; phase MAE now %s",
+                    task,
+                    cost.steps,
+                    cost.samples,
+                    cost.seconds,
+                    " ".join(f"{v:.3f}" for v in row["phase_mae"]),
+                )
     finally:
         for s, handler in previous_handlers.items():
             signal.signal(s, handler)
+    trainer.close()
     report = RunReport.build(
         config, trainer, matrices, rejected, wall_seconds=time.perf_counter() - started
     )
-    write_report(report, output_dir)
+    if dist.is_main:
+        write_report(report, output_dir)
     return report
 
 
 def main(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
-    setup_logging(config.run.log_level)
-    report = run_continual(config, resume=args.resume, max_steps=args.max_steps)
-    log.info("%s", report.summary_line())
+    dist = init_distributed(config.train.device)
+    setup_logging(config.run.log_level, rank=dist.rank)
+    with dist.fail_fast():
+        if dist.is_distributed:
+            log.info(
+                "data-parallel over %d ranks (%s, torch.distributed %s); a step's %d rows are "
+                "shared out among them",
+                dist.world_size,
+                dist.device,
+                torch.distributed.get_backend(),
+                config.train.batch_size,
+            )
+        report = run_continual(config, resume=args.resume, max_steps=args.max_steps, dist=dist)
+        log.info("%s", report.summary_line())
+        dist.close()
     return 0

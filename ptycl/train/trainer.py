@@ -6,23 +6,34 @@ attribute (model, optimiser, store, history), nothing lives in module globals. A
     new batch -> forward -> task loss
     (+ replay draws -> forward -> ER / DER / DER++ terms)
     -> backward -> optimiser step -> offer the new batch (with its pre-step outputs) to the store
+
+Data-parallel (``Distributed`` with world_size > 1, see ``ptycl.train.distributed``): every
+rank follows the same plan of batches (a function of the run seed), takes its contiguous share
+of each step's ``batch_size`` rows and of each ``replay_batch_size`` draw, and trains a
+``DistributedDataParallel`` replica; each rank's loss is weighted so that DDP's average of the
+ranks' gradients is the gradient of the loss over the whole global batch, so N ranks take the
+steps one rank would. The store is the global ``DistributedRehearsalStore``: every rank offers
+its share every step (zero rows included) and draws from all ranks' shards.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from ptycl.config import Config
+from ptycl.errors import ConfigError
 from ptycl.model.ptychonn import PtychoNN, build_model
-from ptycl.rehearsal.local_store import LocalReservoirStore, samples_for_bytes
+from ptycl.rehearsal.local_store import LocalReservoirStore, samples_per_rank_for_bytes
 from ptycl.rehearsal.samples import ReplaySamples
 from ptycl.rehearsal.store import RehearsalStore
+from ptycl.train.distributed import Distributed, resolve_device
 from ptycl.train.losses import der_distance, per_sample_task_loss, task_loss
 from ptycl.train.scan_data import ScanTensors
 from ptycl.train.schedule import learning_rate, plan_scan
@@ -34,7 +45,8 @@ REPLAY_STRATEGIES = ("er", "der", "derpp")
 
 @dataclass
 class ScanCost:
-    """Training cost of one scan: forward samples (new and replayed alike) and wall time."""
+    """Training cost of one scan: forward samples (new and replayed, all ranks together) and
+    wall time."""
 
     scan_id: str
     steps: int = 0
@@ -57,33 +69,66 @@ class TrainerState:
     costs: list[ScanCost] = field(default_factory=list)
 
 
-def resolve_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
-
-
-def build_store(config: Config, device: torch.device) -> RehearsalStore | None:
+def build_store(config: Config, dist: Distributed) -> RehearsalStore | None:
+    """The rehearsal store of a replay strategy: one process's, or the global one over
+    ``dist.comm`` (capacities are per rank, see ``StoreSettings``); None without replay."""
     if config.train.strategy not in REPLAY_STRATEGIES:
         return None
     settings = config.train.store
     frame_shape = (config.prep.input_size, config.prep.input_size)
-    capacity = settings.capacity_samples or samples_for_bytes(
-        settings.capacity_bytes, frame_shape, settings.half_precision
+    per_rank = settings.capacity_samples or samples_per_rank_for_bytes(
+        settings.capacity_bytes,
+        frame_shape,
+        half_precision=settings.half_precision,
+        policy=settings.policy,
+        ranks=dist.world_size,
     )
-    return LocalReservoirStore(
-        capacity, frame_shape, half_precision=settings.half_precision, seed=config.run.seed
+    common = {
+        "policy": settings.policy,
+        "half_precision": settings.half_precision,
+        "device": settings.device,
+        "seed": config.run.seed,
+    }
+    if not dist.is_distributed:
+        return LocalReservoirStore(per_rank, frame_shape, **common)
+    from ptycl.rehearsal.distributed_store import DistributedRehearsalStore  # imports MPI
+
+    return DistributedRehearsalStore(
+        dist.comm, per_rank, frame_shape, prefetch=settings.prefetch, **common
     )
+
+
+def _check_batches_cover_ranks(config: Config, dist: Distributed) -> None:
+    sizes = {"train.batch_size": config.train.batch_size}
+    if config.train.strategy in REPLAY_STRATEGIES:
+        sizes["train.replay_batch_size"] = config.train.replay_batch_size
+    for key, size in sizes.items():
+        if size < dist.world_size:
+            raise ConfigError(
+                "<config>",
+                key,
+                f"{size} is the batch of all ranks together and this job has "
+                f"{dist.world_size} ranks: give every rank at least one sample",
+            )
 
 
 class ContinualTrainer:
     def __init__(
-        self, config: Config, model: PtychoNN, store: RehearsalStore | None, device: torch.device
+        self, config: Config, model: PtychoNN, store: RehearsalStore | None, dist: Distributed
     ) -> None:
         self.config = config
         self.settings = config.train
-        self.device = device
-        self.model = model.to(device)
+        self.dist = dist
+        self.device = dist.device
+        # ``model`` is the module itself (evaluation, checkpoints, reconstruction use it);
+        # ``replica`` is what training steps call: the model wrapped in DDP across ranks.
+        self.model = model.to(self.device)
+        self.replica: torch.nn.Module = self.model
+        if dist.is_distributed:
+            _check_batches_cover_ranks(config, dist)
+            self.replica = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.settings.lr)
         self.store = store
         self.state = TrainerState()
@@ -96,15 +141,22 @@ class ContinualTrainer:
         self.support: torch.Tensor | None = None
 
     @classmethod
-    def build(cls, config: Config) -> ContinualTrainer:
-        torch.manual_seed(config.run.seed)  # model initialisation
-        device = resolve_device(config.train.device)
+    def build(cls, config: Config, dist: Distributed | None = None) -> ContinualTrainer:
+        """The trainer of ``config``: in this process alone (``dist`` None), or as one rank of
+        a data-parallel job (collective then: every rank builds at the same time)."""
+        dist = dist or Distributed.single(resolve_device(config.train.device))
+        torch.manual_seed(config.run.seed)  # model initialisation, the same on every rank
         return cls(
             config,
             build_model(config.model, config.prep.input_size),
-            build_store(config, device),
-            device,
+            build_store(config, dist),
+            dist,
         )
+
+    def close(self) -> None:
+        """Release the store (collective for the distributed store: every rank, at the end)."""
+        if self.store is not None:
+            self.store.close()
 
     # -- the stream -----------------------------------------------------------------------
 
@@ -131,7 +183,9 @@ class ContinualTrainer:
     ) -> bool:
         """Train on one scan from the current position; False if stopped before its end.
 
-        The scan must have been passed to ``arrived`` first.
+        The scan must have been passed to ``arrived`` first. Collective in a data-parallel
+        job: every rank trains the same scan from the same position, and ``should_stop`` must
+        answer the same on every rank (``Distributed.any``).
         """
         inputs, labels, scan_of_row = self._training_rows(scan, scan_index)
         steps = self.steps_for_scan(scan_index)
@@ -143,27 +197,28 @@ class ContinualTrainer:
             self.state.position = position = StreamPosition(scan_index, 0, position.global_step)
             self.state.costs.append(ScanCost(scan.scan_id))
         cost = self.state.costs[-1]
-        self.model.train()
+        self.replica.train()
+        share = self.dist.share(self.settings.batch_size)  # this rank's part of each batch
         while position.step_in_scan < steps:
             if should_stop():
                 return False
             started = time.perf_counter()
-            rows = plan.rows[position.step_in_scan]
+            rows = plan.rows[position.step_in_scan][share]
+            last_seen = plan.offer[position.step_in_scan][share]
             for group in self.optimizer.param_groups:
                 group["lr"] = learning_rate(self.settings, position.step_in_scan, steps)
             samples, outputs, losses = self._step(inputs[rows], labels[rows])
-            offered = rows[plan.offer[position.step_in_scan]]
-            if self.store is not None and len(offered):
-                keep = plan.offer[position.step_in_scan]
+            if self.store is not None:  # collective under MPI: every rank offers, maybe nothing
+                offered = rows[last_seen]
                 self.store.offer(
                     ReplaySamples(
                         inputs=inputs[offered],
                         labels=labels[offered],
-                        outputs=outputs[keep],
+                        outputs=outputs[last_seen],
                         scan_index=scan_of_row[offered],
                         step=torch.full((len(offered),), position.global_step, dtype=torch.int64),
                     ),
-                    losses[keep],
+                    losses[last_seen],
                 )
             cost.steps += 1
             cost.samples += samples
@@ -192,44 +247,60 @@ class ContinualTrainer:
     def _step(
         self, inputs: torch.Tensor, labels: torch.Tensor
     ) -> tuple[int, torch.Tensor, torch.Tensor]:
-        """One optimiser step; returns forward samples, the new batch's pre-step outputs and losses."""
+        """One optimiser step on this rank's share of the batch.
+
+        Returns the forward samples of all ranks together, and this share's pre-step outputs
+        and per-sample task losses. Every term is weighted by ``_weight`` so that DDP's mean
+        of the ranks' gradients is the gradient of each term's mean over all ranks' samples
+        (with one process the weights are 1).
+        """
         kind, strategy = self.settings.loss, self.settings.strategy
-        predicted = self.model(inputs.to(self.device, non_blocking=True))
+        predicted = self.replica(inputs.to(self.device, non_blocking=True))
         support = self.support
         per_sample = per_sample_task_loss(
             predicted, labels.to(self.device, non_blocking=True), kind, support
         )
-        loss = per_sample.mean()
-        samples = len(inputs)
+        loss = per_sample.mean() * self._weight(len(inputs), self.settings.batch_size)
+        samples = self.settings.batch_size
         if strategy in REPLAY_STRATEGIES and self.store is not None:
-            replay_size = self.settings.replay_batch_size
-            first = self.store.draw(replay_size)
+            # Each rank draws its share of the replay batch; the store holds the same number
+            # of samples on every rank's view, so each knows what all the draws return.
+            replay_total = self.settings.replay_batch_size
+            replay_size = self.dist.share_sizes(replay_total)[self.dist.rank]
+            drawn_total = sum(min(n, len(self.store)) for n in self.dist.share_sizes(replay_total))
+            first = self.store.draw(replay_size)  # collective under MPI, as is the second
             if first is not None:
                 first = first.to(self.device, torch.float32)
-                replayed = self.model(first.inputs)
-                samples += len(first)
+                replayed = self.replica(first.inputs)
+                samples += drawn_total
                 if strategy == "er":
-                    loss = loss + task_loss(replayed, first.labels, kind, support)
+                    term = task_loss(replayed, first.labels, kind, support)
                 else:
-                    loss = loss + self.settings.alpha * der_distance(
-                        replayed, first.outputs, support
-                    )
+                    term = self.settings.alpha * der_distance(replayed, first.outputs, support)
+                loss = loss + term * self._weight(len(first), drawn_total)
             if strategy == "derpp":
                 second = self.store.draw(replay_size)
                 if second is not None:
                     second = second.to(self.device, torch.float32)
-                    samples += len(second)
-                    loss = loss + self.settings.beta * task_loss(
-                        self.model(second.inputs), second.labels, kind, support
+                    samples += drawn_total
+                    term = self.settings.beta * task_loss(
+                        self.replica(second.inputs), second.labels, kind, support
                     )
+                    loss = loss + term * self._weight(len(second), drawn_total)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # under DDP, also averages the gradients over the ranks
         self.optimizer.step()
         return samples, predicted.stacked().detach().cpu(), per_sample.detach().cpu()
+
+    def _weight(self, here: int, total: int) -> float:
+        """Weight of a mean over this rank's ``here`` of ``total`` samples: DDP averages the
+        ranks' gradients, so world_size * here / total makes the mean over all ``total``."""
+        return self.dist.world_size * here / total
 
     # -- checkpoints ----------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
+        """Everything to continue exactly; in a data-parallel job "store" is this rank's shard."""
         position = self.state.position
         return {
             "model": self.model.state_dict(),
@@ -240,12 +311,22 @@ class ContinualTrainer:
             "costs": [[c.scan_id, c.steps, c.samples, c.seconds] for c in self.state.costs],
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(
+        self, state: dict[str, Any], store_shards: Sequence[dict[str, Any]] | None = None
+    ) -> None:
+        """Restore ``state_dict()``; collective in a data-parallel job (the store).
+
+        In a data-parallel job ``state["store"]`` is this rank's shard, saved by a job with as
+        many ranks. ``store_shards`` instead: the old shards this rank takes over from a job
+        with a different number of ranks (``shards_for_rank``), redistributed by the store.
+        """
         self.model.load_state_dict(state["model"])
         if state["support"] is not None:
             self.support = state["support"].to(self.device)
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.store is not None:
+        if self.store is not None and store_shards is not None:
+            self.store.load_resharded(store_shards)
+        elif self.store is not None:
             self.store.load_state_dict(state["store"])
         self.state = TrainerState(
             position=StreamPosition(*state["position"]),

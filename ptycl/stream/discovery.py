@@ -1,0 +1,220 @@
+"""Discover scans and labels in a watched directory with watchdog: inotify, or polling.
+
+``ScanDiscovery`` runs a watchdog observer on the directory (not its sub-directories, so
+``quarantine/`` and the inside of Zarr groups stay out of it) and hands what it sees to the
+watch loop through a queue: watchdog calls handlers in its own thread, the loop drains the
+queue in the main thread. Two observers:
+
+- inotify (``watchdog.observers.Observer`` on Linux): events as they happen, for local disks;
+- polling (``PollingObserver``, ``watch.polling`` / ``--polling``): a directory listing every
+  ``poll_interval_s``, compared with the last one; for NFS, Lustre and GPFS, where inotify
+  does not see files written from other nodes.
+
+What an event means for readiness (FIELD-NOTES: ``created`` fires while a file is still
+empty): a ``moved`` event (write-then-rename, as every ptycl writer and rsync do) or a
+``closed`` after writing (inotify only) says the writer is done with the *name*; a ``created``
+one says only that the name exists. The watch loop opens a candidate either way, but a scan
+that looks *finished* is read only after a settling event or ``settle_s`` without change
+(``Candidate``); a scan still being written in ptycl's streaming layout (SWMR HDF5, Zarr with a
+committed count) is followed at once, its committed count saying which frames are safe.
+Entries already in the directory at start-up are reported as ``created``.
+
+Names: scans are ``*.h5``, ``*.cxi``, ``*.hdf5`` files and ``*.zarr`` directories; labels are
+``<scan stem>.label.h5``; hidden names (``.x.partial`` writers' temporaries) and the watcher's
+own outputs (``*.recon.*``) are ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+from ptycl.io.object_image import LABEL_SUFFIX
+from ptycl.io.source import HDF5_SUFFIXES, ZARR_SUFFIX
+
+log = logging.getLogger("ptycl.stream")
+
+Kind = Literal["scan", "label"]
+RECON_MARK = ".recon."
+# inotify is asked for these only; in particular not for "modified", which a SWMR writer
+# would raise for every frame.
+EVENTS = [
+    FileCreatedEvent,
+    FileMovedEvent,
+    FileClosedEvent,
+    FileDeletedEvent,
+    DirCreatedEvent,
+    DirMovedEvent,
+    DirDeletedEvent,
+]
+
+
+def classify(name: str) -> Kind | None:
+    """What a directory entry is to the watcher: a scan, a label, or nothing."""
+    lower = name.lower()
+    if lower.startswith(".") or RECON_MARK in lower:
+        return None
+    if lower.endswith(LABEL_SUFFIX):
+        return "label"
+    if lower.endswith(ZARR_SUFFIX) or lower.endswith(HDF5_SUFFIXES):
+        return "scan"
+    return None
+
+
+def scan_stem_of_label(name: str) -> str:
+    """``scan0003_siemens.label.h5`` -> ``scan0003_siemens``."""
+    return name[: -len(LABEL_SUFFIX)]
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """Something happened to a scan or label name in the watched directory."""
+
+    path: Path
+    kind: Kind
+    settled: bool  # a rename into place or a close after writing: the writer is done with it
+    gone: bool = False  # deleted, or renamed away
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, directory: Path, events: queue.SimpleQueue) -> None:
+        self.directory = directory
+        self.events = events
+
+    def _put(self, raw: str | bytes, settled: bool, gone: bool = False) -> None:
+        path = Path(os.fsdecode(raw))
+        if path.parent != self.directory:  # not a direct entry (inside a Zarr group, ...)
+            return
+        kind = classify(path.name)
+        if kind is not None:
+            self.events.put(Sighting(path, kind, settled, gone))
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        kind = event.event_type
+        if kind == "moved":
+            self._put(event.src_path, settled=False, gone=True)
+            self._put(event.dest_path, settled=True)
+        elif kind == "closed":
+            self._put(event.src_path, settled=True)
+        elif kind == "created":
+            self._put(event.src_path, settled=False)
+        elif kind == "deleted":
+            self._put(event.src_path, settled=False, gone=True)
+
+
+class ScanDiscovery:
+    """Watch ``directory``; ``start()`` and ``poll()`` return what was seen since."""
+
+    def __init__(self, directory: Path, polling: bool = False, poll_interval_s: float = 0.5):
+        self.directory = Path(directory).resolve()
+        self.polling = polling
+        self._events: queue.SimpleQueue[Sighting] = queue.SimpleQueue()
+        self._observer: BaseObserver = (
+            PollingObserver(timeout=poll_interval_s) if polling else Observer()
+        )
+
+    @property
+    def mode(self) -> str:
+        return "polling" if self.polling else "inotify"
+
+    def start(self) -> list[Sighting]:
+        """Start watching, then list what is already there (watching first, so nothing
+        written in between is missed; a name reported twice is the loop's to ignore)."""
+        handler = _Handler(self.directory, self._events)
+        event_filter = None if self.polling else EVENTS
+        self._observer.schedule(
+            handler, str(self.directory), recursive=False, event_filter=event_filter
+        )
+        self._observer.start()
+        existing = []
+        for entry in sorted(os.scandir(self.directory), key=lambda e: e.name):
+            kind = classify(entry.name)
+            if kind is not None:
+                existing.append(Sighting(Path(entry.path), kind, settled=False))
+        return existing + self.poll()
+
+    def poll(self) -> list[Sighting]:
+        found = []
+        while True:
+            try:
+                found.append(self._events.get_nowait())
+            except queue.Empty:
+                return found
+
+    def alive(self) -> bool:
+        return self._observer.is_alive()
+
+    def stop(self) -> None:
+        self._observer.stop()
+        if self._observer.is_alive():
+            self._observer.join(timeout=5)
+
+
+def signature(path: Path) -> tuple[int, int] | None:
+    """What changes when something is written to ``path``: (size, newest mtime) of a file,
+    or (entries, newest mtime) over a Zarr directory's tree; None if it is gone."""
+    try:
+        if not path.is_dir():
+            stat = path.stat()
+            return stat.st_size, stat.st_mtime_ns
+        entries, newest = 0, path.stat().st_mtime_ns
+        for root, dirs, files in os.walk(path):
+            for name in dirs + files:
+                try:
+                    newest = max(newest, os.stat(os.path.join(root, name)).st_mtime_ns)
+                except FileNotFoundError:
+                    continue
+                entries += 1
+        return entries, newest
+    except FileNotFoundError:
+        return None
+
+
+class Candidate:
+    """A name that may hold a scan (or label) the watcher has not started on yet."""
+
+    def __init__(self, path: Path, now: float) -> None:
+        self.path = path
+        self.settled = False
+        self.first_seen = now
+        self.last_change = now
+        self.next_try = now
+        self.last_error: str | None = None
+        self._signature = signature(path)
+
+    def note(self, sighting: Sighting, now: float) -> None:
+        self.settled = self.settled or sighting.settled
+        self.update(now)
+
+    def update(self, now: float) -> None:
+        """Re-read the signature; a change restarts the settling clock."""
+        current = signature(self.path)
+        if current != self._signature:
+            self._signature = current
+            self.last_change = now
+
+    @property
+    def exists(self) -> bool:
+        return self._signature is not None
+
+    def unchanged_for(self, now: float) -> float:
+        return now - self.last_change
