@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from tests.helpers_scans import BEAMLINE_SCANS, beamline_scan
 
 HELPER = Path(__file__).with_name("helpers_scans.py")
 REPO = HELPER.parent.parent
+MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
 
 FRAMES = 32  # per scan
 SEGMENT = 16  # frames per training segment: two segments per scan
@@ -77,10 +79,18 @@ def _write_config(tmp_path: Path, output_dir: Path) -> Path:
     return path
 
 
-def _start_watcher(directory: Path, config: Path, *extra: str, log: Path) -> subprocess.Popen:
+def _start_watcher(
+    directory: Path, config: Path, *extra: str, log: Path, ranks: int = 1
+) -> subprocess.Popen:
+    """``ptycl watch`` in a process of its own, or under ``mpiexec -n ranks``."""
+    launcher = [] if ranks == 1 else [MPIEXEC, "-n", str(ranks)]
     with open(log, "ab") as stderr:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "ptycl", "watch", str(directory), "-c", str(config), *extra],
+            [
+                *launcher,
+                *(sys.executable, "-m", "ptycl", "watch", str(directory), "-c", str(config)),
+                *extra,
+            ],
             env=_env(),
             stdout=subprocess.DEVNULL,
             stderr=stderr,
@@ -137,13 +147,33 @@ def _frames_trained(output: Path) -> int:
 
 
 @pytest.mark.slow
-def test_watch_follows_trains_reconstructs_quarantines_then_resumes_idle(tmp_path: Path):
+@pytest.mark.parametrize(
+    "ranks",
+    [
+        1,
+        pytest.param(
+            2,
+            marks=[
+                pytest.mark.mpi,
+                pytest.mark.skipif(
+                    MPIEXEC is None, reason="no mpiexec (pip install 'ptycl[mpich]')"
+                ),
+            ],
+        ),
+    ],
+)
+def test_watch_follows_trains_reconstructs_quarantines_then_resumes_idle(
+    tmp_path: Path, ranks: int
+):
+    """A beamline writes five scans in real time (label inside, label arriving later, no label,
+    a NaN frame, a truncated file) while ``ptycl watch`` runs on one process or on two MPI
+    ranks; a late label for the reconstructed scan; SIGTERM; a restart trains nothing more."""
     scans, output = tmp_path / "beamline", tmp_path / "run"
     scans.mkdir()
     config = _write_config(tmp_path, output)
     log = tmp_path / "watch.log"
 
-    watcher = _start_watcher(scans, config, log=log)
+    watcher = _start_watcher(scans, config, log=log, ranks=ranks)
     writer = None
     try:
         _wait_for(
@@ -180,7 +210,7 @@ def test_watch_follows_trains_reconstructs_quarantines_then_resumes_idle(tmp_pat
 
         # A restart over the same directory: every scan is in the ledger, nothing trains again.
         restarted = time.time()
-        watcher = _start_watcher(scans, config, "--resume", log=log)
+        watcher = _start_watcher(scans, config, "--resume", log=log, ranks=ranks)
         _wait_for(
             "the resumed watcher to look around",
             lambda: (

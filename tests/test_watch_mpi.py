@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,9 +15,15 @@ import pytest
 
 from ptycl.stream.ledger import Ledger
 from ptycl.train.checkpoint import load_checkpoint
-from tests.test_watch import FRAMES, SEGMENT, _env, _owed_steps, _read_json, _write_config
-
-MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
+from tests.test_watch import (
+    FRAMES,
+    MPIEXEC,
+    SEGMENT,
+    _env,
+    _owed_steps,
+    _read_json,
+    _write_config,
+)
 
 pytestmark = [
     pytest.mark.mpi,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ptycl.bench.settings import with_settings
 from ptycl.config import Config
 from ptycl.eval.plots import plot_cost_per_scan, plot_error_over_time
 from ptycl.train.report import RunReport
@@ -21,15 +22,6 @@ log = logging.getLogger("ptycl.bench")
 
 STRATEGIES = ("incremental", "cumulative", "er", "der", "derpp")
 FIRST_SCANS = 2  # "the first scans" whose forgetting the suite reports
-
-
-def _with(config: Config, **sections: dict) -> Config:
-    return config.model_copy(
-        update={
-            name: getattr(config, name).model_copy(update=values)
-            for name, values in sections.items()
-        }
-    )
 
 
 def _criteria(reports: dict[str, RunReport]) -> dict[str, dict]:
@@ -97,14 +89,14 @@ def _markdown(reports: dict[str, RunReport], criteria: dict[str, dict]) -> str:
 
 def run(config: Config, out_dir: Path, quick: bool) -> dict:
     if quick:
-        config = _with(
+        config = with_settings(
             config, simulate={"n_scans": 4, "frames_per_scan": 200}, train={"steps_per_scan": 30}
         )
     suite_dir = out_dir / "continual"
     resolve_scans(config)  # simulate once, before the strategies share the scans
     reports: dict[str, RunReport] = {}
     for strategy in STRATEGIES:
-        run_config = _with(
+        run_config = with_settings(
             config,
             run={"name": strategy, "output_dir": suite_dir / strategy},
             train={"strategy": strategy},

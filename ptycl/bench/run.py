@@ -27,6 +27,10 @@ SUITES = {
     "ingest": "ptycl.bench.ingest",  # scan files -> normalised batches, beside a raw read
     "kernels": "ptycl.bench.kernels",  # selection kernels, candidates/s
     "store": "ptycl.bench.store",  # kernels, global draw latency at 1/2/4 ranks, step with replay
+    "train": "ptycl.bench.train",  # samples/s of incremental and DER++ steps, step by part
+    "scale": "ptycl.bench.scale",  # weak scaling of DDP training at 1/2/4 ranks, efficiency
+    "infer": "ptycl.bench.infer",  # reconstruction frames/s: inference, stitching, end to end
+    "watch": "ptycl.bench.watch",  # the frame rate `ptycl watch` sustains, 1 and 2 ranks
 }
 
 

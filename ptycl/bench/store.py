@@ -22,10 +22,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -37,6 +33,8 @@ import numpy as np
 import torch
 
 from ptycl.bench import kernels as kernel_bench
+from ptycl.bench.ranks import on_ranks, rank_main
+from ptycl.bench.replay_data import fill_to_steady_state, random_samples
 from ptycl.bench.timing import items_per_second
 from ptycl.config import Config
 from ptycl.model.ptychonn import PtychoNN
@@ -44,12 +42,12 @@ from ptycl.rehearsal.local_store import LocalReservoirStore, samples_per_rank_fo
 from ptycl.rehearsal.policies import POLICIES, decide, scores_samples
 from ptycl.rehearsal.samples import ReplaySamples
 from ptycl.rehearsal.slot_table import Candidates, SlotTable
-from ptycl.rehearsal.store import RehearsalStore
 from ptycl.train.losses import der_distance, per_sample_task_loss
 
 # mpi4py and the distributed store are imported inside the parts that run on ranks: the
 # process that launches mpiexec never initialises MPI itself.
 
+_MODULE = "ptycl.bench.store"  # what mpiexec runs on each rank (``rank_main`` below)
 DRAW_SIZE, DRAW_FRAME = 32, 128
 DRAW_RANKS = (1, 2, 4)
 STEP_RANKS = 2
@@ -120,71 +118,7 @@ def _samples_per_gib() -> list[dict[str, Any]]:
     return rows
 
 
-# ---- launching ranks ---------------------------------------------------------------------
-
-
-def _mpiexec() -> str:
-    found = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which(
-        "mpiexec"
-    )
-    if found is None:
-        raise RuntimeError(
-            "ptycl bench store needs mpiexec: pip install 'ptycl[mpich]' or load the site MPI"
-        )
-    return found
-
-
-def _on_ranks(ranks: int, part: str, params: dict[str, Any], timeout: float) -> dict[str, Any]:
-    cores = os.cpu_count() or 1
-    env = {**os.environ, "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": str(max(1, cores // ranks))}
-    if ranks > cores:
-        env["MPIR_CVAR_ENABLE_HEAVY_YIELD"] = (
-            "1"  # MPICH: sleep, not spin, when ranks outnumber cores
-        )
-    with tempfile.TemporaryDirectory() as scratch:
-        out = Path(scratch) / "result.json"
-        command = [
-            _mpiexec(),
-            "-n",
-            str(ranks),
-            sys.executable,
-            "-m",
-            "mpi4py",
-            "-m",
-            "ptycl.bench.store",
-            part,
-            str(out),
-            json.dumps(params),
-        ]
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
-        if done.returncode != 0:
-            raise RuntimeError(f"bench part {part} on {ranks} ranks failed:\n{done.stderr[-3000:]}")
-        return json.loads(out.read_text())
-
-
 # ---- 2. draw latency (runs on every rank) ------------------------------------------------
-
-
-def _random_samples(
-    n: int, frame: int, generator: torch.Generator, first_step: int = 0
-) -> ReplaySamples:
-    return ReplaySamples(
-        inputs=torch.rand(n, 1, frame, frame, generator=generator),
-        labels=torch.rand(n, 2, frame, frame, generator=generator),
-        outputs=torch.rand(n, 2, frame, frame, generator=generator),
-        scan_index=torch.zeros(n, dtype=torch.int64),
-        step=torch.arange(first_step, first_step + n),
-    )
-
-
-def _fill(
-    store: RehearsalStore, capacity_per_rank: int, frame: int, generator: torch.Generator
-) -> None:
-    """Offer twice the capacity (every rank alike): full, in steady state."""
-    for start in range(0, 2 * capacity_per_rank, 64):
-        store.offer(
-            _random_samples(64, frame, generator, start), torch.rand(64, generator=generator)
-        )
 
 
 def _milliseconds(times: list[float]) -> dict[str, float]:
@@ -224,17 +158,17 @@ def draw_latency_part(params: dict[str, Any]) -> dict[str, Any]:
         return times
 
     local = LocalReservoirStore(per_rank, (frame, frame), seed=comm.rank)
-    _fill(local, per_rank, frame, generator)
+    fill_to_steady_state(local, per_rank, frame, generator)
     result["local_draw"] = _milliseconds(timed(lambda: local.draw(DRAW_SIZE)))
     with DistributedRehearsalStore(comm, per_rank, (frame, frame), prefetch=False) as store:
-        _fill(store, per_rank, frame, generator)
+        fill_to_steady_state(store, per_rank, frame, generator)
         result["global_draw"] = _milliseconds(timed(lambda: store.draw(DRAW_SIZE)))
     with DistributedRehearsalStore(comm, per_rank, (frame, frame), prefetch=True) as store:
-        _fill(store, per_rank, frame, generator)
+        fill_to_steady_state(store, per_rank, frame, generator)
         store.draw(DRAW_SIZE)  # teaches the prefetcher the step's draw
 
         def step_then_draw() -> float:
-            store.offer(_random_samples(0, frame, generator))  # issues the prefetch
+            store.offer(random_samples(0, frame, generator))  # issues the prefetch
             _compute_for(params["compute_s"])
             started = time.perf_counter()
             store.draw(DRAW_SIZE)
@@ -375,7 +309,7 @@ def step_time_part(params: dict[str, Any]) -> dict[str, Any]:
     frame = (work.frame, work.frame)
     model = PtychoNN(work.width, work.depth, work.frame)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    pool = _random_samples(256, work.frame, generator)
+    pool = random_samples(256, work.frame, generator)
     stores = {
         "no_rehearsal": None,
         "local_replay": LocalReservoirStore(work.capacity_per_rank, frame, seed=comm.rank),
@@ -388,7 +322,7 @@ def step_time_part(params: dict[str, Any]) -> dict[str, Any]:
     }
     for store in stores.values():
         if store is not None:
-            _fill(store, work.capacity_per_rank, work.frame, generator)
+            fill_to_steady_state(store, work.capacity_per_rank, work.frame, generator)
 
     def step(store, step_index: int) -> float:
         started = time.perf_counter()
@@ -514,11 +448,12 @@ def run(config: Config, out_dir: Path, quick: bool) -> dict[str, Any]:
             "dtype": "fp32",
             **draw_params,
             "by_ranks": {
-                ranks: _on_ranks(ranks, "draw", draw_params, timeout=600) for ranks in DRAW_RANKS
+                ranks: on_ranks(_MODULE, ranks, "draw", draw_params, timeout=600)
+                for ranks in DRAW_RANKS
             },
         },
         "step_time": {
-            name: _on_ranks(STEP_RANKS, "step", asdict(work), timeout=1800)
+            name: on_ranks(_MODULE, STEP_RANKS, "step", asdict(work), timeout=1800)
             for name, work in workloads
         },
         "samples_per_gib": _samples_per_gib(),
@@ -530,12 +465,5 @@ def run(config: Config, out_dir: Path, quick: bool) -> dict[str, Any]:
 
 _PARTS = {"draw": draw_latency_part, "step": step_time_part}
 
-if (
-    __name__ == "__main__"
-):  # one rank of a multi-rank part: python -m mpi4py -m ptycl.bench.store PART OUT PARAMS
-    from mpi4py import MPI
-
-    part, out_path, part_params = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
-    part_result = _PARTS[part](part_params)
-    if MPI.COMM_WORLD.rank == 0:
-        out_path.write_text(json.dumps(part_result, indent=2))
+if __name__ == "__main__":  # one rank of a multi-rank part (``ptycl.bench.ranks``)
+    rank_main(_PARTS)
