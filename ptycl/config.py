@@ -120,6 +120,9 @@ class TrainSettings(Section):
     loss: Literal["mae", "mse"] = "mae"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint_every_steps: Annotated[int, Field(ge=0)] = 100  # 0: only at scan ends
+    # Checkpoints kept on disk (the newest first): a resume skips a damaged newest one and
+    # takes the one before, so keep at least 2 for that fallback.
+    keep_checkpoints: PositiveInt = 3
     store: StoreSettings = StoreSettings()
 
 

@@ -27,8 +27,9 @@ class ScanError(PtyclError):
     """
 
     def __init__(self, path: str | Path, problem: str) -> None:
-        self.path, self.problem = str(path), problem
-        super().__init__(f"{self.path}: {problem}")
+        # One line whatever the problem quotes (a library's message, a name from the file).
+        self.path, self.problem = str(path), " ".join(problem.split())
+        super().__init__(f"{self.path}: {self.problem}")
 
 
 class CheckpointError(PtyclError):
@@ -37,3 +38,15 @@ class CheckpointError(PtyclError):
     def __init__(self, path: str | Path, problem: str) -> None:
         self.path, self.problem = str(path), problem
         super().__init__(f"{self.path}: {problem}")
+
+
+class OutputError(PtyclError):
+    """An output of a run cannot be written: a full disk, a quota, permissions.
+
+    The file keeps its previous complete content (or stays absent): outputs are written to a
+    temporary file and renamed into place (``ptycl.outputs``).
+    """
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path, self.problem = str(path), " ".join(problem.split())
+        super().__init__(f"{self.path}: {self.problem}")

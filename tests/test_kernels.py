@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import os
 import subprocess
 import sys
 
@@ -514,3 +515,21 @@ def test_dispatch_keeps_cuda_inputs_on_the_gpu():
     np.testing.assert_array_equal(
         cupy.asnumpy(result), K.reservoir_slots_cpu(10, 32, t.cpu().numpy())
     )
+
+
+def test_numba_threads_leave_torch_its_thread_count():
+    """Numba's OpenMP pool, started by the store's first kernel, must not change the thread
+    count torch computes with (a resumed run would sum in another order)."""
+    script = (
+        "import numpy as np, torch\n"
+        "from ptycl.rehearsal import select\n"
+        "before = torch.get_num_threads()\n"
+        "select.reservoir_slots(10, 5, np.random.default_rng(0).random(100))\n"
+        "print(before, torch.get_num_threads())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_NUM_THREADS"}
+    env["OMP_NUM_THREADS"] = "1"
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["1", "1"]

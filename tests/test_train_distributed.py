@@ -127,8 +127,9 @@ def test_two_ranks_train_one_model_like_one_rank(two_rank_run, tiny_scans, tmp_p
     assert report["ranks"] == 2 and len(report["scan_ids"]) == 3
     checkpoint = load_checkpoint(output / "checkpoints")
     assert checkpoint["ranks"] == 2 and checkpoint["trainer"]["position"] == [3, 0, 18]
-    shards = sorted(p.name for p in (output / "checkpoints").glob("store-*.pt"))
-    assert shards == ["store-step18-rank0.pt", "store-step18-rank1.pt"]
+    # The shards of the checkpoints kept (train.keep_checkpoints: 3), one at each scan's end.
+    shards = {p.name for p in (output / "checkpoints").glob("store-*.pt")}
+    assert shards == {f"store-step{s}-rank{r}.pt" for s in (6, 12, 18) for r in (0, 1)}
     # One model: both replicas end with the same weights bit for bit, rank 0's checkpointed.
     rank0 = torch.load(models / "model-rank0.pt", weights_only=True)
     rank1 = torch.load(models / "model-rank1.pt", weights_only=True)
@@ -175,10 +176,9 @@ def interrupted_run(tiny_scans, tmp_path_factory) -> tuple[Path, Path]:
     assert "stopped (--max-steps 9) at scan 1 step 3" in done.stderr
     checkpoints = root / "run" / "checkpoints"
     assert load_checkpoint(checkpoints)["trainer"]["position"] == [1, 3, 9]
-    assert sorted(p.name for p in checkpoints.glob("store-*.pt")) == [
-        "store-step9-rank0.pt",
-        "store-step9-rank1.pt",
-    ]
+    assert {p.name for p in checkpoints.glob("store-*.pt")} == {
+        f"store-step{s}-rank{r}.pt" for s in (6, 9) for r in (0, 1)
+    }
     saved = root / "saved-checkpoints"
     shutil.copytree(checkpoints, saved)
     return config_file, saved
@@ -217,8 +217,11 @@ def test_resume_on_another_number_of_ranks(interrupted_run, tiny_scans, tmp_path
     config_three = write_config(tiny_scans, on_three, "train.strategy=derpp")
     done = mpi_train(3, config_three, "--resume")
     assert "saved by 2 rank(s), now 3" in done.stderr
-    shards = sorted(p.name for p in (on_three / "checkpoints").glob("store-*.pt"))
-    assert shards == [f"store-step18-rank{r}.pt" for r in range(3)]
+    # The last 3 checkpoints: the 2 ranks' one at step 9, the 3 ranks' at steps 12 and 18.
+    shards = {p.name for p in (on_three / "checkpoints").glob("store-*.pt")}
+    assert shards == {"store-step9-rank0.pt", "store-step9-rank1.pt"} | {
+        f"store-step{s}-rank{r}.pt" for s in (12, 18) for r in range(3)
+    }
     report = json.loads((on_three / "metrics.json").read_text())
     assert report["ranks"] == 3 and len(report["scan_ids"]) == 3
 

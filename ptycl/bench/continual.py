@@ -14,6 +14,7 @@ import numpy as np
 
 from ptycl.bench.settings import with_settings
 from ptycl.config import Config
+from ptycl.errors import PtyclError
 from ptycl.eval.plots import plot_cost_per_scan, plot_error_over_time
 from ptycl.train.report import RunReport
 from ptycl.train.run import resolve_scans, run_continual
@@ -102,6 +103,8 @@ def run(config: Config, out_dir: Path, quick: bool) -> dict:
             train={"strategy": strategy},
         )
         reports[strategy] = run_continual(run_config)
+        if reports[strategy].stopped:  # Ctrl-C / SIGTERM ends the suite, not one strategy
+            raise PtyclError(f"bench continual: {strategy} stopped ({reports[strategy].stopped})")
         log.info("%s", reports[strategy].summary_line())
     criteria = _criteria(reports)
     scan_ids = reports["derpp"].scan_ids

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ptycl.outputs import replacing, write_text
+
 ROW_HEADER = "after_scan"  # first CSV column: the scan trained through, one row per step
 
 
@@ -88,8 +90,7 @@ def write_error_matrix_csv(
     """R as CSV: a header of scan ids, one row per training step; not-yet-seen cells empty."""
     R = _checked_matrix(error_matrix, scan_ids)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as out:
+    with replacing(path) as temporary, temporary.open("w", newline="") as out:
         writer = csv.writer(out)
         writer.writerow([ROW_HEADER, *scan_ids])
         for scan_id, row in zip(scan_ids, R, strict=True):
@@ -108,10 +109,7 @@ def read_error_matrix_csv(path: str | Path) -> tuple[np.ndarray, tuple[str, ...]
 
 def write_summary_json(summary: ContinualSummary, path: str | Path) -> Path:
     """The summary (matrix included) as strict JSON: undefined values are null, not NaN."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary.to_dict(), indent=2, allow_nan=False) + "\n")
-    return path
+    return write_text(Path(path), json.dumps(summary.to_dict(), indent=2, allow_nan=False) + "\n")
 
 
 def _checked_matrix(error_matrix: np.ndarray, scan_ids: Sequence[str]) -> np.ndarray:

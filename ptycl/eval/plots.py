@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from ptycl.eval.image_metrics import on_same_grid, wrapped_phase_difference
 from ptycl.io.records import ObjectImage
+from ptycl.outputs import replacing
 
 ANNOTATE_UP_TO = 20  # annotate error-matrix cells with their values up to this many scans
 LINE_STYLES = ("-", "--", ":", "-.")
@@ -210,6 +211,6 @@ def _extent_um(image: ObjectImage) -> tuple[float, float, float, float]:
 
 def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with replacing(path) as temporary:  # a plot is replaced whole or not at all
+        fig.savefig(temporary, dpi=100)
     return path

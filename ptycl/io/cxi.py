@@ -14,13 +14,22 @@ Below the paths: reading the layout's metadata from an open HDF5 file or Zarr gr
 from __future__ import annotations
 
 import re
+from math import prod
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 import zarr
 
 from ptycl.errors import ScanError
+from ptycl.io.guards import (
+    HDF5_ERRORS,
+    check_hdf5_references,
+    check_whole_read,
+    open_hdf5_file,
+    require_regular_file,
+)
 from ptycl.io.records import ScanGeometry, ScanMetadata
 
 Root = h5py.Group | zarr.Group
@@ -98,50 +107,30 @@ def mask_from_cxi(mask: np.ndarray) -> np.ndarray:
     return np.asarray(mask) != 0
 
 
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-SUPERBLOCK_SEARCH_OFFSETS = (
-    0,
-    512,
-    1024,
-    2048,
-    4096,
-    8192,
-    16384,
-    32768,
-    65536,
-)  # after a user block
-SWMR_WRITE_FLAG = 0x04  # superblock v3 file consistency flags: open for SWMR writing
-
-
-def _being_written_with_swmr(path: Path) -> bool:
-    """Whether a SWMR writer holds the file (or died holding it), from the superblock's flags.
-
-    Only such files are opened with ``swmr=True``: in SWMR-read mode HDF5 skips the end-of-file
-    check and retries failed metadata reads for a long time, so a truncated finished file would
-    hang instead of failing at once.
-    """
-    with path.open("rb") as fh:
-        for offset in SUPERBLOCK_SEARCH_OFFSETS:
-            fh.seek(offset)
-            head = fh.read(12)  # signature, version, offset size, length size, flags
-            if len(head) < 12:
-                return False
-            if head[:8] == HDF5_SIGNATURE:
-                return head[8] >= 3 and bool(head[11] & SWMR_WRITE_FLAG)
-    return False
-
-
 def open_hdf5(path: Path) -> h5py.File:
-    """Open an HDF5 file for reading, in SWMR mode when a writer streams into it."""
+    """Open an HDF5 file for reading, in SWMR mode when a writer streams into it
+    (``guards.open_hdf5_file``).
+
+    Refused before HDF5 reads anything it points to: a FIFO or device in the file's place,
+    and external links, virtual datasets or external raw storage leading out of its directory
+    (``guards.check_hdf5_references``).
+    """
+    require_regular_file(path)
     try:
-        return h5py.File(path, "r", swmr=_being_written_with_swmr(path))
+        f = open_hdf5_file(path)
     except FileNotFoundError:
         raise ScanError(path, "no such file") from None
-    except OSError as exc:
+    except HDF5_ERRORS as exc:
         raise ScanError(path, _why_unopenable(exc)) from None
+    try:
+        check_hdf5_references(f, path)
+    except BaseException:
+        f.close()
+        raise
+    return f
 
 
-def _why_unopenable(exc: OSError) -> str:
+def _why_unopenable(exc: Exception) -> str:
     """HDF5's open errors, said in a few words."""
     text = str(exc)
     cut = re.search(r"eof = (\d+).*stored_eof = (\d+)", text)
@@ -158,11 +147,24 @@ def _is_array(root: Root, member: str) -> bool:
     return member in root and hasattr(root[member], "shape")  # groups have no shape
 
 
+def attributes(node: Root, path: Path) -> dict[str, Any]:
+    """An object's attributes; in HDF5 each one's declared size is checked before it is read
+    (a damaged dataspace can claim any size). Zarr's sit in a size-checked zarr.json."""
+    if isinstance(node, zarr.Group):
+        return node.attrs.asdict()
+    for name in node.attrs:
+        attr = node.attrs.get_id(name)
+        check_whole_read(path, f"attribute {name!r}", attr.shape or (), attr.dtype)
+    return dict(node.attrs.items())
+
+
 def locate_frames(root: Root, path: Path) -> str:
     """Path of the detector data (N, H, W), following a Zarr scan's soft-link attribute."""
     if ENTRY not in root:
         raise ScanError(path, f"not a CXI scan: no /{ENTRY} group")
-    links = root[DATA_GROUP].attrs.get(ZARR_SOFT_LINKS_ATTR) if DATA_GROUP in root else None
+    links = (
+        attributes(root[DATA_GROUP], path).get(ZARR_SOFT_LINKS_ATTR) if DATA_GROUP in root else None
+    )
     target = str(links.get("data", "")).lstrip("/") if isinstance(links, dict) else ""
     if target and _is_array(root, target):
         return target
@@ -179,15 +181,16 @@ def locate_translation(root: Root, path: Path) -> str:
     raise ScanError(path, f"missing dataset /{TRANSLATION} (probe positions)")
 
 
-def _positive_scalar(root: Root, member: str, what: str, path: Path) -> float:
-    if member not in root:
+def positive_scalar(root: Root, member: str, what: str, path: Path) -> float:
+    """A positive finite number stored as a one-element array; its declared shape and type
+    are checked before it is read."""
+    if not _is_array(root, member):
         raise ScanError(path, f"missing dataset /{member} ({what})")
-    value = np.asarray(root[member][()])
-    if value.size != 1 or value.dtype.kind not in "iuf":
-        raise ScanError(
-            path, f"/{member} ({what}) must be one number, found {value.dtype}{value.shape}"
-        )
-    number = float(value.reshape(-1)[0])
+    node = root[member]
+    shape, dtype = tuple(node.shape), np.dtype(node.dtype)
+    if prod(shape) != 1 or dtype.kind not in "iuf":
+        raise ScanError(path, f"/{member} ({what}) must be one number, found {dtype}{shape}")
+    number = float(np.asarray(node[()]).reshape(-1)[0])
     if not np.isfinite(number) or number <= 0:
         raise ScanError(path, f"/{member} ({what}) is {number}, must be positive")
     return number
@@ -196,24 +199,29 @@ def _positive_scalar(root: Root, member: str, what: str, path: Path) -> float:
 def read_metadata(root: Root, path: Path, frame_shape: tuple[int, int]) -> ScanMetadata:
     """Geometry, sample family, mask and free-form attributes of an open scan."""
     geometry = ScanGeometry(
-        energy_j=_positive_scalar(root, ENERGY, "source energy, J", path),
-        distance_m=_positive_scalar(root, DISTANCE, "detector distance, m", path),
+        energy_j=positive_scalar(root, ENERGY, "source energy, J", path),
+        distance_m=positive_scalar(root, DISTANCE, "detector distance, m", path),
         detector_pixel_m=(
-            _positive_scalar(root, Y_PIXEL_SIZE, "detector pixel height, m", path),
-            _positive_scalar(root, X_PIXEL_SIZE, "detector pixel width, m", path),
+            positive_scalar(root, Y_PIXEL_SIZE, "detector pixel height, m", path),
+            positive_scalar(root, X_PIXEL_SIZE, "detector pixel width, m", path),
         ),
         frame_shape=frame_shape,
     )
     mask = None
     if MASK in root:
-        mask = mask_from_cxi(root[MASK][...])
-        if mask.shape != frame_shape:
-            raise ScanError(path, f"mask is {mask.shape}, frames are {frame_shape}")
-    family = root[SAMPLE].attrs.get(SAMPLE_FAMILY_ATTR) if SAMPLE in root else None
+        node = root[MASK]
+        if not hasattr(node, "shape"):
+            raise ScanError(path, f"/{MASK} (mask) is a group, not an array")
+        shape, dtype = tuple(node.shape), np.dtype(node.dtype)
+        if shape != frame_shape or dtype.kind not in "iub":  # checked before it is read
+            raise ScanError(path, f"mask is {dtype}{shape}, frames are {frame_shape}")
+        mask = mask_from_cxi(node[...])
+    family = attributes(root[SAMPLE], path).get(SAMPLE_FAMILY_ATTR) if SAMPLE in root else None
+    attrs = attributes(root, path)
     return ScanMetadata(
-        scan_id=str(root.attrs.get(SCAN_ID_ATTR, path.stem)),
+        scan_id=str(attrs.get(SCAN_ID_ATTR, path.stem)),
         geometry=geometry,
         sample_family=None if family is None else str(family),
         mask=mask,
-        attrs={k: str(v) for k, v in root.attrs.items() if not k.startswith(PTYCL_ATTR_PREFIX)},
+        attrs={k: str(v) for k, v in attrs.items() if not k.startswith(PTYCL_ATTR_PREFIX)},
     )

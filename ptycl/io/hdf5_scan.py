@@ -22,7 +22,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ptycl.errors import ScanError
 from ptycl.io import cxi
+from ptycl.io.guards import hdf5_stored_rows, storage_errors
 from ptycl.io.object_image import has_object_image, read_object_image_from, write_object_image
 from ptycl.io.records import ObjectImage, ScanMetadata
 from ptycl.io.source import (
@@ -31,6 +33,7 @@ from ptycl.io.source import (
     StreamProgress,
     check_array_shapes,
     check_scan_shape,
+    committed_progress,
 )
 
 LIBVER = ("v110", "v110")
@@ -149,7 +152,8 @@ class HDF5ScanSource(ScanSource):
     def __init__(self, path: Path, expected_frame_shape: tuple[int, int] | None = None) -> None:
         self._file = cxi.open_hdf5(path)
         try:
-            self._open(path, expected_frame_shape)
+            with storage_errors(path, "damaged HDF5 metadata"):
+                self._open(path, expected_frame_shape)
         except BaseException:
             self._file.close()
             raise
@@ -159,10 +163,18 @@ class HDF5ScanSource(ScanSource):
         self._frames = f[cxi.locate_frames(f, path)]
         self._translation = f[cxi.locate_translation(f, path)]
         frame_shape = check_array_shapes(
-            path, self._frames.dtype, self._frames.shape, self._translation.shape
+            path,
+            self._frames.dtype,
+            self._frames.shape,
+            self._translation.dtype,
+            self._translation.shape,
         )
-        self._stream = (f[cxi.COMPLETE], f[cxi.COMMITTED_FRAMES]) if cxi.STREAM in f else None
+        self._stream = self._stream_datasets(path) if cxi.STREAM in f else None
         super().__init__(path, cxi.read_metadata(f, path, frame_shape), self._frames.dtype)
+        self._stored = (
+            hdf5_stored_rows(self._frames, path, "detector data"),
+            hdf5_stored_rows(self._translation, path, "translations"),
+        )
         state = self.progress()
         check_scan_shape(
             path,
@@ -172,6 +184,18 @@ class HDF5ScanSource(ScanSource):
             state.complete,
             expected_frame_shape,
         )
+
+    def _stream_datasets(self, path: Path) -> tuple[h5py.Dataset, h5py.Dataset]:
+        """The completion flag and the committed count: scalar integers, as the writer made them."""
+        found = []
+        for member in (cxi.COMPLETE, cxi.COMMITTED_FRAMES):
+            node = self._file.get(member)
+            if not isinstance(node, h5py.Dataset) or node.shape not in ((), (1,)):
+                raise ScanError(path, f"streaming state /{member} missing or not a scalar")
+            if node.dtype.kind not in "iu":
+                raise ScanError(path, f"streaming state /{member} is {node.dtype}, not an integer")
+            found.append(node)
+        return found[0], found[1]
 
     def _fresh(self, dataset: h5py.Dataset) -> h5py.Dataset:
         # Only a file a SWMR writer holds can change. Refreshing one that cannot is not just
@@ -184,26 +208,35 @@ class HDF5ScanSource(ScanSource):
     def _poll(self) -> StreamProgress:
         # Read in the writer's reverse order: the flag, then the count, then the lengths, so a
         # flag seen set means the count is final, and the datasets hold at least that count.
-        if self._stream is None:  # a foreign file: finished by definition
-            complete, committed = True, None
-        else:
-            complete = bool(self._fresh(self._stream[0])[()])
-            committed = int(self._fresh(self._stream[1])[()])
-        available = min(self._fresh(self._frames).shape[0], self._fresh(self._translation).shape[0])
-        return StreamProgress(
-            available if committed is None else min(committed, available), complete
-        )
+        with storage_errors(self.path, "streaming state unreadable"):
+            state = None
+            if self._stream is not None:
+                state = [int(np.asarray(self._fresh(d)[()]).reshape(-1)[0]) for d in self._stream]
+            available = min(
+                self._fresh(self._frames).shape[0], self._fresh(self._translation).shape[0]
+            )
+        if state is None:  # a foreign file: finished by definition
+            return StreamProgress(available, True)
+        flag, committed = state
+        if flag not in (0, 1):
+            raise ScanError(self.path, f"completion flag /{cxi.COMPLETE} is {flag}, not 0 or 1")
+        return committed_progress(self.path, committed, bool(flag), available)
 
     def _read_range(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        for rows in self._stored:
+            rows.require(stop)
         return self._frames[start:stop], self._translation[start:stop]
 
     def _read_sorted(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        for rows in self._stored:
+            rows.require(int(indices[-1]) + 1)
         return self._frames[indices], self._translation[indices]
 
     def label_in_file(self) -> ObjectImage | None:
-        return (
-            read_object_image_from(self._file, self.path) if has_object_image(self._file) else None
-        )
+        with storage_errors(self.path, "object image unreadable"):
+            if not has_object_image(self._file):
+                return None
+            return read_object_image_from(self._file, self.path)
 
     def close(self) -> None:
         if self._file.id.valid:

@@ -14,10 +14,18 @@ from pathlib import Path
 import h5py
 import numpy as np
 import zarr
-from zarr.storage import LocalStore
 
 from ptycl.errors import ScanError
 from ptycl.io import cxi
+from ptycl.io.guards import (
+    HDF5_ERRORS,
+    MAX_IMAGE_PIXELS,
+    ZARR_ERRORS,
+    ContainedStore,
+    check_hdf5_stored,
+    check_zarr_stored,
+    storage_errors,
+)
 from ptycl.io.records import ObjectImage
 
 Group = h5py.Group | zarr.Group
@@ -34,7 +42,10 @@ def _put(group: Group, name: str, data: np.ndarray) -> None:
     if isinstance(group, h5py.Group):
         group.create_dataset(name, data=data)
     else:
-        group.create_array(name, data=np.asarray(data), compressors=None)
+        # Every chunk stored, even an all-zero one: readers refuse an image with chunks missing.
+        group.create_array(
+            name, data=np.asarray(data), compressors=None, config={"write_empty_chunks": True}
+        )
 
 
 def write_object_image(target: str | Path | Group, image: ObjectImage) -> None:
@@ -62,30 +73,53 @@ def has_object_image(root: Group) -> bool:
     return cxi.IMAGE in root and cxi.IMAGE_DATA in root[cxi.IMAGE]
 
 
+def _image_array(root: Group, member: str, what: str, path: str | Path) -> np.ndarray:
+    """A 2-D complex array of bounded size that the file stores in full, checked from its
+    declared shape, type and storage before it is read."""
+    node = root[member]
+    if not hasattr(node, "shape"):
+        raise ScanError(path, f"{what} /{member} is a group, not an array")
+    shape, dtype = tuple(node.shape), np.dtype(node.dtype)
+    if len(shape) != 2 or dtype.kind != "c":
+        raise ScanError(path, f"{what} must be 2-D complex, found {dtype}{shape}")
+    if shape[0] * shape[1] > MAX_IMAGE_PIXELS:
+        raise ScanError(path, f"{what} of {shape[0]}x{shape[1]} pixels is larger than ptycl reads")
+    if isinstance(node, zarr.Array):
+        check_zarr_stored(node, Path(path), what)
+    else:
+        check_hdf5_stored(node, Path(path), what)
+    return np.asarray(node[...])
+
+
+def _center(root: Group, path: str | Path) -> tuple[float, float]:
+    member = f"{cxi.IMAGE}/{cxi.IMAGE_CENTER}"
+    if member not in root:
+        return (0.0, 0.0)
+    node = root[member]
+    if not hasattr(node, "shape") or tuple(node.shape) != (2,) or node.dtype.kind not in "iuf":
+        raise ScanError(path, f"/{member} must be two numbers (y, x)")
+    y, x = np.asarray(node[...], dtype=np.float64)
+    if not (np.isfinite(y) and np.isfinite(x)):
+        raise ScanError(path, f"/{member} is not finite")
+    return float(y), float(x)
+
+
 def read_object_image_from(root: Group, path: str | Path) -> ObjectImage:
     """The image group of an open file; ``path`` names the file in errors."""
+    path = Path(path)
     try:
-        group = root[cxi.IMAGE]
-        values = np.asarray(group[cxi.IMAGE_DATA][...])
+        values = _image_array(root, f"{cxi.IMAGE}/{cxi.IMAGE_DATA}", "object image", path)
         pixel_m = (
-            float(group[cxi.IMAGE_Y_PIXEL_SIZE][()]),
-            float(group[cxi.IMAGE_X_PIXEL_SIZE][()]),
+            cxi.positive_scalar(
+                root, f"{cxi.IMAGE}/{cxi.IMAGE_Y_PIXEL_SIZE}", "pixel height", path
+            ),
+            cxi.positive_scalar(root, f"{cxi.IMAGE}/{cxi.IMAGE_X_PIXEL_SIZE}", "pixel width", path),
         )
-        center_m = (0.0, 0.0)
-        if cxi.IMAGE_CENTER in group:
-            y, x = np.asarray(group[cxi.IMAGE_CENTER][...], dtype=np.float64)
-            center_m = (float(y), float(x))
-        probe = np.asarray(group[cxi.IMAGE_PROBE][...]) if cxi.IMAGE_PROBE in group else None
-    except KeyError as exc:
-        raise ScanError(path, f"object image: missing {cxi.IMAGE}/{exc.args[0]}") from None
-    except (OSError, ValueError) as exc:
+        center_m = _center(root, path)
+        probe_member = f"{cxi.IMAGE}/{cxi.IMAGE_PROBE}"
+        probe = _image_array(root, probe_member, "probe", path) if probe_member in root else None
+    except (*HDF5_ERRORS, *ZARR_ERRORS) as exc:
         raise ScanError(path, f"object image unreadable ({exc})") from None
-    if values.ndim != 2 or not np.iscomplexobj(values):
-        raise ScanError(
-            path, f"object image must be 2-D complex, found {values.dtype}{values.shape}"
-        )
-    if probe is not None and (probe.ndim != 2 or not np.iscomplexobj(probe)):
-        raise ScanError(path, f"probe must be 2-D complex, found {probe.dtype}{probe.shape}")
     return ObjectImage(
         values=values.astype(np.complex64, copy=False),
         pixel_m=pixel_m,
@@ -99,14 +133,15 @@ def read_object_image(path: str | Path) -> ObjectImage:
     path = Path(path)
     if path.is_dir():
         try:
-            root = zarr.open_group(LocalStore(path, read_only=True), mode="r")
-        except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError):
+            root = zarr.open_group(ContainedStore(path), mode="r")
+        except (zarr.errors.GroupNotFoundError, *ZARR_ERRORS):
             raise ScanError(path, "not a Zarr group") from None
-        if not has_object_image(root):
-            raise ScanError(path, f"no object image ({cxi.IMAGE}/{cxi.IMAGE_DATA})")
-        return read_object_image_from(root, path)
+        with storage_errors(path, "object image unreadable", ZARR_ERRORS):
+            if not has_object_image(root):
+                raise ScanError(path, f"no object image ({cxi.IMAGE}/{cxi.IMAGE_DATA})")
+            return read_object_image_from(root, path)
     f = cxi.open_hdf5(path)
-    with f:
+    with f, storage_errors(path, "object image unreadable"):
         if not has_object_image(f):
             raise ScanError(path, f"no object image ({cxi.IMAGE}/{cxi.IMAGE_DATA})")
         return read_object_image_from(f, path)

@@ -22,6 +22,7 @@ import numpy as np
 
 from ptycl.errors import ScanError
 from ptycl.io.cxi import positions_from_translation, translation_from_positions
+from ptycl.io.guards import HDF5_ERRORS, MAX_READ_BYTES, ZARR_ERRORS, check_frame_shape
 from ptycl.io.object_image import label_path_for, read_object_image, write_object_image
 from ptycl.io.records import FrameBatch, ObjectImage, ScanMetadata, SimulatedScan
 from ptycl.prep.frames import check_frames
@@ -95,6 +96,13 @@ class ScanSource(ABC):
     def is_complete(self) -> bool:
         return self.progress().complete
 
+    def frames_per_read(self, wanted: int) -> int:
+        """``wanted``, or fewer if that many frames would take more than MAX_READ_BYTES:
+        memory stays bounded whatever frame size a file declares."""
+        height, width = self.metadata.geometry.frame_shape
+        frame_bytes = height * width * self.frame_dtype.itemsize
+        return max(1, min(wanted, MAX_READ_BYTES // frame_bytes))
+
     def read(self, indices: Sequence[int] | np.ndarray) -> FrameBatch:
         """Frames at ``indices`` (any order, repeats allowed), all of them committed."""
         wanted = np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -124,7 +132,8 @@ class ScanSource(ABC):
         poll_interval_s: float = 0.05,
         stall_timeout_s: float | None = None,
     ) -> Iterator[FrameBatch]:
-        """Consecutive frames from ``start`` in batches of ``batch_size`` (the last may be short).
+        """Consecutive frames from ``start`` in batches of ``batch_size`` (the last may be short;
+        all are, if ``batch_size`` frames would exceed ``frames_per_read``).
 
         ``follow=False`` reads what is committed now. ``follow=True`` keeps polling until the
         writer marks the scan complete; it yields only full batches until then, and raises
@@ -132,6 +141,7 @@ class ScanSource(ABC):
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        batch_size = self.frames_per_read(batch_size)
         position = start
         seen, last_arrival = -1, time.monotonic()
         while True:
@@ -177,7 +187,7 @@ class ScanSource(ABC):
         """Storage errors while reading frames (a torn chunk, a cut file) become ScanErrors."""
         try:
             yield
-        except (OSError, ValueError, KeyError) as exc:
+        except (*HDF5_ERRORS, *ZARR_ERRORS) as exc:
             raise ScanError(
                 self.path, f"frames unreadable, file truncated or corrupt ({exc})"
             ) from None
@@ -199,18 +209,44 @@ def check_array_shapes(
     path: Path,
     frames_dtype: np.dtype,
     frames_shape: tuple[int, ...],
+    translation_dtype: np.dtype,
     translation_shape: tuple[int, ...],
 ) -> tuple[int, int]:
-    """The frame shape (H, W), once the stored arrays are known to be frames and translations."""
+    """The frame shape (H, W), once the stored arrays are known to be frames and translations
+    (checked from what the file declares, before anything is read)."""
     if frames_dtype.kind not in "iuf":
         raise ScanError(path, f"detector data must be numbers, found {frames_dtype}")
     if len(frames_shape) != 3:
         raise ScanError(path, f"detector data must be (N, H, W), found shape {tuple(frames_shape)}")
+    if translation_dtype.kind not in "iuf":
+        raise ScanError(path, f"translations must be numbers, found {translation_dtype}")
     if len(translation_shape) != 2 or translation_shape[1] < 2:
         raise ScanError(
             path, f"translations must be (N, 3), found shape {tuple(translation_shape)}"
         )
-    return int(frames_shape[1]), int(frames_shape[2])
+    frame_shape = int(frames_shape[1]), int(frames_shape[2])
+    check_frame_shape(path, frame_shape)
+    return frame_shape
+
+
+def committed_progress(
+    path: Path, committed: object, complete: object, available: int
+) -> StreamProgress:
+    """The writer's committed count and completion flag, checked: a count that is not a
+    non-negative integer, or a final count the file does not hold, is a lie."""
+    if isinstance(committed, bool) or not isinstance(committed, int | np.integer):
+        raise ScanError(path, f"committed frame count must be an integer, found {committed!r}")
+    if committed < 0:
+        raise ScanError(path, f"committed frame count is negative ({committed})")
+    if not isinstance(complete, bool):
+        raise ScanError(path, f"completion flag must be true or false, found {complete!r}")
+    if complete and committed > available:
+        raise ScanError(
+            path, f"the writer committed {committed} frames but the file holds {available}"
+        )
+    # An unfinished scan reads as far as both its count and its data go (a writer stores
+    # frames before it counts them; a count ahead of them stalls until the data arrive).
+    return StreamProgress(min(int(committed), available), complete)
 
 
 def check_scan_shape(

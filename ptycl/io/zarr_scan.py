@@ -21,6 +21,7 @@ from zarr.storage import LocalStore
 
 from ptycl.errors import ScanError
 from ptycl.io import cxi
+from ptycl.io.guards import ZARR_ERRORS, ContainedStore, storage_errors, zarr_stored_rows
 from ptycl.io.object_image import has_object_image, read_object_image_from, write_object_image
 from ptycl.io.records import ObjectImage, ScanMetadata
 from ptycl.io.source import (
@@ -29,9 +30,13 @@ from ptycl.io.source import (
     StreamProgress,
     check_array_shapes,
     check_scan_shape,
+    committed_progress,
 )
 
 TRANSLATION_CHUNK_ROWS = 1024
+# zarr leaves out a chunk equal to the fill value unless told otherwise; a reader then cannot
+# tell a frame of zeros from one never written, so ptycl stores every chunk of its arrays.
+STORE_EVERY_CHUNK = {"write_empty_chunks": True}
 
 
 def _create_tree(
@@ -59,8 +64,7 @@ def _create_tree(
         chunks=(1, *geometry.frame_shape),
         compressors=None,
         fill_value=0,
-        # Every frame gets its chunk file, even an all-zero one: one chunk per frame on disk.
-        config={"write_empty_chunks": True},
+        config=STORE_EVERY_CHUNK,  # one chunk file per frame on disk, even an all-zero one
     )
     if len(frames):
         data[:] = frames
@@ -74,6 +78,7 @@ def _create_tree(
         chunks=(TRANSLATION_CHUNK_ROWS, 3),
         compressors=None,
         fill_value=0.0,
+        config=STORE_EVERY_CHUNK,
     )
     if len(translation):
         positions[:] = translation
@@ -147,10 +152,11 @@ class ZarrStreamingWriter(StreamingScanWriter):
         partial = _build_aside(path, metadata, empty, np.empty((0, 3)), label)
         _make_room(path)
         os.rename(partial, path)
-        # The store is bound to a directory path: open it again under the final name.
+        # The store is bound to a directory path: open it again under the final name (an
+        # array opened again forgets its creation config).
         self._root = zarr.open_group(LocalStore(path), mode="r+")
-        self._frames = self._root[cxi.DETECTOR_DATA]
-        self._translation = self._root[cxi.TRANSLATION]
+        self._frames = self._root[cxi.DETECTOR_DATA].with_config(STORE_EVERY_CHUNK)
+        self._translation = self._root[cxi.TRANSLATION].with_config(STORE_EVERY_CHUNK)
 
     def _append(self, frames: np.ndarray, translation: np.ndarray) -> None:
         start, stop = self.n_committed, self.n_committed + len(frames)
@@ -168,16 +174,28 @@ class ZarrStreamingWriter(StreamingScanWriter):
 
 class ZarrScanSource(ScanSource):
     def __init__(self, path: Path, expected_frame_shape: tuple[int, int] | None = None) -> None:
-        self._store = LocalStore(path, read_only=True)
+        self._store = ContainedStore(path)
+        with storage_errors(path, "unreadable Zarr metadata", ZARR_ERRORS):
+            self._open(path, expected_frame_shape)
+
+    def _open(self, path: Path, expected_frame_shape: tuple[int, int] | None) -> None:
         root = self._open_root(path)
         self._frames_path = cxi.locate_frames(root, path)
         self._translation_path = cxi.locate_translation(root, path)
         frames, translation = root[self._frames_path], root[self._translation_path]
         frame_shape = check_array_shapes(
-            path, np.dtype(frames.dtype), frames.shape, translation.shape
+            path,
+            np.dtype(frames.dtype),
+            frames.shape,
+            np.dtype(translation.dtype),
+            translation.shape,
         )
         super().__init__(path, cxi.read_metadata(root, path, frame_shape), np.dtype(frames.dtype))
         state = self.progress()
+        self._stored = (
+            zarr_stored_rows(lambda: self._frames, path, "detector data"),
+            zarr_stored_rows(lambda: self._translation, path, "translations"),
+        )
         check_scan_shape(
             path,
             frame_shape,
@@ -192,29 +210,39 @@ class ZarrScanSource(ScanSource):
             return zarr.open_group(self._store, mode="r")
         except zarr.errors.GroupNotFoundError:
             raise ScanError(path, "not a Zarr group (no group zarr.json)") from None
-        except (OSError, ValueError) as exc:
+        except ZARR_ERRORS as exc:
             raise ScanError(path, f"not a readable Zarr group ({exc})") from None
 
     def _poll(self) -> StreamProgress:
-        root = self._open_root(self.path)
-        attrs = root.attrs.asdict()  # committed count and completion from one document
-        self._frames = root[self._frames_path]
-        self._translation = root[self._translation_path]
+        with storage_errors(self.path, "unreadable Zarr metadata", ZARR_ERRORS):
+            root = self._open_root(self.path)
+            attrs = root.attrs.asdict()  # committed count and completion from one document
+            self._frames = root[self._frames_path]
+            self._translation = root[self._translation_path]
         available = min(self._frames.shape[0], self._translation.shape[0])
         if cxi.ZARR_COMMITTED_ATTR not in attrs:  # a foreign group: finished by definition
             return StreamProgress(available, True)
-        committed = min(int(attrs[cxi.ZARR_COMMITTED_ATTR]), available)
-        return StreamProgress(committed, bool(attrs.get(cxi.ZARR_COMPLETE_ATTR, False)))
+        return committed_progress(
+            self.path,
+            attrs[cxi.ZARR_COMMITTED_ATTR],
+            attrs.get(cxi.ZARR_COMPLETE_ATTR, False),
+            available,
+        )
 
     def _read_range(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        for rows in self._stored:
+            rows.require(stop)
         return self._frames[start:stop], self._translation[start:stop]
 
     def _read_sorted(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        for rows in self._stored:
+            rows.require(int(indices[-1]) + 1)
         return self._frames.oindex[indices], self._translation.oindex[indices]
 
     def label_in_file(self) -> ObjectImage | None:
-        root = self._open_root(self.path)
-        return read_object_image_from(root, self.path) if has_object_image(root) else None
+        with storage_errors(self.path, "object image unreadable", ZARR_ERRORS):
+            root = self._open_root(self.path)
+            return read_object_image_from(root, self.path) if has_object_image(root) else None
 
     def close(self) -> None:
         self._store.close()

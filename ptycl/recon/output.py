@@ -19,8 +19,10 @@ import numpy as np
 import zarr
 
 from ptycl import __version__
+from ptycl.errors import OutputError
 from ptycl.io import cxi
 from ptycl.io.object_image import write_object_image
+from ptycl.outputs import replacing
 from ptycl.recon.infer import ScanPrediction
 from ptycl.recon.stitch import StitchedObject
 
@@ -65,14 +67,17 @@ def write_reconstruction(
     fmt: ReconFormat = "hdf5",
     source: str = "",
 ) -> Path:
-    partial = path.with_name(f".{path.name}.partial")
     if fmt == "hdf5":
-        with h5py.File(partial, "w", libver=("v110", "v110")) as f:
+        with replacing(path) as partial, h5py.File(partial, "w", libver=("v110", "v110")) as f:
             _fill(f, prediction, stitched, source)
-        os.replace(partial, path)
-    else:
-        shutil.rmtree(partial, ignore_errors=True)
+        return path
+    partial = path.with_name(f".{path.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
         _fill(zarr.open_group(partial, mode="w", zarr_format=3), prediction, stitched, source)
         shutil.rmtree(path, ignore_errors=True)
         os.replace(partial, path)
+    except OSError as exc:
+        shutil.rmtree(partial, ignore_errors=True)  # no half-written group left behind
+        raise OutputError(path, f"cannot write ({exc.strerror or exc})") from None
     return path

@@ -19,10 +19,28 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
 from ptycl import kernels
 
 Array = Any  # numpy.ndarray on the CPU path, cupy.ndarray on the GPU path
+
+
+def _start_numba_threads() -> None:
+    """Start Numba's thread pool now, and give torch back its thread count.
+
+    Numba's OpenMP threading layer sets OpenMP's thread count, which torch's CPU operators use
+    too, to NUMBA_NUM_THREADS when its pool starts. Left to the store's first insertion, that
+    would change torch's count in the middle of a run (OMP_NUM_THREADS=1, NUMBA_NUM_THREADS
+    unset: step 0 on one thread, the rest on all cores), and a resumed run would no longer sum
+    in the order of an uninterrupted one. Afterwards the two counts are independent.
+    """
+    threads = torch.get_num_threads()
+    kernels.reservoir_slots_cpu(np.int64(0), np.int64(1), np.zeros(1))  # a parallel kernel
+    torch.set_num_threads(threads)
+
+
+_start_numba_threads()
 
 
 def _on_gpu(*arrays: Array) -> bool:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -122,15 +123,21 @@ class _Handler(FileSystemEventHandler):
 
 
 class ScanDiscovery:
-    """Watch ``directory``; ``start()`` and ``poll()`` return what was seen since."""
+    """Watch ``directory``; ``start()`` and ``poll()`` return what was seen since.
+
+    The directory may go away while it is watched (an unmounted or remounted file system, a
+    directory removed and made again): watchdog's observers then stop seeing anything, for
+    good. ``poll()`` notices, says so once in the log, and once the directory is back watches
+    it afresh, reporting everything in it as new (the watch loop ignores what it knows).
+    """
 
     def __init__(self, directory: Path, polling: bool = False, poll_interval_s: float = 0.5):
         self.directory = Path(directory).resolve()
         self.polling = polling
+        self.poll_interval_s = poll_interval_s
         self._events: queue.SimpleQueue[Sighting] = queue.SimpleQueue()
-        self._observer: BaseObserver = (
-            PollingObserver(timeout=poll_interval_s) if polling else Observer()
-        )
+        self._observer: BaseObserver | None = None
+        self._identity: tuple[int, int] | None = None  # (device, inode) of what is watched
 
     @property
     def mode(self) -> str:
@@ -139,6 +146,10 @@ class ScanDiscovery:
     def start(self) -> list[Sighting]:
         """Start watching, then list what is already there (watching first, so nothing
         written in between is missed; a name reported twice is the loop's to ignore)."""
+        self._identity = _identity(self.directory)
+        self._observer = (
+            PollingObserver(timeout=self.poll_interval_s) if self.polling else Observer()
+        )
         handler = _Handler(self.directory, self._events)
         event_filter = None if self.polling else EVENTS
         self._observer.schedule(
@@ -150,9 +161,30 @@ class ScanDiscovery:
             kind = classify(entry.name)
             if kind is not None:
                 existing.append(Sighting(Path(entry.path), kind, settled=False))
-        return existing + self.poll()
+        return existing + self._drain()
 
     def poll(self) -> list[Sighting]:
+        """What happened since the last call; after the directory came back, all it holds."""
+        found = self._drain()
+        identity = _identity(self.directory)
+        if identity == self._identity:
+            return found
+        if self._identity is not None:  # it just went away (or was replaced)
+            self.stop()
+            if identity is None:
+                log.warning("%s disappeared; waiting for it to come back", self.directory)
+                self._identity = None
+                return found
+        try:
+            sightings = self.start()
+        except FileNotFoundError:  # gone again already: try on the next poll
+            self.stop()
+            self._identity = None
+            return found
+        log.warning("%s is there again; watching it (%d entries)", self.directory, len(sightings))
+        return found + sightings
+
+    def _drain(self) -> list[Sighting]:
         found = []
         while True:
             try:
@@ -160,13 +192,22 @@ class ScanDiscovery:
             except queue.Empty:
                 return found
 
-    def alive(self) -> bool:
-        return self._observer.is_alive()
-
     def stop(self) -> None:
+        if self._observer is None:
+            return
         self._observer.stop()
         if self._observer.is_alive():
             self._observer.join(timeout=5)
+        self._observer = None
+
+
+def _identity(directory: Path) -> tuple[int, int] | None:
+    """Which directory sits at ``directory`` now (None: none)."""
+    try:
+        info = directory.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return (info.st_dev, info.st_ino) if stat.S_ISDIR(info.st_mode) else None
 
 
 def signature(path: Path) -> tuple[int, int] | None:
@@ -174,8 +215,8 @@ def signature(path: Path) -> tuple[int, int] | None:
     or (entries, newest mtime) over a Zarr directory's tree; None if it is gone."""
     try:
         if not path.is_dir():
-            stat = path.stat()
-            return stat.st_size, stat.st_mtime_ns
+            info = path.stat()
+            return info.st_size, info.st_mtime_ns
         entries, newest = 0, path.stat().st_mtime_ns
         for root, dirs, files in os.walk(path):
             for name in dirs + files:

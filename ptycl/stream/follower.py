@@ -102,16 +102,18 @@ class ScanFollower:
         return self._label_in_file is not None
 
     def poll(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """Newly committed frames (at most ``max_frames_per_poll``), prepared, with their
-        (n, 2) positions; None when there are none. Sets ``complete`` once the writer has
-        marked the scan complete and every frame is read, and closes the file then.
+        """Newly committed frames (at most ``max_frames_per_poll``, fewer of large frames:
+        ``ScanSource.frames_per_read``), prepared, with their (n, 2) positions; None when
+        there are none. Sets ``complete`` once the writer has marked the scan complete and
+        every frame is read, and closes the file then.
 
         Raises ScanError for a bad frame (NaN, negative, unreadable) or position.
         """
         if self._source is None:
             return None
         state = self._source.progress()
-        stop = min(state.committed_frames, self.frames_read + self.max_frames_per_poll)
+        wanted = self._source.frames_per_read(self.max_frames_per_poll)
+        stop = min(state.committed_frames, self.frames_read + wanted)
         new = None
         if stop > self.frames_read:
             batch = self._source.read(np.arange(self.frames_read, stop))

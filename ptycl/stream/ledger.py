@@ -28,11 +28,12 @@ the checkpoint's copy.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
+
+from ptycl.outputs import write_text
 
 ScanState = Literal["seen", "training", "trained", "reconstructed", "quarantined"]
 STATES: tuple[ScanState, ...] = ("seen", "training", "trained", "reconstructed", "quarantined")
@@ -173,17 +174,7 @@ class Ledger:
 
 
 def write_json_atomic(path: Path, payload: Any) -> Path:
-    """JSON to ``path`` through a fsynced temporary file and a rename (all or nothing)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """JSON to ``path`` through a fsynced temporary file and a rename (all or nothing;
+    ``ptycl.outputs``)."""
     text = json.dumps(payload, indent=1, allow_nan=False)  # fails before touching the disk
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+    return write_text(Path(path), text)

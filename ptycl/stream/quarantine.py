@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from ptycl.io.object_image import label_path_for
+from ptycl.outputs import write_text
 
 log = logging.getLogger("ptycl.stream")
 
@@ -48,11 +49,10 @@ def quarantine(path: Path, reason: str, list_path: Path, move: bool = True) -> P
         except OSError as exc:
             log.warning("cannot move %s into %s/ (%s); leaving it in place", path, directory, exc)
             moved_to = None
-    list_path.parent.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-    with open(list_path, "a") as handle:
-        handle.write(f"{stamp}\t{path.name}\t{moved_to or 'left in place'}\t{reason}\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    line = f"{stamp}\t{path.name}\t{moved_to or 'left in place'}\t{reason}\n"
+    # Rewritten whole rather than appended to: a full disk cannot leave half a line.
+    earlier = list_path.read_text() if list_path.exists() else ""
+    write_text(list_path, earlier + line)
     log.error("quarantined %s: %s", path.name, reason)
     return moved_to

@@ -68,11 +68,12 @@ import torch
 
 from ptycl.cli import add_config_arguments
 from ptycl.config import Config, dump_config, load_config
-from ptycl.errors import ConfigError, ScanError
+from ptycl.errors import ConfigError, OutputError, ScanError
 from ptycl.eval.evaluate import MATRIX_NAMES, ErrorMatrices
 from ptycl.io.object_image import label_path_for
 from ptycl.io.records import ObjectImage, ScanMetadata
 from ptycl.logs import setup_logging
+from ptycl.outputs import write_text
 from ptycl.prep.patches import label_pixel_m
 from ptycl.recon.infer import ScanPrediction, predict
 from ptycl.recon.output import write_reconstruction
@@ -87,7 +88,7 @@ from ptycl.stream.ledger import Ledger
 from ptycl.stream.quarantine import QUARANTINE_LIST, quarantine
 from ptycl.stream.segments import segment_steps
 from ptycl.stream.status import StatusLine, StatusSnapshot, WatchCounters
-from ptycl.train.checkpoint import load_run_checkpoint, save_run_checkpoint
+from ptycl.train.checkpoint import RunCheckpoints
 from ptycl.train.distributed import Distributed, init_distributed
 from ptycl.train.report import RunReport, write_report
 from ptycl.train.scan_data import ScanTensors
@@ -198,6 +199,7 @@ class Watcher:
         self.main = dist.is_main
         self.output_dir = config.run.output_dir
         self.checkpoint_dir = self.output_dir / "checkpoints"
+        self.checkpoints = RunCheckpoints(self.checkpoint_dir, dist, config.train.keep_checkpoints)
         self.trainer = SegmentTrainer.build(config, dist)
         self.matrices = ErrorMatrices()
         self.ledger = Ledger(segment_frames=self.settings.segment_frames)
@@ -227,7 +229,7 @@ class Watcher:
         try:
             if self.main:
                 self.output_dir.mkdir(parents=True, exist_ok=True)
-                (self.output_dir / "config.yaml").write_text(dump_config(self.config))
+                write_text(self.output_dir / "config.yaml", dump_config(self.config))
             if resume:
                 self._resume()
             elif self.main and (self.checkpoint_dir / "latest.pt").exists():
@@ -565,7 +567,7 @@ class Watcher:
             plot_reconstruction(
                 stitched.image, None, stitched.covered, out_dir / f"{stem}.recon.png", title=stem
             )
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, OutputError) as exc:
             log.error("%s: reconstruction not written (%s)", name, exc)
             return None
         self.counters.frames_reconstructed += len(buffer)
@@ -754,12 +756,12 @@ class Watcher:
             "matrices": self.matrices.state_dict(),
             "ledger": self.ledger.to_state(),
         }
-        save_run_checkpoint(self.checkpoint_dir, state, self.dist)
+        self.checkpoints.save(state)
         if self.main:
             self.ledger.write_json(self.output_dir / LEDGER_JSON)
 
     def _resume(self) -> None:
-        state, shards = load_run_checkpoint(self.checkpoint_dir, self.dist)
+        state, shards = self.checkpoints.load()
         ledger = Ledger.from_state(state["ledger"])
         if ledger.segment_frames != self.settings.segment_frames:
             raise ConfigError(

@@ -12,6 +12,7 @@ from ptycl.eval.continual_metrics import summarize_errors, write_error_matrix_cs
 from ptycl.eval.evaluate import MATRIX_NAMES, ErrorMatrices
 from ptycl.eval.plots import plot_cost_per_scan, plot_error_matrix, plot_error_over_time
 from ptycl.model.ptychonn import parameter_count
+from ptycl.outputs import write_text
 from ptycl.train.trainer import ContinualTrainer
 
 # Matrices where lower is better get forgetting/backward-transfer summaries.
@@ -31,6 +32,8 @@ class RunReport:
     rejected: list[str]
     wall_seconds: float
     ranks: int = 1  # MPI ranks training data-parallel (the costs are rank 0's seconds)
+    # Why the run ended before its last scan (a signal, --max-steps); None: it went through.
+    stopped: str | None = None
 
     @classmethod
     def build(
@@ -40,6 +43,7 @@ class RunReport:
         matrices: ErrorMatrices,
         rejected: list[str],
         wall_seconds: float,
+        stopped: str | None = None,
     ) -> RunReport:
         complete = {name: matrices.matrix(name) for name in MATRIX_NAMES}
         return cls(
@@ -58,6 +62,7 @@ class RunReport:
             rejected=rejected,
             wall_seconds=wall_seconds,
             ranks=trainer.dist.world_size,
+            stopped=stopped,
         )
 
     def summary_line(self) -> str:
@@ -84,8 +89,7 @@ def _json_safe(value):
 
 
 def write_report(report: RunReport, output_dir: Path) -> None:
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "metrics.json").write_text(json.dumps(_json_safe(asdict(report)), indent=2))
+    write_text(output_dir / "metrics.json", json.dumps(_json_safe(asdict(report)), indent=2))
     if not report.scan_ids:
         return
     plots = output_dir / "plots"

@@ -8,6 +8,13 @@ After each scan the run evaluates every scan seen so far, checkpoints, and at th
 metrics (JSON, CSV) and plots under ``run.output_dir``. SIGINT/SIGTERM stop at the next step
 with a checkpoint; ``--resume`` continues exactly where the run stopped.
 
+Checkpoints (``ptycl.train.checkpoint``) go to ``run.output_dir/checkpoints`` every
+``train.checkpoint_every_steps`` steps and at each scan's end; the last
+``train.keep_checkpoints`` are kept, each with a manifest of SHA-256 sums. A run killed at any
+moment, SIGKILL included, resumes from its last committed checkpoint; one that was damaged
+afterwards is skipped with a warning for the one before. The resumed run ends with the weights
+of an uninterrupted one bit for bit (same number of ranks and of torch threads).
+
 Data-parallel on N MPI ranks (one per GPU, or several per CPU node):
 
     mpiexec -n 4 ptycl train -c configs/continual-64.yaml
@@ -37,7 +44,8 @@ from ptycl.config import Config, dump_config, load_config
 from ptycl.errors import ScanError
 from ptycl.eval.evaluate import ErrorMatrices
 from ptycl.logs import setup_logging
-from ptycl.train.checkpoint import load_run_checkpoint, save_run_checkpoint
+from ptycl.outputs import write_text
+from ptycl.train.checkpoint import RunCheckpoints
 from ptycl.train.distributed import Distributed, init_distributed, resolve_device
 from ptycl.train.report import RunReport, write_report
 from ptycl.train.scan_data import ScanTensors, load_scan
@@ -115,12 +123,13 @@ def run_continual(
     checkpoint_dir = output_dir / "checkpoints"
     if dist.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(dump_config(config))
+        write_text(output_dir / "config.yaml", dump_config(config))
     trainer = ContinualTrainer.build(config, dist)
     matrices = ErrorMatrices()
     rejected: list[str] = []
+    checkpoints = RunCheckpoints(checkpoint_dir, dist, keep=config.train.keep_checkpoints)
     if resume:
-        state, old_store_shards = load_run_checkpoint(checkpoint_dir, dist)
+        state, old_store_shards = checkpoints.load()
         trainer.load_state_dict(state["trainer"], store_shards=old_store_shards)
         matrices = ErrorMatrices.from_state(state["matrices"])
         rejected = list(state["rejected"])
@@ -139,7 +148,7 @@ def run_continual(
             "matrices": matrices.state_dict(),
             "rejected": rejected,
         }
-        save_run_checkpoint(checkpoint_dir, state, dist)
+        checkpoints.save(state)
 
     stop = _StopRequest(max_global_steps=max_steps)
     previous_handlers = {
@@ -159,6 +168,7 @@ def run_continual(
         return dist.any(stop(trainer.state.position))
 
     scans: list[ScanTensors] = []
+    stopped: str | None = None
     started = time.perf_counter()
     # Rank 0 lists (or simulates) the scans: every rank then reads the same ones, in order.
     paths = dist.broadcast(resolve_scans(config) if dist.is_main else None)
@@ -192,11 +202,12 @@ def run_continual(
             finished = trainer.train_scan(scan, task, should_stop=should_stop, on_step=on_step)
             if not finished:
                 checkpoint()
+                budget = stop(trainer.state.position) and f"--max-steps {max_steps}"
+                stopped = stop.signalled or budget or "another rank was signalled"
                 if dist.is_main:
-                    budget = stop(trainer.state.position) and f"--max-steps {max_steps}"
                     log.warning(
                         "stopped (%s) at scan %d step %d; continue with --resume",
-                        stop.signalled or budget or "another rank was signalled",
+                        stopped,
                         task,
                         trainer.state.position.step_in_scan,
                     )
@@ -220,7 +231,12 @@ def run_continual(
             signal.signal(s, handler)
     trainer.close()
     report = RunReport.build(
-        config, trainer, matrices, rejected, wall_seconds=time.perf_counter() - started
+        config,
+        trainer,
+        matrices,
+        rejected,
+        wall_seconds=time.perf_counter() - started,
+        stopped=stopped,
     )
     if dist.is_main:
         write_report(report, output_dir)
