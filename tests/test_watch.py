@@ -97,6 +97,23 @@ def _start_watcher(
         )
 
 
+def _start_simulator(scans: Path, *settings: str) -> subprocess.Popen:
+    """``ptycl simulate`` writing scans of FRAMES 64² frames into ``scans`` in real time."""
+    simulate = [
+        f"simulate.out_dir={scans}",
+        f"simulate.frames_per_scan={FRAMES}",
+        "simulate.frame_size=64",
+        "simulate.frame_rate_hz=20",
+        "simulate.labels=in_scan",
+        *settings,
+    ]
+    return subprocess.Popen(
+        [sys.executable, "-m", "ptycl", "simulate", *[a for s in simulate for a in ("--set", s)]],
+        env=_env(),
+        stderr=subprocess.PIPE,
+    )
+
+
 def _read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
@@ -122,7 +139,7 @@ def _wait_for(what: str, condition, watcher: subprocess.Popen, log: Path, timeou
 def _stop(watcher: subprocess.Popen, log: Path) -> None:
     watcher.send_signal(signal.SIGTERM)
     try:
-        assert watcher.wait(timeout=60) == 0, log.read_text()
+        assert watcher.wait(timeout=90) == 0, log.read_text()
     except subprocess.TimeoutExpired:
         watcher.kill()
         pytest.fail(f"watcher did not stop on SIGTERM:\n{log.read_text()}")
@@ -287,25 +304,7 @@ def test_polling_mode_follows_a_scan_being_written_and_resumes_mid_scan(tmp_path
         _wait_for(
             "the watcher to start", lambda: (output / "status.json").exists(), watcher, log, 90
         )
-        simulate = [
-            f"simulate.out_dir={scans}",
-            "simulate.n_scans=1",
-            f"simulate.frames_per_scan={FRAMES}",
-            "simulate.frame_size=64",
-            "simulate.frame_rate_hz=20",
-            "simulate.labels=in_scan",
-        ]
-        writer = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ptycl",
-                "simulate",
-                *[a for s in simulate for a in ("--set", s)],
-            ],
-            env=_env(),
-            stderr=subprocess.PIPE,
-        )
+        writer = _start_simulator(scans, "simulate.n_scans=1")
         # Stop once training on the scan is under way, the writer perhaps still at it.
         _wait_for("a trained segment", lambda: _frames_trained(output) >= SEGMENT, watcher, log, 90)
         _stop(watcher, log)
