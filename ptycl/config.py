@@ -82,6 +82,12 @@ class PrepSettings(Section):
 class ModelSettings(Section):
     width: PositiveInt = 32  # channels of the first encoder level, doubled at each level
     depth: Annotated[int, Field(ge=2, le=5)] = 3  # pooling levels in the encoder
+    # Fast paths, for GPUs above all; each gives the plain path's outputs within the tolerance
+    # stated in tests/test_model_fast_paths.py. bf16: the convolutions run under bfloat16
+    # autocast (the heads' sigmoid and tanh in float32); channels_last: NHWC memory layout,
+    # which tensor cores and cuDNN prefer.
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = False
 
 
 class StoreSettings(Section):

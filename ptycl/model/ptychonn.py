@@ -70,8 +70,21 @@ def _decoder(widths: list[int]) -> nn.Sequential:
 
 
 class PtychoNN(nn.Module):
-    def __init__(self, width: int = 32, depth: int = 3, input_size: int = 64) -> None:
+    def __init__(
+        self,
+        width: int = 32,
+        depth: int = 3,
+        input_size: int = 64,
+        precision: str = "fp32",
+        channels_last: bool = False,
+    ) -> None:
         super().__init__()
+        # How the network computes (``ModelSettings``), not what it holds: checkpoints of a
+        # model built with either switch load into one built without, and give its outputs.
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
+        self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
+        self.channels_last = channels_last
         # Identity until fitted; ``input_fitted`` records whether it has been.
         self.register_buffer("input_mean", torch.zeros(1, 1, input_size, input_size))
         self.register_buffer("input_scale", torch.ones(1, 1, input_size, input_size))
@@ -86,13 +99,25 @@ class PtychoNN(nn.Module):
         self.amplitude_head = _decoder(widths)
         self.phase_head = _decoder(widths)
         self.depth = depth
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     def forward(self, frames: torch.Tensor) -> ModelOutput:
         """``frames``: (n, 1, H, W) prepared diffraction intensities, H and W divisible by 2**depth."""
-        features = self.encoder((frames - self.input_mean) / self.input_scale)
+        standardised = (frames - self.input_mean) / self.input_scale
+        if self.channels_last:
+            standardised = standardised.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(
+            frames.device.type,
+            dtype=self.autocast_dtype or torch.float32,
+            enabled=self.autocast_dtype is not None,
+        ):
+            features = self.encoder(standardised)
+            amplitude, phase = self.amplitude_head(features), self.phase_head(features)
+        # The bounded heads in float32: bf16's 8-bit mantissa would quantise phase to ~0.01 rad.
         return ModelOutput(
-            amplitude=torch.sigmoid(self.amplitude_head(features)),
-            phase=math.pi * torch.tanh(self.phase_head(features)),
+            amplitude=torch.sigmoid(amplitude.float()),
+            phase=math.pi * torch.tanh(phase.float()),
         )
 
     @torch.no_grad()
@@ -115,7 +140,13 @@ class PtychoNN(nn.Module):
 
 
 def build_model(settings: ModelSettings, input_size: int) -> PtychoNN:
-    return PtychoNN(width=settings.width, depth=settings.depth, input_size=input_size)
+    return PtychoNN(
+        width=settings.width,
+        depth=settings.depth,
+        input_size=input_size,
+        precision=settings.precision,
+        channels_last=settings.channels_last,
+    )
 
 
 def parameter_count(model: nn.Module) -> int:
