@@ -39,6 +39,9 @@ def test_each_strategy_fills_the_error_matrix_and_counts_its_cost(tiny_scans, tm
     )
     assert (tmp_path / "plots" / "R_phase_mae.png").stat().st_size > 1000
     assert (tmp_path / "R_phase_mae.csv").read_text().startswith("after_scan,")
+    # the first and the newest scan stitched with the final model, beside their truth
+    shown = sorted(p.name for p in (tmp_path / "plots").glob("reconstruction_*.png"))
+    assert shown == [f"reconstruction_{report.scan_ids[i]}.png" for i in (0, -1)]
 
 
 def test_resume_mid_scan_continues_exactly_as_an_uninterrupted_run(tiny_scans, tmp_path):

@@ -42,7 +42,8 @@ import torch
 from ptycl.cli import add_config_arguments
 from ptycl.config import Config, dump_config, load_config
 from ptycl.errors import ScanError
-from ptycl.eval.evaluate import ErrorMatrices
+from ptycl.eval.evaluate import ErrorMatrices, stitch_scan
+from ptycl.eval.plots import plot_reconstruction
 from ptycl.logs import setup_logging
 from ptycl.outputs import write_text
 from ptycl.train.checkpoint import RunCheckpoints
@@ -240,7 +241,23 @@ def run_continual(
     )
     if dist.is_main:
         write_report(report, output_dir)
+        if stopped is None:  # a stopped run is to resume, and soon: no plots to draw
+            _plot_reconstructions(trainer, scans, output_dir / "plots")
     return report
+
+
+def _plot_reconstructions(trainer: ContinualTrainer, scans: list[ScanTensors], plots: Path) -> None:
+    """The first and the newest scan stitched with the final model, beside their truth: what
+    the model still knows of the oldest data, and what it learnt last."""
+    for scan in {id(s): s for s in (scans[:1] + scans[-1:])}.values():
+        stitched = stitch_scan(trainer.model, scan, trainer.device, trainer.support)
+        plot_reconstruction(
+            stitched.image,
+            scan.truth,
+            stitched.covered,
+            plots / f"reconstruction_{scan.scan_id}.png",
+            title=f"{scan.scan_id} after the last scan",
+        )
 
 
 def main(args: argparse.Namespace) -> int:
