@@ -145,6 +145,13 @@ def _stop(watcher: subprocess.Popen, log: Path) -> None:
         pytest.fail(f"watcher did not stop on SIGTERM:\n{log.read_text()}")
 
 
+def _kill_leftovers(*processes: subprocess.Popen | None) -> None:
+    """After a test, however it ended: no watcher or writer outlives it."""
+    for process in processes:
+        if process is not None and process.poll() is None:
+            process.kill()
+
+
 def _states(output_dir: Path) -> dict[str, str]:
     ledger = _read_json(output_dir / "ledger.json")
     return {} if ledger is None else {s["name"]: s["state"] for s in ledger["scans"]}
@@ -240,10 +247,7 @@ def test_watch_follows_trains_reconstructs_quarantines_then_resumes_idle(
         )
         _stop(watcher, log)
     finally:
-        if watcher.poll() is None:
-            watcher.kill()
-        if writer is not None and writer.poll() is None:
-            writer.kill()
+        _kill_leftovers(watcher, writer)
 
     # -- every scan exactly once, in the state it should be, for the reason it should be -----
     ledger = Ledger.read_json(output / "ledger.json")
@@ -341,10 +345,7 @@ def test_polling_mode_follows_a_scan_being_written_and_resumes_mid_scan(tmp_path
         _wait_for("both scans", lambda: _states(output) == expected, watcher, log, 90)
         _stop(watcher, log)
     finally:
-        if watcher.poll() is None:
-            watcher.kill()
-        if writer is not None and writer.poll() is None:
-            writer.kill()
+        _kill_leftovers(watcher, writer)
     ledger = Ledger.read_json(output / "ledger.json")
     record = ledger.scans["scan0000_manhattan.h5"]
     # resumed where it stopped: no segment trained twice, none skipped

@@ -26,6 +26,7 @@ from tests.helpers_scans import beamline_scan
 from tests.test_watch import (
     HELPER,
     _env,
+    _kill_leftovers,
     _start_watcher,
     _states,
     _stop,
@@ -86,8 +87,7 @@ def test_the_watched_directory_disappears_and_comes_back(tmp_path: Path) -> None
         )
         _stop(watcher, log)
     finally:
-        if watcher.poll() is None:
-            watcher.kill()
+        _kill_leftovers(watcher)
     text = log.read_text()
     assert text.count("disappeared") == 1 and text.count("is there again") == 1, text
     assert "Traceback" not in text
@@ -201,8 +201,7 @@ def test_a_full_output_disk_stops_the_watcher_with_one_line_and_whole_files(
         (scans / "scan0001_broken.h5").write_bytes(b"not a scan")
         watcher.wait(timeout=60)
     finally:
-        if watcher.poll() is None:
-            watcher.kill()
+        _kill_leftovers(watcher)
     text = log.read_text()
     assert watcher.returncode == 2, text
     errors = [line for line in text.splitlines() if line.startswith("ptycl: error:")]

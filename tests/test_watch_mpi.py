@@ -15,6 +15,7 @@ from tests.test_watch import (
     FRAMES,
     MPIEXEC,
     SEGMENT,
+    _kill_leftovers,
     _owed_steps,
     _read_json,
     _start_simulator,
@@ -66,10 +67,7 @@ def test_two_ranks_watch_stop_and_resume_exactly(tmp_path: Path) -> None:
         _, writer_err = writer.communicate(timeout=60)
         assert writer.returncode == 0, writer_err.decode()
     finally:
-        if job.poll() is None:
-            job.kill()
-        if writer is not None and writer.poll() is None:
-            writer.kill()
+        _kill_leftovers(job, writer)
 
     ledger = Ledger.read_json(output / "ledger.json")
     for record in ledger.scans.values():

@@ -38,6 +38,7 @@ from tests.helpers_scans import beamline_scan
 from tests.test_watch import (
     MPIEXEC,
     WATCH_CONFIG,
+    _kill_leftovers,
     _owed_steps,
     _read_json,
     _start_watcher,
@@ -264,8 +265,7 @@ def test_watch_soak_two_ranks_flat_memory_and_cost(tmp_path: Path) -> None:
         assert not any(_alive(pid) for pid in ranks.values()), f"ranks left: {ranks}"
     finally:
         stop.set()
-        if job.poll() is None:
-            job.kill()
+        _kill_leftovers(job)
         for pid in ranks.values():
             if _alive(pid):
                 os.kill(pid, 9)
