@@ -159,6 +159,11 @@ class WatchSettings(Section):
     # Where reconstructions of unlabelled scans go (None: beside the scan, <stem>.recon.h5/png).
     recon_dir: Path | None = None
     status_every_s: PositiveFloat = 5.0  # the live status line (and status.json)
+    # After each trained scan the error matrices get a row for it and for at most this many
+    # earlier trained scans, a uniform sample of the whole run kept as a reservoir
+    # (ptycl.stream.evaluation_set): evaluating every scan seen would cost time and memory
+    # growing with the run; a window of the latest scans would never measure forgetting.
+    evaluation_scans: PositiveInt = 16
 
 
 class RunSettings(Section):

@@ -186,12 +186,76 @@ def test_a_single_scan_has_no_history():
 def test_matrix_is_checked():
     with pytest.raises(ValueError, match="shape"):
         summarize_errors(R[:2], IDS)
-    missing = R.copy()
-    missing[2, 1] = NAN
+    infinite = R.copy()
+    infinite[2, 1] = math.inf
     with pytest.raises(ValueError, match=r"R\[2, 1\] \(scan b after scan c\)"):
-        summarize_errors(missing, IDS)
+        summarize_errors(infinite, IDS)
     with pytest.raises(ValueError, match="repeat"):
         summarize_errors(R, ("a", "a", "c"))
+
+
+# ptycl watch's rows: the diagonal and a sample of earlier scans, NaN where never evaluated.
+# a: 1.0 learned, 0.8 after b, not evaluated after c or d, 1.1 at the end
+# b: 2.0 learned, not evaluated since (no final value: no forgetting for b)
+# c: 3.0 learned, 2.7 after d, 3.3 at the end; d: 4.0 learned, never again; e: 5.0
+SPARSE = np.array(
+    [
+        [1.0, NAN, NAN, NAN, NAN],
+        [0.8, 2.0, NAN, NAN, NAN],
+        [NAN, NAN, 3.0, NAN, NAN],
+        [NAN, NAN, 2.7, 4.0, NAN],
+        [1.1, NAN, 3.3, NAN, 5.0],
+    ]
+)
+SPARSE_IDS = ("a", "b", "c", "d", "e")
+
+
+def test_summary_of_a_sparse_matrix_uses_the_cells_evaluated():
+    summary = summarize_errors(SPARSE, SPARSE_IDS, metric="phase_mae")
+    # the last row's evaluated scans: a, c, e
+    assert summary.final_average_error == pytest.approx((1.1 + 3.3 + 5.0) / 3)
+    # final minus just-learned, for a and c (b and d have no final value)
+    assert summary.backward_transfer == pytest.approx(((1.1 - 1.0) + (3.3 - 3.0)) / 2)
+    # a's best before the end 0.8, c's 2.7; b and d left out, not counted as zero
+    assert summary.forgetting == pytest.approx({"a": 1.1 - 0.8, "c": 3.3 - 2.7})
+    assert summary.mean_forgetting == pytest.approx((0.3 + 0.6) / 2)
+    assert summary.final_over_best == pytest.approx({"a": 1.1 / 0.8, "c": 3.3 / 2.7})
+    assert summary.average_error_per_step == pytest.approx(
+        (1.0, 1.4, 3.0, 3.35, (1.1 + 3.3 + 5.0) / 3)
+    )
+    as_dict = summary.to_dict()
+    assert as_dict["error_matrix"][2] == [None, None, 3.0, None, None]
+    # a last row with only its diagonal: forgetting undefined, the final average its one value
+    alone = summarize_errors(SPARSE[:4, :4], SPARSE_IDS[:4])
+    assert alone.final_average_error == pytest.approx(3.35)  # c 2.7, d 4.0
+    assert alone.forgetting == pytest.approx({"c": 2.7 - 3.0})  # improved: negative
+    only_diagonal = SPARSE[:3, :3]
+    summary = summarize_errors(only_diagonal, SPARSE_IDS[:3])
+    assert summary.final_average_error == 3.0 and summary.forgetting == {}
+    assert math.isnan(summary.mean_forgetting) and math.isnan(summary.backward_transfer)
+
+
+def test_a_sparse_matrix_round_trips_through_csv_and_is_drawn(tmp_path):
+    csv_path = write_error_matrix_csv(SPARSE, SPARSE_IDS, tmp_path / "R.csv")
+    assert csv_path.read_text().splitlines()[4] == "d,,,2.7,4.0,"
+    back, ids = read_error_matrix_csv(csv_path)
+    assert ids == SPARSE_IDS
+    np.testing.assert_array_equal(back, SPARSE)
+    read_png(plot_error_matrix(SPARSE, SPARSE_IDS, tmp_path / "matrix.png"))
+    read_png(plot_error_over_time(SPARSE, SPARSE_IDS, tmp_path / "first.png", first_k=3))
+
+
+def test_the_matrix_figure_of_a_long_run_stops_growing(tmp_path):
+    T = 300
+    ids = [f"scan{i:04d}" for i in range(T)]
+    rng = np.random.default_rng(0)
+    big = np.where(rng.random((T, T)) < 0.05, rng.random((T, T)), NAN)
+    big[np.triu_indices(T, 1)] = NAN
+    np.fill_diagonal(big, 0.5)
+    image = read_png(plot_error_matrix(big, ids, tmp_path / "big.png"))
+    # capped at 8 inches high (100 dpi), where 0.55 inch per scan would be 167 inches
+    assert image.shape[0] <= 800
+    read_png(plot_error_over_time(big, ids, tmp_path / "big_first.png"))
 
 
 def test_csv_and_json_round_trip(tmp_path):

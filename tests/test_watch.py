@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from ptycl.io.object_image import label_path_for, read_object_image, write_object_image
+from ptycl.stream.evaluation_set import EvaluationReservoir
 from ptycl.stream.ledger import Ledger, LedgerError, ScanRecord
 from ptycl.stream.segments import segment_count, segment_steps
 from ptycl.train.checkpoint import load_checkpoint, save_checkpoint
@@ -59,6 +60,8 @@ WATCH_CONFIG = {
         "poll_interval_s": 0.1,
         "status_every_s": 0.3,
         "stall_timeout_s": 5.0,
+        # one earlier scan per row: rows are sparse from the third trained scan on
+        "evaluation_scans": 1,
     },
 }
 
@@ -71,9 +74,11 @@ def _env() -> dict[str, str]:
     }
 
 
-def _write_config(tmp_path: Path, output_dir: Path) -> Path:
+def _write_config(tmp_path: Path, output_dir: Path, **watch: object) -> Path:
+    """WATCH_CONFIG writing to ``output_dir``, with ``watch`` settings changed."""
     config = json.loads(json.dumps(WATCH_CONFIG))
     config["run"]["output_dir"] = str(output_dir)
+    config["watch"].update(watch)
     path = tmp_path / "watch.yaml"
     path.write_text(json.dumps(config))  # JSON is YAML
     return path
@@ -163,6 +168,25 @@ def _owed_steps(frames_total: int) -> int:
         segment_steps(k * SEGMENT, min((k + 1) * SEGMENT, frames_total), STEPS_PER_SCAN, NOMINAL)
         for k in range(segment_count(frames_total, SEGMENT))
     )
+
+
+def _check_evaluated_rows(
+    output: Path, capacity: int = WATCH_CONFIG["watch"]["evaluation_scans"]
+) -> None:
+    """Row i of every error matrix holds scan i and the scans the evaluation set held before
+    it: at most ``evaluation_scans`` + 1, and exactly the scans an uninterrupted run with the
+    run's seed evaluates (the set's draws depend only on the seed and the scans offered, so
+    replaying the offers is the uninterrupted run), however often the watcher was resumed."""
+    metrics = json.loads((output / "metrics.json").read_text())
+    uninterrupted = EvaluationReservoir(capacity, WATCH_CONFIG["run"]["seed"])
+    for i in range(len(metrics["scan_ids"])):
+        for name, matrix in metrics["matrices"].items():
+            evaluated = [j for j, v in enumerate(matrix[i]) if v is not None]
+            assert evaluated == [*uninterrupted.members, i], (name, i, matrix[i])
+            assert len(evaluated) <= capacity + 1
+        uninterrupted.offer(i)
+    state = load_checkpoint(output / "checkpoints")["evaluation_set"]
+    assert EvaluationReservoir.from_state(state).state_dict() == uninterrupted.state_dict()
 
 
 def _frames_trained(output: Path) -> int:
@@ -287,7 +311,8 @@ def test_watch_follows_trains_reconstructs_quarantines_then_resumes_idle(
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["scan_ids"] == ["scan0000_manhattan", "scan0001_siemens", "scan0002_particles"]
     phase = metrics["matrices"]["phase_mae"]
-    assert all(0 <= v <= math.pi for i, row in enumerate(phase) for v in row[: i + 1])
+    assert all(0 <= v <= math.pi for row in phase for v in row if v is not None)
+    _check_evaluated_rows(output)
     assert [c["steps"] for c in metrics["costs"]] == [r.steps for r in trained]
     assert (output / "plots" / "R_phase_mae.png").exists()
     status = json.loads((output / "status.json").read_text())
@@ -308,9 +333,18 @@ def test_polling_mode_follows_a_scan_being_written_and_resumes_mid_scan(tmp_path
         _wait_for(
             "the watcher to start", lambda: (output / "status.json").exists(), watcher, log, 90
         )
-        writer = _start_simulator(scans, "simulate.n_scans=1")
-        # Stop once training on the scan is under way, the writer perhaps still at it.
-        _wait_for("a trained segment", lambda: _frames_trained(output) >= SEGMENT, watcher, log, 90)
+        writer = _start_simulator(
+            scans, "simulate.n_scans=3", "simulate.families=[manhattan, siemens, particles]"
+        )
+        # Stop once training on the third scan is under way (the evaluation set has drawn
+        # once), the writer perhaps still at it.
+        _wait_for(
+            "a trained segment of the third scan",
+            lambda: _frames_trained(output) >= 2 * FRAMES + SEGMENT,
+            watcher,
+            log,
+            90,
+        )
         _stop(watcher, log)
         _, writer_err = writer.communicate(timeout=60)
         assert writer.returncode == 0, writer_err.decode()
@@ -339,6 +373,8 @@ def test_polling_mode_follows_a_scan_being_written_and_resumes_mid_scan(tmp_path
         watcher = _start_watcher(scans, config, "--polling", "--resume", log=log)
         expected = {
             "scan0000_manhattan.h5": "trained",
+            "scan0001_siemens.h5": "trained",
+            "scan0002_particles.h5": "trained",
             "scan0009_small.h5": "quarantined",
             "scan0010_dead.h5": "quarantined",
         }
@@ -347,11 +383,14 @@ def test_polling_mode_follows_a_scan_being_written_and_resumes_mid_scan(tmp_path
     finally:
         _kill_leftovers(watcher, writer)
     ledger = Ledger.read_json(output / "ledger.json")
-    record = ledger.scans["scan0000_manhattan.h5"]
+    trained = [r for r in ledger.scans.values() if r.state == "trained"]
     # resumed where it stopped: no segment trained twice, none skipped
-    assert record.frames_trained == FRAMES and record.steps == _owed_steps(FRAMES)
+    for record in trained:
+        assert record.frames_trained == FRAMES and record.steps == _owed_steps(FRAMES)
     state = load_checkpoint(output / "checkpoints")
-    assert state["trainer"]["position"][2] == _owed_steps(FRAMES)
+    assert state["trainer"]["position"][2] == 3 * _owed_steps(FRAMES)
+    # the resumed watcher evaluates the set an uninterrupted one would (reloaded from DIR)
+    _check_evaluated_rows(output)
     assert "shape mismatch" in ledger.scans["scan0009_small.h5"].reason
     assert "stalled" in ledger.scans["scan0010_dead.h5"].reason
     status = json.loads((output / "status.json").read_text())

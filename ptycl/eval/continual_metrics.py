@@ -1,17 +1,23 @@
 """Continual-learning summaries of an error matrix (GEM's metrics, written for errors).
 
 ``R[i, j]`` is the error on scan j (its held-out frames) after training through scan i; it is
-NaN for j > i (scan j not seen yet). Lower is better everywhere, so the signs are flipped from
-the accuracy versions: a positive backward transfer or forgetting means the model got *worse*
-on old scans.
+NaN for j > i (scan j not seen yet) and for any cell never evaluated: ``ptycl train`` fills the
+whole lower triangle, ``ptycl watch`` only the diagonal and a bounded sample of earlier scans
+per row (``ptycl.stream.evaluation_set``). Lower is better everywhere, so the signs are flipped
+from the accuracy versions: a positive backward transfer or forgetting means the model got
+*worse* on old scans.
 
-- final average error: mean of the last row, R[T-1, :];
-- backward transfer: mean over j < T-1 of R[T-1, j] - R[j, j] (final minus just-learned);
+- final average error: mean of the last row over the scans evaluated in it, R[T-1, j] not NaN;
+- backward transfer: mean of R[T-1, j] - R[j, j] (final minus just-learned) over the scans
+  j < T-1 with both values;
 - forgetting of scan j < T-1: R[T-1, j] - min over j <= i < T-1 of R[i, j] (final minus the
-  best it ever was before the end), and the final / best ratio of the same two numbers.
+  best it ever was before the end), and the final / best ratio of the same two numbers; only
+  for scans with a final value and at least one earlier one (the others are left out, not
+  counted as zero).
 
-The last scan has no history, so the per-scan numbers cover scans 0 .. T-2 only. Values above
-the diagonal (scans evaluated before training on them) are allowed and ignored.
+The last scan has no history, so the per-scan numbers cover scans 0 .. T-2 at most. Values above
+the diagonal (scans evaluated before training on them) are allowed and ignored. With every cell
+of the lower triangle present (``ptycl train``) these are the textbook definitions.
 """
 
 from __future__ import annotations
@@ -36,13 +42,15 @@ class ContinualSummary:
 
     metric: str  # what R holds, e.g. "phase_mae"
     scan_ids: tuple[str, ...]
-    error_matrix: np.ndarray  # (T, T) R[i, j], NaN (or ignored) above the diagonal
-    final_average_error: float
-    backward_transfer: float  # NaN for a single scan
-    average_error_per_step: tuple[float, ...]  # mean of R[i, :i+1]: the learning curve
-    forgetting: dict[str, float]  # scan id -> final minus best before the end (j < T-1)
-    mean_forgetting: float  # NaN for a single scan
-    final_over_best: dict[str, float]  # scan id -> final / best before the end (j < T-1)
+    error_matrix: np.ndarray  # (T, T) R[i, j]; NaN: never evaluated (ignored above the diagonal)
+    final_average_error: float  # over the scans evaluated in the last row
+    backward_transfer: float  # NaN for a single scan (or no scan with both values)
+    average_error_per_step: tuple[float, ...]  # mean of R[i, :i+1] evaluated: the learning curve
+    # scan id -> final minus best before the end, for scans j < T-1 with a final value and at
+    # least one earlier one
+    forgetting: dict[str, float]
+    mean_forgetting: float  # NaN for a single scan (or no scan in ``forgetting``)
+    final_over_best: dict[str, float]  # scan id -> final / best before the end, same scans
 
     def to_dict(self) -> dict[str, object]:
         """Plain JSON-ready values; NaN (undefined) and inf (a ratio to a zero error) become None."""
@@ -62,32 +70,35 @@ class ContinualSummary:
 def summarize_errors(
     error_matrix: np.ndarray, scan_ids: Sequence[str], metric: str = "error"
 ) -> ContinualSummary:
-    """Final average error, backward transfer and forgetting of an error matrix R (T x T)."""
+    """Final average error, backward transfer and forgetting of an error matrix R (T x T);
+    never-evaluated cells (NaN) are left out of every mean, minimum and difference."""
     R = _checked_matrix(error_matrix, scan_ids)
     T = len(R)
     final = R[T - 1]
     history = range(T - 1)  # scans that were learned before the last one
     # best error on scan j before the end: min over rows j .. T-2 of column j
-    best = np.array([R[j : T - 1, j].min() for j in history])
+    best = np.array([_finite_min(R[j : T - 1, j]) for j in history])
+    forgotten = [j for j in history if math.isfinite(final[j]) and math.isfinite(best[j])]
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = final[: T - 1] / best
     return ContinualSummary(
         metric=metric,
         scan_ids=tuple(scan_ids),
         error_matrix=R,
-        final_average_error=float(final.mean()),
-        backward_transfer=_mean([final[j] - R[j, j] for j in history]),
-        average_error_per_step=tuple(float(R[i, : i + 1].mean()) for i in range(T)),
-        forgetting={scan_ids[j]: float(final[j] - best[j]) for j in history},
-        mean_forgetting=_mean(final[: T - 1] - best),
-        final_over_best={scan_ids[j]: float(ratio[j]) for j in history},
+        final_average_error=_mean(_finite(final)),
+        backward_transfer=_mean(_finite(np.array([final[j] - R[j, j] for j in history]))),
+        average_error_per_step=tuple(_mean(_finite(R[i, : i + 1])) for i in range(T)),
+        forgetting={scan_ids[j]: float(final[j] - best[j]) for j in forgotten},
+        mean_forgetting=_mean((final[: T - 1] - best)[forgotten]),
+        final_over_best={scan_ids[j]: float(ratio[j]) for j in forgotten},
     )
 
 
 def write_error_matrix_csv(
     error_matrix: np.ndarray, scan_ids: Sequence[str], path: str | Path
 ) -> Path:
-    """R as CSV: a header of scan ids, one row per training step; not-yet-seen cells empty."""
+    """R as CSV: a header of scan ids, one row per training step; cells never evaluated (not
+    seen yet, or left out of the row's evaluation) empty."""
     R = _checked_matrix(error_matrix, scan_ids)
     path = Path(path)
     with replacing(path) as temporary, temporary.open("w", newline="") as out:
@@ -113,6 +124,8 @@ def write_summary_json(summary: ContinualSummary, path: str | Path) -> Path:
 
 
 def _checked_matrix(error_matrix: np.ndarray, scan_ids: Sequence[str]) -> np.ndarray:
+    """R as float64, checked: square over distinct scan ids; in the lower triangle each cell an
+    error or NaN (never evaluated), never infinite."""
     R = np.asarray(error_matrix, dtype=np.float64)
     T = len(scan_ids)
     if T == 0 or R.shape != (T, T):
@@ -120,12 +133,21 @@ def _checked_matrix(error_matrix: np.ndarray, scan_ids: Sequence[str]) -> np.nda
     if len(set(scan_ids)) != T:
         raise ValueError(f"scan ids repeat: {list(scan_ids)}")
     seen = np.tril(np.ones((T, T), bool))
-    if not np.isfinite(R[seen]).all():
-        i, j = np.argwhere(seen & ~np.isfinite(R))[0]
+    if np.isinf(R[seen]).any():
+        i, j = np.argwhere(seen & np.isinf(R))[0]
         raise ValueError(
             f"R[{i}, {j}] (scan {scan_ids[j]} after scan {scan_ids[i]}) is not a finite error"
         )
     return R
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    return values[np.isfinite(values)]
+
+
+def _finite_min(values: np.ndarray) -> float:
+    finite = _finite(values)
+    return float(finite.min()) if finite.size else math.nan
 
 
 def _mean(values: Sequence[float] | np.ndarray) -> float:

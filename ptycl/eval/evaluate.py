@@ -5,17 +5,23 @@ Two views of "how well does the model know scan j":
   model never trained on (this fills R[i, j]);
 - the stitched image: every frame of scan j inferred and stitched on the truth's grid, then
   PSNR and SSIM against the truth over the covered area (what a scientist looks at).
+
+So evaluating a scan needs every prepared frame (the stitched image infers them all), their
+positions and the truth, but label patches only of the held-out frames: ``EvaluationScan``
+keeps that and no more, which is what ``ptycl watch`` holds of each scan it evaluates again.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
 from ptycl.eval.image_metrics import object_errors
+from ptycl.io.records import ObjectImage
 from ptycl.model.ptychonn import PtychoNN
 from ptycl.recon.infer import predict
 from ptycl.recon.stitch import StitchedObject, stitch_patches
@@ -32,14 +38,47 @@ MATRIX_NAMES = (
 )
 
 
+@dataclass(frozen=True)
+class EvaluationScan:
+    """What ``scan_errors`` needs of a scan, and no more: every prepared frame and its position
+    (stitching infers them all), the truth on the label grid, and the label patches of the
+    held-out frames only. At ``prep.holdout_fraction`` 0.25 that is half of a ``ScanTensors``
+    (which holds two label planes per frame besides the frame); its size is fixed by the
+    scan's length, whatever happens later."""
+
+    scan_id: str
+    inputs: torch.Tensor  # (N, 1, S, S) float32, every frame
+    positions_m: np.ndarray  # (N, 2) (y, x)
+    truth: ObjectImage  # the label object, phase-referenced, on the label pixel grid
+    holdout_rows: torch.Tensor  # (H,) int64 rows of ``inputs`` never trained on
+    holdout_labels: torch.Tensor  # (H, 2, S, S) float32 amplitude, phase of those rows
+
+    @classmethod
+    def of(cls, scan: ScanTensors | EvaluationScan) -> EvaluationScan:
+        if isinstance(scan, EvaluationScan):
+            return scan
+        rows = scan.holdout_rows
+        return cls(
+            scan_id=scan.scan_id,
+            inputs=scan.inputs,
+            positions_m=scan.positions_m,
+            truth=scan.truth,
+            holdout_rows=rows,
+            holdout_labels=scan.labels[rows],  # indexing copies: the full labels can go
+        )
+
+
 def holdout_mae(
-    model: PtychoNN, scan: ScanTensors, device: torch.device, support: torch.Tensor
+    model: PtychoNN,
+    scan: ScanTensors | EvaluationScan,
+    device: torch.device,
+    support: torch.Tensor,
 ) -> tuple[float, float]:
     """(amplitude MAE, phase MAE in radians, wrapped) over the scan's held-out frames, on the
     (S, S) ``support`` pixels (the illuminated field of view the model learns)."""
-    rows = scan.holdout_rows
-    predicted = predict(model, scan.inputs[rows], device)
-    truth = scan.labels[rows]
+    scan = EvaluationScan.of(scan)
+    predicted = predict(model, scan.inputs[scan.holdout_rows], device)
+    truth = scan.holdout_labels
     lit = support.cpu()
     amplitude = (predicted[:, 0] - truth[:, 0])[:, lit].abs().mean().item()
     phase_difference = (
@@ -49,7 +88,10 @@ def holdout_mae(
 
 
 def stitch_scan(
-    model: PtychoNN, scan: ScanTensors, device: torch.device, support: torch.Tensor
+    model: PtychoNN,
+    scan: ScanTensors | EvaluationScan,
+    device: torch.device,
+    support: torch.Tensor,
 ) -> StitchedObject:
     """Infer every frame of the scan and stitch the ``support`` of each patch on the truth's
     grid."""
@@ -65,7 +107,10 @@ def stitch_scan(
 
 
 def scan_errors(
-    model: PtychoNN, scan: ScanTensors, device: torch.device, support: torch.Tensor
+    model: PtychoNN,
+    scan: ScanTensors | EvaluationScan,
+    device: torch.device,
+    support: torch.Tensor,
 ) -> dict[str, float]:
     """Every metric of ``MATRIX_NAMES`` on one scan."""
     amplitude_mae, phase_mae = holdout_mae(model, scan, device, support)
@@ -80,43 +125,77 @@ def scan_errors(
 
 @dataclass
 class ErrorMatrices:
-    """R[i][j] for each metric: the metric on scan j after training through scan i (NaN: unseen)."""
+    """R[i][j] for each metric: the metric on scan j after training through scan i.
+
+    Stored sparse, row by row: row i holds values only for the scans evaluated after scan i,
+    ``columns[i]`` (ascending), aligned with ``rows[name][i]``; every other cell is NaN, never
+    evaluated (above the diagonal: not seen yet). ``ptycl train`` evaluates every scan seen,
+    so its row i is columns 0..i (the full lower triangle); ``ptycl watch`` evaluates the newest
+    scan and a bounded sample of earlier ones, so memory grows with the rows, not their square.
+
+    Constructed without ``columns``, each row is read as dense from column 0 (values may be NaN),
+    the layout of nested lists such as ``matrix(name).tolist()``.
+    """
 
     scan_ids: list[str] = field(default_factory=list)
     rows: dict[str, list[list[float]]] = field(
         default_factory=lambda: {name: [] for name in MATRIX_NAMES}
     )
+    columns: list[list[int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.columns:
+            lengths = [len(row) for row in next(iter(self.rows.values()), [])]
+            self.columns = [list(range(n)) for n in lengths]
 
     def add_row(
         self,
         model: PtychoNN,
-        scans: list[ScanTensors],
+        scans: Sequence[ScanTensors | EvaluationScan],
         device: torch.device,
         support: torch.Tensor,
         dist: Distributed | None = None,
+        columns: Sequence[int] | None = None,
     ) -> dict[str, list[float]]:
-        """Evaluate every scan seen so far after training through the newest one.
+        """Evaluate ``scans`` after training through the newest one: a new row.
+
+        Without ``columns``, ``scans`` are every scan seen so far, in order (they name the
+        matrix's columns). With ``columns``, scan k is column ``columns[k]`` (ascending) of the
+        scans named by ``scan_ids``, which the caller keeps; every other column of the row is
+        never evaluated.
 
         With ``dist`` (a data-parallel job; collective), each rank evaluates its share of the
-        scans and every rank gets, and adds, the whole row.
+        scans and every rank gets, and adds, the whole row. Returns the row's values, in the
+        order of ``scans``.
         """
-        self.scan_ids = [scan.scan_id for scan in scans]
+        if columns is None:
+            self.scan_ids = [scan.scan_id for scan in scans]
+            columns = range(len(scans))
+        if len(columns) != len(scans) or list(columns) != sorted(set(columns)):
+            raise ValueError(f"columns {list(columns)} for {len(scans)} scans: need ascending")
         indices = range(len(scans))
         mine = indices if dist is None else indices[dist.share(len(scans))]
         errors = {i: scan_errors(model, scans[i], device, support) for i in mine}
         if dist is not None:
             errors = {i: e for part in dist.allgather(errors) for i, e in part.items()}
         row = {name: [errors[i][name] for i in indices] for name in MATRIX_NAMES}
+        self.columns.append([int(j) for j in columns])
         for name in MATRIX_NAMES:
             self.rows[name].append(row[name])
         return row
 
+    def latest(self, name: str) -> tuple[list[int], list[float]]:
+        """(columns, values) of the newest row of ``name``; empty before the first row."""
+        if not self.rows[name]:
+            return [], []
+        return self.columns[-1], self.rows[name][-1]
+
     def matrix(self, name: str) -> np.ndarray:
-        """The T x T matrix, NaN above the diagonal (scans not yet seen)."""
+        """The T x T matrix, NaN where never evaluated (above the diagonal: not yet seen)."""
         rows = self.rows[name]
         out = np.full((len(rows), len(rows)), np.nan)
-        for i, values in enumerate(rows):
-            out[i, : len(values)] = values
+        for i, (columns, values) in enumerate(zip(self.columns, rows, strict=True)):
+            out[i, columns] = values
         return out
 
     def state_dict(self) -> dict:
@@ -124,7 +203,24 @@ class ErrorMatrices:
 
     @classmethod
     def from_state(cls, state: dict) -> ErrorMatrices:
-        return cls(
-            scan_ids=list(state["scan_ids"]),
-            rows={k: [list(r) for r in v] for k, v in state["rows"].items()},
-        )
+        """From ``state_dict()``; a state saved before rows were sparse (dense rows from column
+        0, NaN where never evaluated) is converted, its all-NaN cells dropped."""
+        rows = {k: [list(r) for r in v] for k, v in state["rows"].items()}
+        if "columns" in state:
+            return cls(
+                scan_ids=list(state["scan_ids"]),
+                rows=rows,
+                columns=[[int(j) for j in c] for c in state["columns"]],
+            )
+        names = list(rows)
+        columns: list[list[int]] = []
+        for i, first in enumerate(rows[names[0]] if names else []):
+            kept = [
+                j
+                for j in range(len(first))
+                if not all(math.isnan(rows[name][i][j]) for name in names)
+            ]
+            columns.append(kept)
+            for name in names:
+                rows[name][i] = [rows[name][i][j] for j in kept]
+        return cls(scan_ids=list(state["scan_ids"]), rows=rows, columns=columns)

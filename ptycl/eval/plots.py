@@ -21,6 +21,11 @@ from ptycl.io.records import ObjectImage
 from ptycl.outputs import replacing
 
 ANNOTATE_UP_TO = 20  # annotate error-matrix cells with their values up to this many scans
+# An error matrix of a long watch run has thousands of scans: its figure stops growing at this
+# side (inches: 0.55 inch per scan up to 10 scans), so drawing it costs the same time and memory
+# after ten scans or ten thousand, and axes label at most this many ticks.
+MATRIX_SIDE_MAX_IN = 8.0
+TICK_LABELS_MAX = 20
 LINE_STYLES = ("-", "--", ":", "-.")
 UNCOVERED_COLOUR = "#d9d9d9"  # not-yet-seen matrix cells and unstitched image pixels
 
@@ -33,19 +38,22 @@ def plot_error_matrix(
     metric: str = "error",
 ) -> Path:
     """Heatmap of R[i, j] (row: trained through scan i, column: evaluated on scan j), each cell
-    annotated with its value; cells not yet seen (NaN) are grey."""
+    annotated with its value up to ANNOTATE_UP_TO scans; cells never evaluated (NaN: not seen
+    yet, or left out of that row's evaluation) are grey. The figure's size is capped, so a
+    matrix of thousands of scans costs what one of a few dozen does."""
     R = np.asarray(error_matrix, dtype=np.float64)
     T = len(scan_ids)
     if R.shape != (T, T):
         raise ValueError(f"error matrix of shape {R.shape} for {T} scan ids")
-    side = 2.5 + 0.55 * T
+    side = min(2.5 + 0.55 * T, MATRIX_SIDE_MAX_IN)
     fig = Figure(figsize=(side + 1.2, side), layout="constrained")
     ax = fig.add_subplot()
     cmap = colormaps["viridis"].with_extremes(bad=UNCOVERED_COLOUR)
     shown = ax.imshow(np.ma.masked_invalid(R), cmap=cmap)
     fig.colorbar(shown, ax=ax, label=metric)
-    ax.set_xticks(range(T), scan_ids, rotation=45, ha="right")
-    ax.set_yticks(range(T), scan_ids)
+    ticks = _tick_positions(T)
+    ax.set_xticks(ticks, [scan_ids[t] for t in ticks], rotation=45, ha="right")
+    ax.set_yticks(ticks, [scan_ids[t] for t in ticks])
     ax.set_xlabel("evaluated on scan")
     ax.set_ylabel("after training through scan")
     ax.set_title(title)
@@ -68,7 +76,8 @@ def plot_error_over_time(
     metric: str = "error",
 ) -> Path:
     """Error on each of the first ``first_k`` scans (colour) after each training step, from the
-    step that learned it on; one line style per strategy when given {strategy: R}."""
+    step that learned it on; one line style per strategy when given {strategy: R}. Steps that
+    did not evaluate the scan (NaN) are skipped, the line joining the ones that did."""
     strategies = (
         dict(error_matrices) if isinstance(error_matrices, Mapping) else {"": error_matrices}
     )
@@ -84,16 +93,19 @@ def plot_error_over_time(
             )
         for j in range(min(first_k, T)):
             label = f"{strategy}: scan {scan_ids[j]}" if strategy else f"scan {scan_ids[j]}"
+            steps = np.arange(j, T)
+            evaluated = np.isfinite(R[j:, j])
             ax.plot(
-                range(j, T),
-                R[j:, j],
+                steps[evaluated],
+                R[j:, j][evaluated],
                 marker="o",
                 markersize=4,
                 label=label,
                 color=colours(j % colours.N),
                 linestyle=LINE_STYLES[s % len(LINE_STYLES)],
             )
-    ax.set_xticks(range(T), scan_ids, rotation=45, ha="right")
+    ticks = _tick_positions(T)
+    ax.set_xticks(ticks, [scan_ids[t] for t in ticks], rotation=45, ha="right")
     ax.set_xlabel("after training through scan")
     ax.set_ylabel(metric)
     ax.set_title(title)
@@ -207,6 +219,13 @@ def _extent_um(image: ObjectImage) -> tuple[float, float, float, float]:
     top = cy + (-(h // 2) - 0.5) * py
     bottom = cy + (h - h // 2 - 0.5) * py
     return tuple(v * 1e6 for v in (left, right, bottom, top))
+
+
+def _tick_positions(n: int) -> list[int]:
+    """Every position up to TICK_LABELS_MAX, else evenly spaced ones with the first and last."""
+    if n <= TICK_LABELS_MAX:
+        return list(range(n))
+    return sorted({round(k * (n - 1) / (TICK_LABELS_MAX - 1)) for k in range(TICK_LABELS_MAX)})
 
 
 def _save(fig: Figure, path: str | Path) -> Path:

@@ -65,6 +65,7 @@ class ScanRecord:
     segments_trained: int = 0
     frames_trained: int = 0  # frames of the trained segments (held-out ones included)
     steps: int = 0  # optimiser steps taken on its segments
+    eval_seconds: float = 0.0  # wall time of the error-matrix row after it (rank 0's)
     label: str | None = None  # where the label came from: "in_scan" or the label file's name
     reason: str | None = None  # quarantine reason, one line
     reconstruction: str | None = None  # path of the reconstruction written for it

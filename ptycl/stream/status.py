@@ -33,6 +33,7 @@ class WatchCounters:
     recon_seconds: float = 0.0  # wall time inferring, stitching and writing reconstructions
     train_seconds: float = 0.0  # wall time inside training segments
     read_seconds: float = 0.0  # wall time reading and preparing frames
+    eval_seconds: float = 0.0  # wall time filling error-matrix rows (rank 0)
     steps: int = 0
 
 
@@ -46,7 +47,9 @@ class StatusSnapshot:
     store_capacity: int | None
     latest_scan: str | None
     latest_phase_mae: float | None  # of the newest trained scan, just after training on it
-    mean_phase_mae: float | None  # over every trained scan, after the newest
+    # over the scans evaluated after the newest (it and the evaluation set, at most
+    # watch.evaluation_scans earlier scans; ``ptycl.stream.evaluation_set``), those with a value
+    mean_phase_mae: float | None
     counters: WatchCounters = field(default_factory=WatchCounters)
 
 

@@ -15,9 +15,23 @@ What it does with each scan that appears in DIR (``ptycl.stream.discovery``):
   under ``watch.recon_dir``); a label arriving later still trains on it;
 - a bad scan (truncated, NaN frames, wrong shape, stalled writer...) is quarantined with a
   one-line reason (``ptycl.stream.quarantine``) and the watcher goes on;
-- after each trained scan: the error matrices over every trained scan (``ErrorMatrices``), the
-  run's ``metrics.json``, CSVs and plots (``ptycl.train.report``), a checkpoint; a live status
-  line all along (``ptycl.stream.status``).
+- after each trained scan: a row of the error matrices (``ErrorMatrices``), the run's
+  ``metrics.json``, CSVs and plots (``ptycl.train.report``), a checkpoint; a live status line
+  all along (``ptycl.stream.status``).
+
+What R means here: ``R[i, j]`` is the error on scan j's held-out frames after training through
+scan i, as in ``ptycl train``, but row i is filled only for the scan just trained (the diagonal
+``R[i, i]``, always) and the scans of the evaluation set: a uniform sample of at most
+``watch.evaluation_scans`` of the earlier trained scans, kept as a reservoir over the whole run
+(``ptycl.stream.evaluation_set``). Every other cell is NaN, never evaluated (empty in the CSVs,
+null in ``metrics.json``), and the summaries use the cells that were: the final average error
+is over the scans evaluated in the last row, forgetting is given for the scans with a final
+value and an earlier one. So evaluating costs the same after every scan however long the run,
+and rank 0 holds only the set's scans (``EvaluationScan``: frames, positions, truth, held-out
+labels), not every scan trained; each trained scan still has the same chance to be measured
+again later, so the forgetting of old scans stays in view. The set (its scans, its counter and
+its generator's state) is in the checkpoint; ``--resume`` reloads those scans from DIR and goes
+on with the same set.
 
 Training granularity: segments, with steps in proportion to frames. A scan's frames are cut
 into fixed segments of ``watch.segment_frames`` (``ptycl.stream.segments``); a segment is
@@ -56,7 +70,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import signal
 import time
 from dataclasses import dataclass, field
@@ -69,7 +82,7 @@ import torch
 from ptycl.cli import add_config_arguments
 from ptycl.config import Config, dump_config, load_config
 from ptycl.errors import ConfigError, OutputError, ScanError
-from ptycl.eval.evaluate import MATRIX_NAMES, ErrorMatrices
+from ptycl.eval.evaluate import ErrorMatrices, EvaluationScan
 from ptycl.io.object_image import label_path_for
 from ptycl.io.records import ObjectImage, ScanMetadata
 from ptycl.logs import setup_logging
@@ -83,6 +96,7 @@ from ptycl.stream.discovery import (
     Sighting,
     scan_stem_of_label,
 )
+from ptycl.stream.evaluation_set import EvaluationReservoir
 from ptycl.stream.follower import ScanBuffer, ScanFollower, UnusableScan, read_label_file
 from ptycl.stream.ledger import Ledger
 from ptycl.stream.quarantine import QUARANTINE_LIST, quarantine
@@ -91,7 +105,6 @@ from ptycl.stream.status import StatusLine, StatusSnapshot, WatchCounters
 from ptycl.train.checkpoint import RunCheckpoints
 from ptycl.train.distributed import Distributed, init_distributed
 from ptycl.train.report import RunReport, write_report
-from ptycl.train.scan_data import ScanTensors
 from ptycl.train.trainer import ContinualTrainer, StreamPosition
 
 log = logging.getLogger("ptycl.stream")
@@ -203,6 +216,8 @@ class Watcher:
         self.trainer = SegmentTrainer.build(config, dist)
         self.matrices = ErrorMatrices()
         self.ledger = Ledger(segment_frames=self.settings.segment_frames)
+        # which earlier trained scans each new row evaluates (every rank keeps it, in step)
+        self.evaluation_set = EvaluationReservoir(self.settings.evaluation_scans, config.run.seed)
         self.buffers: dict[str, ScanBuffer] = {}  # every rank: scans being followed / trained
         self.stop_signal: str | None = None
         # rank 0 only: the directory, the files, the clocks, evaluation and outputs
@@ -212,7 +227,8 @@ class Watcher:
         self.label_candidates: dict[str, Candidate] = {}  # scan name -> its label file
         self.awaiting_label: dict[str, Path] = {}  # reconstructed scans a label may still train
         self.complete_since: dict[str, float] = {}
-        self.eval_scans: list[ScanTensors | None] = []
+        # the evaluation set's scans by error-matrix column; None: gone since a restart
+        self.eval_scans: dict[int, EvaluationScan | None] = {}
         self.tick = Tick()  # the decisions of the loop under way, for the other ranks
         self.counters = WatchCounters()
         self.status: StatusLine | None = None
@@ -713,39 +729,57 @@ class Watcher:
             self._show_status(force=False)  # a long segment does not freeze the status line
 
     def _scan_trained(self, name: str) -> None:
+        """Every rank: the scan is trained and offered to the evaluation set (the same draws on
+        every rank, so their checkpoint states agree). Rank 0: its error-matrix row, kept for
+        later rows if the set admits it (dropped otherwise), the report."""
         buffer = self.buffers.pop(name)
         record = self.ledger.move(name, "trained")
+        column = len(self.ledger.evaluated) - 1
+        newest = None
+        if self.main:
+            self.complete_since.pop(name, None)
+            newest = EvaluationScan.of(buffer.evaluation())
+            del buffer  # the last reference: its frames (with spare room) go before evaluating
+            started = time.perf_counter()
+            columns, row = self._add_error_row(column, newest)
+            record.eval_seconds = time.perf_counter() - started
+            self.counters.eval_seconds += record.eval_seconds
+        admitted, evicted = self.evaluation_set.offer(column)
         if not self.main:
             return
-        self.complete_since.pop(name, None)
-        self.eval_scans.append(buffer.evaluation())
-        row = self._add_error_row()
+        if evicted is not None:
+            self.eval_scans.pop(evicted, None)
+        if admitted:
+            self.eval_scans[column] = newest
         log.info(
-            "%s: trained, %d frames in %d segments, %d steps; phase MAE after it: %s",
+            "%s: trained, %d frames in %d segments, %d steps; phase MAE after it: %.3f on it, "
+            "%.3f mean over %d scans (%.1f s)%s",
             name,
             record.frames_trained,
             record.segments_trained,
             record.steps,
-            " ".join(f"{v:.3f}" for v in row),
+            row[-1],
+            float(np.nanmean(row)),
+            len(columns),
+            record.eval_seconds,
+            "" if admitted else "; not kept for later evaluation",
         )
         self._write_report()
 
-    def _add_error_row(self) -> list[float]:
-        """A row of every error matrix over the trained scans; NaN for a scan whose file is
-        gone since a restart (it cannot be evaluated again)."""
+    def _add_error_row(self, column: int, newest: EvaluationScan) -> tuple[list[int], list[float]]:
+        """Row ``column`` of every error matrix: the evaluation set's scans that could be read
+        again since a restart, and the scan just trained. Returns (columns, phase MAE)."""
         trainer = self.trainer
-        present = [scan for scan in self.eval_scans if scan is not None]
-        self.matrices.add_row(trainer.model, present, trainer.device, trainer.support)
-        if len(present) < len(self.eval_scans):
-            for name in MATRIX_NAMES:
-                values = iter(self.matrices.rows[name][-1])
-                self.matrices.rows[name][-1] = [
-                    math.nan if scan is None else next(values) for scan in self.eval_scans
-                ]
+        held = [j for j in self.evaluation_set.members if self.eval_scans.get(j) is not None]
+        scans = [self.eval_scans[j] for j in held] + [newest]
+        columns = [*held, column]
+        row = self.matrices.add_row(
+            trainer.model, scans, trainer.device, trainer.support, columns=columns
+        )
         self.matrices.scan_ids = [
             self.ledger.scans[name].scan_id or name for name in self.ledger.evaluated
         ]
-        return self.matrices.rows["phase_mae"][-1]
+        return columns, row["phase_mae"]
 
     # -- checkpoints, reports, status -------------------------------------------------------
 
@@ -754,6 +788,7 @@ class Watcher:
         state: dict[str, Any] = {
             "trainer": self.trainer.state_dict(),
             "matrices": self.matrices.state_dict(),
+            "evaluation_set": self.evaluation_set.state_dict(),
             "ledger": self.ledger.to_state(),
         }
         self.checkpoints.save(state)
@@ -770,9 +805,24 @@ class Watcher:
                 f"the run was cut into segments of {ledger.segment_frames} frames, not "
                 f"{self.settings.segment_frames}: resume with the same setting",
             )
+        evaluation_scans = self.settings.evaluation_scans
+        if "evaluation_set" in state:
+            evaluation_set = EvaluationReservoir.from_state(state["evaluation_set"])
+        else:  # a checkpoint from before the set was kept: the set it would have held
+            evaluation_set = EvaluationReservoir.replayed(
+                evaluation_scans, self.config.run.seed, len(ledger.evaluated)
+            )
+        if evaluation_set.capacity != evaluation_scans:
+            raise ConfigError(
+                "--resume",
+                "watch.evaluation_scans",
+                f"the run evaluates {evaluation_set.capacity} earlier scans after each one, "
+                f"not {evaluation_scans}: resume with the same setting",
+            )
         self.trainer.load_state_dict(state["trainer"], shards)
         self.matrices = ErrorMatrices.from_state(state["matrices"])
         self.ledger = ledger
+        self.evaluation_set = evaluation_set
         position = self.trainer.state.position
         counts = ledger.counts()
         log.info(
@@ -785,11 +835,11 @@ class Watcher:
             else "",
         )
         if self.main:
-            # The trained scans again, for the error matrices of the scans still to come.
-            for name in ledger.evaluated:
-                self.eval_scans.append(self._reload_for_evaluation(name))
+            # The evaluation set's scans again, for the rows of the scans still to come.
+            for column in evaluation_set.members:
+                self.eval_scans[column] = self._reload_for_evaluation(ledger.evaluated[column])
 
-    def _reload_for_evaluation(self, name: str) -> ScanTensors | None:
+    def _reload_for_evaluation(self, name: str) -> EvaluationScan | None:
         record = self.ledger.scans[name]
         path = self.directory / name
         try:
@@ -812,7 +862,7 @@ class Watcher:
             if found is None:
                 raise ScanError(path, "its label is gone")
             buffer.set_label(found[0], record.task)
-            return buffer.evaluation()
+            return EvaluationScan.of(buffer.evaluation())
         except ScanError as exc:
             log.error("%s: trained before, cannot evaluate it again: %s", name, exc)
             return None
@@ -831,8 +881,7 @@ class Watcher:
         if self.status is None or not (force or self.status.due()):
             return
         store = self.trainer.store
-        phase = self.matrices.rows["phase_mae"]
-        latest = phase[-1] if phase else []
+        _, latest = self.matrices.latest("phase_mae")
         backlog = sum(
             len(buffer) - self.ledger.scans[name].frames_trained
             for name, buffer in self.buffers.items()
