@@ -82,6 +82,9 @@ class PrepSettings(Section):
 class ModelSettings(Section):
     width: PositiveInt = 32  # channels of the first encoder level, doubled at each level
     depth: Annotated[int, Field(ge=2, le=5)] = 3  # pooling levels in the encoder
+    # GroupNorm after every convolution ("none": the published network's plain conv-ReLU); see
+    # ptycl.model.ptychonn for why it is on by default.
+    norm: Literal["group", "none"] = "group"
     # Fast paths, for GPUs above all; each gives the plain path's outputs within the tolerance
     # stated in tests/test_model_fast_paths.py. bf16: the convolutions run under bfloat16
     # autocast (the heads' sigmoid and tanh in float32); channels_last: NHWC memory layout,

@@ -60,9 +60,37 @@ def test_model_outputs_are_bounded_and_named():
     model = PtychoNN(width=8, depth=3)
     out = model(torch.randn(3, 1, 64, 64) * 10)
     assert out.amplitude.shape == out.phase.shape == (3, 1, 64, 64)
-    assert 0.0 <= out.amplitude.min() and out.amplitude.max() <= 1.0
+    assert 0.0 <= out.amplitude.min() and out.amplitude.max() <= 2.0
     assert out.phase.abs().max() <= math.pi
     assert torch.equal(out.stacked()[:, 0:1], out.amplitude)
+
+
+def test_outputs_depend_on_the_frame_from_the_start():
+    """GroupNorm keeps the frame's signal alive through the layers; without it, an untrained
+    network gives nearly the same patch for every frame (see ptycl.model.ptychonn). Spread of
+    the outputs across 16 random frames, per pixel, measured: 0.39 rad with, 3e-6 without."""
+    frames = torch.randn(16, 1, 64, 64)
+    spread = {}
+    for norm in ("group", "none"):
+        torch.manual_seed(0)
+        out = PtychoNN(width=8, depth=3, norm=norm)(frames)
+        spread[norm] = out.phase.std(dim=0).mean().item()
+    assert spread["group"] > 0.05
+    assert spread["none"] < 1e-3
+
+
+def test_amplitude_one_is_where_the_head_is_steepest():
+    """A fully transmitting pixel (amplitude 1) is the head's zero logit, where 2 * sigmoid is
+    steepest (slope 0.5), not the saturated end of a plain sigmoid, which never reaches it."""
+    model = PtychoNN(width=8, depth=3)
+    last = model.amplitude_head[-1]
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.zeros_(last.bias)
+    frames = torch.randn(2, 1, 64, 64)
+    out = model(frames)
+    assert torch.equal(out.amplitude, torch.ones_like(out.amplitude))
+    out.amplitude.sum().backward()
+    assert last.bias.grad.item() == pytest.approx(0.5 * out.amplitude.numel())
 
 
 def test_default_width_has_ptychonn_size():

@@ -1,9 +1,12 @@
 """The model's fast paths (``model.precision``, ``model.channels_last``) against the plain path.
 
 Tolerances: channels-last changes only the memory layout, so outputs agree to float32
-summation order (1e-5). bfloat16 autocast keeps 8 mantissa bits in the convolutions: on a
-network at initialisation its outputs stay within 0.02 of the float32 ones (amplitude in
-[0, 1], phase in radians), and a short training run reaches a loss within 10% of float32's.
+summation order (1e-5). bfloat16 autocast keeps 8 mantissa bits in the convolutions, an error
+of 2^-8 per layer that the 13 layers compound: on a network at initialisation, whose outputs
+spread by 0.15 across a batch, the bf16 outputs differ from the float32 ones by 0.006 on
+average and 0.07 at most (measured; amplitude in (0, 2), phase in radians), so the test allows
+a mean of 0.015 and a maximum of 0.15; and a short training run reaches a loss within 10% of
+float32's.
 These run on the CPU here; on a GPU (``device`` tool) the same tests run on CUDA.
 """
 
@@ -47,7 +50,9 @@ def test_bf16_autocast_stays_within_its_tolerance(device: str) -> None:
     frames = torch.rand(16, 1, 32, 32, device=device)
     a, b = plain(frames).stacked(), fast(frames).stacked()
     assert b.dtype == torch.float32  # the heads are float32 whatever the convolutions ran in
-    assert (b - a).abs().max().item() < 0.02
+    difference = (b - a).abs()
+    assert difference.mean().item() < 0.015
+    assert difference.max().item() < 0.15
     assert not torch.equal(a, b)  # the switch did change the arithmetic
 
 

@@ -1,9 +1,28 @@
 """A PtychoNN-style encoder-decoder (Cherukara et al., APL 2020).
 
-One shared convolutional encoder, two decoders: amplitude (sigmoid, in [0, 1]) and phase
-(tanh scaled by pi, in [-pi, pi]). Each level is conv-ReLU-conv-ReLU then max-pool (encoder)
-or upsample (decoder); widths double at each encoder level. At width 32 and depth 3 the model
-has about 1.15 M parameters, in the range of the published network.
+One shared convolutional encoder, two decoders: amplitude (2 x sigmoid, in (0, 2)) and phase
+(tanh scaled by pi, in [-pi, pi]). Each level is conv-norm-ReLU-conv-norm-ReLU then max-pool
+(encoder) or upsample (decoder); widths double at each encoder level. At width 32 and depth 3
+the model has about 1.15 M parameters, in the range of the published network.
+
+Two departures from the published network, each measured on a simulated Manhattan scan
+(width 8, 300 steps of 32, held-out phase MAE over the illuminated support; the best constant
+patch scores 0.133 rad):
+
+- Amplitude is ``2 * sigmoid``, not ``sigmoid``. A transmission's amplitude is near 1 almost
+  everywhere (0.89-1.02 in that scan), where a plain sigmoid saturates: its output reached
+  exactly 1.0 in float32 within 50 steps and its gradient vanished, so the amplitude head never
+  learned (its error stayed at 0.01112 to the last digit). With ``2 * sigmoid``, amplitude 1
+  sits at the steepest point of the curve.
+- Each convolution is followed by a GroupNorm (``model.norm: group``; 4 groups or fewer).
+  Without it, the signal that depends on the frame fades layer by layer: the output varied by
+  1e-5 rad across a batch at initialisation, and the phase head settled on the constant patch
+  (0.133 rad after 300 steps once the amplitude head stopped blowing up the shared features, by
+  accident, as the saturated sigmoid had). GroupNorm keeps every layer's activations at unit
+  scale: 0.122 rad, and the amplitude error falls to 0.0098. GroupNorm and not BatchNorm
+  because it normalises each sample alone: a sample's output does not depend on the rest of
+  its batch, so DER's stored outputs, data-parallel shares of a batch and evaluation all see the
+  same function.
 
 The first thing the model does is standardise each detector pixel with a mean and spread fitted
 once, on the first scan's training frames (``fit_input_statistics``), and kept as buffers, so
@@ -42,16 +61,28 @@ class ModelOutput:
         return ModelOutput(amplitude=values[:, 0:1], phase=values[:, 1:2])
 
 
-def _double_conv(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(c_out, c_out, 3, padding=1),
-        nn.ReLU(inplace=True),
-    )
+NORM_GROUPS = 4  # GroupNorm groups per layer (fewer where a layer has fewer channels)
 
 
-def _decoder(widths: list[int]) -> nn.Sequential:
+def _conv_norm_relu(c_in: int, c_out: int, norm: str) -> list[nn.Module]:
+    if norm == "none":
+        return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(inplace=True)]
+    # No bias before the norm: the norm's own shift replaces it. A channel's bias would be
+    # subtracted again with its group's mean (all of it in a one-channel group), leaving a
+    # gradient that is zero but for rounding, which Adam, dividing by its size, turns into
+    # steps of the full learning rate in a direction set by the summation order.
+    return [
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.GroupNorm(math.gcd(NORM_GROUPS, c_out), c_out),
+        nn.ReLU(inplace=True),
+    ]
+
+
+def _double_conv(c_in: int, c_out: int, norm: str) -> nn.Sequential:
+    return nn.Sequential(*_conv_norm_relu(c_in, c_out, norm), *_conv_norm_relu(c_out, c_out, norm))
+
+
+def _decoder(widths: list[int], norm: str) -> nn.Sequential:
     """Mirror of the encoder: from the deepest width back to the first, one upsample per level.
 
     As in PtychoNN, the first decoder level keeps the bottleneck width (128 -> 128 -> 64 -> 32
@@ -61,7 +92,7 @@ def _decoder(widths: list[int]) -> nn.Sequential:
     c_in = widths[-1]
     for c_out in widths[::-1]:
         layers += [
-            _double_conv(c_in, c_out),
+            _double_conv(c_in, c_out, norm),
             nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
         ]
         c_in = c_out
@@ -77,12 +108,15 @@ class PtychoNN(nn.Module):
         input_size: int = 64,
         precision: str = "fp32",
         channels_last: bool = False,
+        norm: str = "group",
     ) -> None:
         super().__init__()
         # How the network computes (``ModelSettings``), not what it holds: checkpoints of a
         # model built with either switch load into one built without, and give its outputs.
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
+        if norm not in ("group", "none"):
+            raise ValueError(f"norm must be group or none, not {norm!r}")
         self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
         self.channels_last = channels_last
         # Identity until fitted; ``input_fitted`` records whether it has been.
@@ -93,11 +127,11 @@ class PtychoNN(nn.Module):
         encoder: list[nn.Module] = []
         c_in = 1
         for c_out in widths:
-            encoder += [_double_conv(c_in, c_out), nn.MaxPool2d(2)]
+            encoder += [_double_conv(c_in, c_out, norm), nn.MaxPool2d(2)]
             c_in = c_out
         self.encoder = nn.Sequential(*encoder)
-        self.amplitude_head = _decoder(widths)
-        self.phase_head = _decoder(widths)
+        self.amplitude_head = _decoder(widths, norm)
+        self.phase_head = _decoder(widths, norm)
         self.depth = depth
         if channels_last:
             self.to(memory_format=torch.channels_last)
@@ -116,7 +150,7 @@ class PtychoNN(nn.Module):
             amplitude, phase = self.amplitude_head(features), self.phase_head(features)
         # The bounded heads in float32: bf16's 8-bit mantissa would quantise phase to ~0.01 rad.
         return ModelOutput(
-            amplitude=torch.sigmoid(amplitude.float()),
+            amplitude=2 * torch.sigmoid(amplitude.float()),
             phase=math.pi * torch.tanh(phase.float()),
         )
 
@@ -146,6 +180,7 @@ def build_model(settings: ModelSettings, input_size: int) -> PtychoNN:
         input_size=input_size,
         precision=settings.precision,
         channels_last=settings.channels_last,
+        norm=settings.norm,
     )
 
 
