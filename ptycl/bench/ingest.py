@@ -16,7 +16,6 @@ the disk.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import statistics
@@ -123,7 +122,7 @@ def _summarise(
 
 
 def run(out_dir: Path, quick: bool, config: Config | None = None) -> dict[str, Any]:
-    """Measure, write ``out_dir/ingest.json`` and return its content. ``config.prep`` sets the
+    """Measure and return the results (``ptycl bench`` writes them). ``config.prep`` sets the
     input size and resize mode (defaults: 64, crop)."""
     n_frames, size, rounds = (2000, 128, 5) if quick else (8000, 128, 7)
     batch_size = 128
@@ -184,5 +183,4 @@ def run(out_dir: Path, quick: bool, config: Config | None = None) -> dict[str, A
         },
         "results": results,
     }
-    (out_dir / "ingest.json").write_text(json.dumps(result, indent=2))
     return result

@@ -13,7 +13,6 @@ when a CUDA device is present and recorded as not measured otherwise.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -119,7 +118,7 @@ def _cupy_rates(seconds: float) -> dict[str, Any]:
 
 
 def run(out_dir: Path, quick: bool, config: object | None = None) -> dict[str, Any]:
-    """Measure every kernel, write ``out_dir/kernels.json`` and return its content.
+    """Measure every kernel and return the results (``ptycl bench`` writes them as JSON).
 
     ``config`` is accepted for the ``ptycl bench`` runner and unused: the workload is fixed
     so that figures compare across machines.
@@ -139,6 +138,4 @@ def run(out_dir: Path, quick: bool, config: object | None = None) -> dict[str, A
         "numba": _numba_rates(seconds),
         "cupy": _cupy_rates(seconds),
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "kernels.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

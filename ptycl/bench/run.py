@@ -19,6 +19,7 @@ import torch
 from ptycl.cli import add_config_arguments
 from ptycl.config import load_config
 from ptycl.logs import setup_logging
+from ptycl.outputs import write_text
 
 log = logging.getLogger("ptycl.bench")
 
@@ -68,7 +69,7 @@ def main(args: argparse.Namespace) -> int:
         log.info("bench %s%s", suite, " (quick)" if args.quick else "")
         result = module.run(config=config, out_dir=args.out, quick=args.quick)
         result["machine"] = machine_description()
-        path = args.out / f"{suite}.json"
-        path.write_text(json.dumps(result, indent=2, default=str))
+        # One writer for every suite's JSON, all or nothing (a killed bench leaves no torn file).
+        path = write_text(args.out / f"{suite}.json", json.dumps(result, indent=2, default=str))
         log.info("bench %s: wrote %s", suite, path)
     return 0

@@ -20,7 +20,6 @@ PART OUT PARAMS``); rank 0 writes JSON that ``run`` gathers.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from collections.abc import Callable
@@ -391,7 +390,7 @@ def _allreduce_gradients(model: torch.nn.Module, comm) -> None:
 
 
 def run(config: Config, out_dir: Path, quick: bool) -> dict[str, Any]:
-    """Measure everything above, write ``out_dir/store.json`` and return its content."""
+    """Measure everything above and return it (``ptycl bench`` writes it as JSON)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     kernels = kernel_bench.run(out_dir / "store-kernels", quick)
     per_thread = {name: k["per_s_one_thread"] for name, k in kernels["numba"]["kernels"].items()}
@@ -459,7 +458,6 @@ def run(config: Config, out_dir: Path, quick: bool) -> dict[str, Any]:
         "samples_per_gib": _samples_per_gib(),
         "cpu_count": os.cpu_count(),
     }
-    (out_dir / "store.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
