@@ -19,6 +19,11 @@ start runs to the end. Then:
 
 Before its last start the 2-rank run also gets the rank-1 store shard of its newest checkpoint
 damaged: the resume must skip that checkpoint with a warning and still end bit for bit.
+
+A third run kills one rank only (rank 1, then rank 0), as a node failure or the kernel's OOM
+killer would: the surviving rank is blocked in a collective, so MPI (hydra) must end the whole
+job within seconds rather than leave it hanging for the rest of its allocation; the resume
+then ends bit for bit as the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from tests.conftest import tiny_config
 
 MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
 SCANS, STEPS = 3, 6  # tiny_config's scans and steps per scan
+SURVIVORS_END_WITHIN_S = 30  # after one rank is killed, for the rest of the job to end
 KEEP = 3
 OVERRIDES = (
     "train.strategy=derpp",
@@ -86,6 +92,38 @@ def start(command: list[str], log: Path) -> subprocess.Popen:
             stderr=stderr,
             start_new_session=True,  # its own process group: mpiexec, the proxy, the ranks
         )
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (hydra's proxy puts each rank in a process group of its own,
+    so the ranks are found by parentage, not by group)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:  # "pid (command) state ppid ...": the command may hold spaces, not ")"
+                parents[int(entry.name)] = int(
+                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+                )
+            except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+                continue
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def rank_pid(process: subprocess.Popen, rank: int) -> int:
+    """The pid of MPI rank ``rank`` of the job ``process`` launched (hydra sets PMI_RANK)."""
+    for pid in descendants(process.pid):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        if f"PMI_RANK={rank}".encode() in environ:
+            return pid
+    raise AssertionError(f"no rank {rank} under mpiexec {process.pid}")
 
 
 def kill_group(process: subprocess.Popen) -> None:
@@ -145,6 +183,23 @@ def wait_for_checkpoints(
     return (time.monotonic() - first[0]) / max(1, number - first[1])
 
 
+def kill_one_rank(process: subprocess.Popen, rank: int) -> None:
+    """SIGKILL one rank; the job must then end by itself, promptly, with an error, and leave
+    none of its processes (proxy, the other rank) behind."""
+    job = descendants(process.pid)
+    os.kill(rank_pid(process, rank), signal.SIGKILL)
+    try:
+        process.wait(timeout=SURVIVORS_END_WITHIN_S)
+    except subprocess.TimeoutExpired:
+        kill_group(process)
+        pytest.fail(f"rank {rank} killed: the other rank still ran {SURVIVORS_END_WITHIN_S} s on")
+    assert process.returncode != 0
+    deadline = time.monotonic() + 20
+    while alive := [pid for pid in job if Path(f"/proc/{pid}").exists()]:
+        assert time.monotonic() < deadline, f"processes of the job still run: {alive}"
+        time.sleep(0.05)
+
+
 def run_with_kills(
     command: list[str],
     checkpoints: Path,
@@ -152,6 +207,7 @@ def run_with_kills(
     kills: int,
     rng: random.Random,
     before_last_start: Callable[[], None] = lambda: None,
+    kill: Callable[[subprocess.Popen, int], None] = lambda process, _: kill_group(process),
 ) -> None:
     """Start ``command``; ``kills`` times, once this start has committed 2 to 5 new checkpoints
     and then a random delay of up to two checkpoints' time (0.5 s at most) has passed, SIGKILL it
@@ -162,12 +218,12 @@ def run_with_kills(
     checkpoints: 18 steps and 3 scan ends)."""
     deadline = time.monotonic() + 200
     extra: list[str] = []
-    for _ in range(kills):
+    for attempt in range(kills):
         wanted = newest(checkpoints) + rng.randint(2, 5)
         process = start([*command, *extra], log)
         pace = wait_for_checkpoints(checkpoints, wanted, process, log, deadline)
         time.sleep(rng.uniform(0, min(0.5, 2 * pace)))
-        kill_group(process)
+        kill(process, attempt)
         assert_all_intact(checkpoints)  # a kill never damages a committed checkpoint
         assert (checkpoints / LATEST).resolve().exists()
         extra = ["--resume"]
@@ -284,4 +340,24 @@ def test_mpi_job_killed_whole_then_resumed_ends_as_an_uninterrupted_run(tiny_sca
     text = log.read_text()
     assert text.count("resumed at scan") == 2, log_tail(log)
     assert "".join(damaged) in text and "resuming from the earlier checkpoint" in text, text[-4000:]
+    assert_same_end(straight, crashed, ranks=2)
+
+
+@pytest.mark.mpi
+@pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec (pip install 'ptycl[mpich]')")
+def test_mpi_job_with_one_rank_killed_ends_then_resumes_as_an_uninterrupted_run(
+    tiny_scans, tmp_path
+):
+    straight = uninterrupted(tiny_scans, tmp_path, ranks=2)
+    crashed, log = tmp_path / "crashed", tmp_path / "crashed.log"
+    command = train_command(write_config(tiny_scans, crashed), ranks=2)
+    run_with_kills(
+        command,
+        crashed / "checkpoints",
+        log,
+        kills=2,
+        rng=random.Random(7),
+        kill=lambda process, attempt: kill_one_rank(process, rank=1 - attempt % 2),
+    )
+    assert log.read_text().count("resumed at scan") == 2, log_tail(log)
     assert_same_end(straight, crashed, ranks=2)
