@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 import shutil
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from ptycl.train.checkpoint import (
 from ptycl.train.distributed import Distributed
 from ptycl.train.run import run_continual
 from tests.conftest import tiny_config
+from tests.helpers_report import evaluated, read_matrices
 
 SINGLE = Distributed.single(torch.device("cpu"))
 
@@ -252,9 +252,9 @@ def test_resume_falls_back_past_a_damaged_checkpoint_and_ends_as_an_uninterrupte
     assert [c["steps"] for c in resumed.costs] == [6, 6, 6]
     straight = json.loads((straight_run / "metrics.json").read_text())
     assert [c["samples"] for c in resumed.costs] == [c["samples"] for c in straight["costs"]]
-    for metric, matrix in straight["matrices"].items():  # to float32 summation order
-        flat = [v for row in matrix for v in row if v is not None]
-        flat_resumed = [v for row in resumed.matrices[metric] for v in row if not math.isnan(v)]
+    for metric, matrix in read_matrices(straight_run).items():  # to float32 summation order
+        flat = evaluated(matrix)
+        flat_resumed = evaluated(resumed.matrix(metric))
         assert flat_resumed == pytest.approx(flat, rel=1e-6), metric
     a = load_checkpoint(straight_run / "checkpoints")["trainer"]
     b = load_checkpoint(tmp_path / "checkpoints")["trainer"]

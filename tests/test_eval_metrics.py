@@ -223,7 +223,8 @@ def test_summary_of_a_sparse_matrix_uses_the_cells_evaluated():
     assert summary.average_error_per_step == pytest.approx(
         (1.0, 1.4, 3.0, 3.35, (1.1 + 3.3 + 5.0) / 3)
     )
-    as_dict = summary.to_dict()
+    assert "error_matrix" not in summary.to_dict()  # a run's metrics.json holds R sparse
+    as_dict = summary.to_dict(matrix=True)
     assert as_dict["error_matrix"][2] == [None, None, 3.0, None, None]
     # a last row with only its diagonal: forgetting undefined, the final average its one value
     alone = summarize_errors(SPARSE[:4, :4], SPARSE_IDS[:4])

@@ -8,16 +8,18 @@ import math
 import pytest
 import torch
 
+from ptycl.eval.evaluate import MATRIX_NAMES
 from ptycl.train.checkpoint import load_checkpoint
 from ptycl.train.run import run_continual
 from tests.conftest import tiny_config
+from tests.helpers_report import evaluated
 
 
 @pytest.mark.parametrize("strategy", ["incremental", "cumulative", "er", "der", "derpp"])
 def test_each_strategy_fills_the_error_matrix_and_counts_its_cost(tiny_scans, tmp_path, strategy):
     report = run_continual(tiny_config(tiny_scans, tmp_path, f"train.strategy={strategy}"))
     assert len(report.scan_ids) == 3
-    phase = report.matrices["phase_mae"]
+    phase = report.matrix("phase_mae")
     for i in range(3):  # row i has scans 0..i, NaN after
         assert all(math.isfinite(v) and 0 <= v <= math.pi for v in phase[i][: i + 1])
         assert all(math.isnan(v) for v in phase[i][i + 1 :])
@@ -54,9 +56,9 @@ def test_resume_mid_scan_continues_exactly_as_an_uninterrupted_run(tiny_scans, t
     resumed = run_continual(interrupted_config, resume=True)
     # The weights below must match bit for bit; the evaluations only to float32 summation
     # order (oneDNN picks its reduction order per call), hence rel=1e-6.
-    for metric, matrix in straight.matrices.items():
-        flat_straight = [v for row in matrix for v in row if not math.isnan(v)]
-        flat_resumed = [v for row in resumed.matrices[metric] for v in row if not math.isnan(v)]
+    for metric in MATRIX_NAMES:
+        flat_straight = evaluated(straight.matrix(metric))
+        flat_resumed = evaluated(resumed.matrix(metric))
         assert flat_resumed == pytest.approx(flat_straight, rel=1e-6), metric
     assert [c["samples"] for c in resumed.costs] == [c["samples"] for c in straight.costs]
     a = load_checkpoint(tmp_path / "straight" / "checkpoints")["trainer"]

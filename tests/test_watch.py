@@ -27,6 +27,7 @@ from ptycl.stream.evaluation_set import EvaluationReservoir
 from ptycl.stream.ledger import Ledger, LedgerError, ScanRecord
 from ptycl.stream.segments import segment_count, segment_steps
 from ptycl.train.checkpoint import load_checkpoint, save_checkpoint
+from tests.helpers_report import read_matrices
 from tests.helpers_scans import BEAMLINE_SCANS, beamline_scan
 
 HELPER = Path(__file__).with_name("helpers_scans.py")
@@ -177,11 +178,11 @@ def _check_evaluated_rows(
     it: at most ``evaluation_scans`` + 1, and exactly the scans an uninterrupted run with the
     run's seed evaluates (the set's draws depend only on the seed and the scans offered, so
     replaying the offers is the uninterrupted run), however often the watcher was resumed."""
-    metrics = json.loads((output / "metrics.json").read_text())
+    matrices = read_matrices(output)
     uninterrupted = EvaluationReservoir(capacity, WATCH_CONFIG["run"]["seed"])
-    for i in range(len(metrics["scan_ids"])):
-        for name, matrix in metrics["matrices"].items():
-            evaluated = [j for j, v in enumerate(matrix[i]) if v is not None]
+    for i in range(len(matrices["phase_mae"])):
+        for name, matrix in matrices.items():
+            evaluated = [j for j, v in enumerate(matrix[i]) if not math.isnan(v)]
             assert evaluated == [*uninterrupted.members, i], (name, i, matrix[i])
             assert len(evaluated) <= capacity + 1
         uninterrupted.offer(i)
@@ -310,8 +311,8 @@ def test_watch_follows_trains_reconstructs_quarantines_then_resumes_idle(
     # -- metrics: the error matrices over the trained scans, finite ---------------------------
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["scan_ids"] == ["scan0000_manhattan", "scan0001_siemens", "scan0002_particles"]
-    phase = metrics["matrices"]["phase_mae"]
-    assert all(0 <= v <= math.pi for row in phase for v in row if v is not None)
+    phase = read_matrices(output)["phase_mae"]
+    assert all(0 <= v <= math.pi for row in phase for v in row if not math.isnan(v))
     _check_evaluated_rows(output)
     assert [c["steps"] for c in metrics["costs"]] == [r.steps for r in trained]
     assert (output / "plots" / "R_phase_mae.png").exists()

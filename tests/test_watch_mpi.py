@@ -3,7 +3,6 @@ SIGTERM to mpiexec and resumed on two ranks, trains every segment exactly once."
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 
 from ptycl.stream.ledger import Ledger
 from ptycl.train.checkpoint import load_checkpoint
+from tests.helpers_report import read_matrices
 from tests.test_watch import (
     FRAMES,
     MPIEXEC,
@@ -77,8 +77,7 @@ def test_two_ranks_watch_stop_and_resume_exactly(tmp_path: Path) -> None:
     step = state["trainer"]["position"][2]
     for rank in (0, 1):  # each rank's store shard, named by the checkpoint's step
         assert (output / "checkpoints" / f"store-step{step}-rank{rank}.pt").exists()
-    metrics = json.loads((output / "metrics.json").read_text())
-    phase = metrics["matrices"]["phase_mae"]
+    phase = read_matrices(output)["phase_mae"]
     assert all(math.isfinite(v) for i, row in enumerate(phase) for v in row[: i + 1])
     text = log.read_text()
     assert text.count("resumed:") == 1 and "Traceback" not in text

@@ -26,7 +26,7 @@ FIRST_SCANS = 2  # "the first scans" whose forgetting the suite reports
 
 
 def _criteria(reports: dict[str, RunReport]) -> dict[str, dict]:
-    phase = {s: np.array(r.matrices["phase_mae"], dtype=float) for s, r in reports.items()}
+    phase = {s: r.matrix("phase_mae") for s, r in reports.items()}
     final_average = {s: float(np.nanmean(m[-1])) for s, m in phase.items()}
     incremental = phase["incremental"]
     first = range(min(FIRST_SCANS, incremental.shape[0]))
@@ -113,7 +113,7 @@ def run(config: Config, out_dir: Path, quick: bool) -> dict:
         suite_dir / "cost_per_scan.png",
     )
     plot_error_over_time(
-        {s: np.array(r.matrices["phase_mae"], dtype=float) for s, r in reports.items()},
+        {s: r.matrix("phase_mae") for s, r in reports.items()},
         scan_ids,
         suite_dir / "phase_error_first_scans.png",
     )
@@ -126,7 +126,7 @@ def run(config: Config, out_dir: Path, quick: bool) -> dict:
         "scans": scan_ids,
         "criteria": criteria,
         "strategies": {
-            s: {"summary": r.summary, "costs": r.costs, "matrices": r.matrices}
+            s: {"summary": r.summary, "costs": r.costs, "error_rows": r.error_rows}
             for s, r in reports.items()
         },
         "plots": [

@@ -52,9 +52,11 @@ class ContinualSummary:
     mean_forgetting: float  # NaN for a single scan (or no scan in ``forgetting``)
     final_over_best: dict[str, float]  # scan id -> final / best before the end, same scans
 
-    def to_dict(self) -> dict[str, object]:
-        """Plain JSON-ready values; NaN (undefined) and inf (a ratio to a zero error) become None."""
-        return {
+    def to_dict(self, matrix: bool = False) -> dict[str, object]:
+        """Plain JSON-ready values; NaN (undefined) and inf (a ratio to a zero error) become None.
+        The numbers only, unless ``matrix``: then also ``error_matrix``, R dense (T x T), which
+        a run's ``metrics.json`` leaves out (it holds R sparse, ``ptycl.train.report``)."""
+        out = {
             "metric": self.metric,
             "scan_ids": list(self.scan_ids),
             "final_average_error": _json_float(self.final_average_error),
@@ -63,8 +65,10 @@ class ContinualSummary:
             "forgetting": {k: _json_float(v) for k, v in self.forgetting.items()},
             "mean_forgetting": _json_float(self.mean_forgetting),
             "final_over_best": {k: _json_float(v) for k, v in self.final_over_best.items()},
-            "error_matrix": [[_json_float(v) for v in row] for row in self.error_matrix],
         }
+        if matrix:
+            out["error_matrix"] = [[_json_float(v) for v in row] for row in self.error_matrix]
+        return out
 
 
 def summarize_errors(
@@ -120,7 +124,8 @@ def read_error_matrix_csv(path: str | Path) -> tuple[np.ndarray, tuple[str, ...]
 
 def write_summary_json(summary: ContinualSummary, path: str | Path) -> Path:
     """The summary (matrix included) as strict JSON: undefined values are null, not NaN."""
-    return write_text(Path(path), json.dumps(summary.to_dict(), indent=2, allow_nan=False) + "\n")
+    text = json.dumps(summary.to_dict(matrix=True), indent=2, allow_nan=False)
+    return write_text(Path(path), text + "\n")
 
 
 def _checked_matrix(error_matrix: np.ndarray, scan_ids: Sequence[str]) -> np.ndarray:

@@ -24,14 +24,14 @@ scan i, as in ``ptycl train``, but row i is filled only for the scan just traine
 ``R[i, i]``, always) and the scans of the evaluation set: a uniform sample of at most
 ``watch.evaluation_scans`` of the earlier trained scans, kept as a reservoir over the whole run
 (``ptycl.stream.evaluation_set``). Every other cell is NaN, never evaluated (empty in the CSVs,
-null in ``metrics.json``), and the summaries use the cells that were: the final average error
-is over the scans evaluated in the last row, forgetting is given for the scans with a final
-value and an earlier one. So evaluating costs the same after every scan however long the run,
-and rank 0 holds only the set's scans (``EvaluationScan``: frames, positions, truth, held-out
-labels), not every scan trained; each trained scan still has the same chance to be measured
-again later, so the forgetting of old scans stays in view. The set (its scans, its counter and
-its generator's state) is in the checkpoint; ``--resume`` reloads those scans from DIR and goes
-on with the same set.
+not in the row's ``columns`` in ``metrics.json``), and the summaries use the cells that were:
+the final average error is over the scans evaluated in the last row, forgetting is given for
+the scans with a final value and an earlier one. So evaluating costs the same after every scan
+however long the run, and rank 0 holds only the set's scans (``EvaluationScan``: frames,
+positions, truth, held-out labels), not every scan trained; each trained scan still has the
+same chance to be measured again later, so the forgetting of old scans stays in view. The set
+(its scans, its counter and its generator's state) is in the checkpoint; ``--resume`` reloads
+those scans from DIR and goes on with the same set.
 
 Training granularity: segments, with steps in proportion to frames. A scan's frames are cut
 into fixed segments of ``watch.segment_frames`` (``ptycl.stream.segments``); a segment is

@@ -7,6 +7,8 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ptycl.config import Config
 from ptycl.eval.continual_metrics import summarize_errors, write_error_matrix_csv
 from ptycl.eval.evaluate import MATRIX_NAMES, ErrorMatrices
@@ -21,13 +23,32 @@ ERROR_METRICS = ("amplitude_mae", "phase_mae")
 
 @dataclass
 class RunReport:
+    """One run's report, written to ``metrics.json`` (strict JSON: NaN is null) by
+    ``write_report`` after every scan, by ``ptycl train`` and ``ptycl watch`` alike.
+
+    The error matrices R[i, j] (the metric on scan j after training through scan i) are kept
+    sparse, as ``ErrorMatrices`` holds them, so the file grows with the cells evaluated, not
+    with the square of the scans. ``error_rows[i]`` is row i::
+
+        {"after_scan": scan_ids[i],
+         "columns": [j, ...],               # indices into scan_ids, ascending
+         "amplitude_mae": [R[i, j], ...],   # aligned with "columns", one list per MATRIX_NAMES
+         "phase_mae": [...], ...}
+
+    Every cell not listed was never evaluated (NaN in ``matrix``, empty in ``R_*.csv``).
+    ``ptycl train`` evaluates every scan seen, so its row i has columns 0..i; ``ptycl watch``
+    the scan just trained and its evaluation set. ``matrix(name)`` gives the dense T x T array
+    and ``read`` loads a ``metrics.json`` back, so no consumer needs to know this layout.
+    ``summary`` holds the numbers of ``summarize_errors`` for the error metrics (no matrix).
+    """
+
     name: str
     strategy: str
     parameters: int
     store_capacity: int | None
     scan_ids: list[str]
     costs: list[dict]  # per scan: steps, samples, seconds
-    matrices: dict[str, list[list[float]]]  # name -> R as nested lists (NaN: not yet seen)
+    error_rows: list[dict]  # row i of R: after_scan, columns, one value list per metric
     summary: dict[str, dict]  # error metric -> final average, backward transfer, forgetting
     rejected: list[str]
     wall_seconds: float
@@ -45,7 +66,6 @@ class RunReport:
         wall_seconds: float,
         stopped: str | None = None,
     ) -> RunReport:
-        complete = {name: matrices.matrix(name) for name in MATRIX_NAMES}
         return cls(
             name=config.run.name,
             strategy=config.train.strategy,
@@ -53,17 +73,42 @@ class RunReport:
             store_capacity=trainer.store.capacity if trainer.store is not None else None,
             scan_ids=matrices.scan_ids,
             costs=[asdict(cost) for cost in trainer.state.costs],
-            matrices={name: matrix.tolist() for name, matrix in complete.items()},
+            error_rows=_error_rows(matrices),
             summary={
-                name: summarize_errors(complete[name], matrices.scan_ids, metric=name).to_dict()
+                name: summarize_errors(
+                    matrices.matrix(name), matrices.scan_ids, metric=name
+                ).to_dict()
                 for name in ERROR_METRICS
-                if len(complete[name])
+                if matrices.rows[name]
             },
             rejected=rejected,
             wall_seconds=wall_seconds,
             ranks=trainer.dist.world_size,
             stopped=stopped,
         )
+
+    @classmethod
+    def read(cls, path: str | Path) -> RunReport:
+        """The report that ``write_report`` wrote to ``path`` (a ``metrics.json``); the null
+        values of the error rows back to NaN."""
+        data = json.loads(Path(path).read_text())
+        data["error_rows"] = [
+            {
+                key: [math.nan if v is None else v for v in value] if key in MATRIX_NAMES else value
+                for key, value in row.items()
+            }
+            for row in data["error_rows"]
+        ]
+        return cls(**data)
+
+    def matrix(self, name: str) -> np.ndarray:
+        """R of metric ``name`` as a dense T x T array, NaN where never evaluated (above the
+        diagonal: not yet seen)."""
+        T = len(self.error_rows)
+        out = np.full((T, T), np.nan)
+        for i, row in enumerate(self.error_rows):
+            out[i, row["columns"]] = [math.nan if v is None else v for v in row[name]]
+        return out
 
     def summary_line(self) -> str:
         phase = self.summary.get("phase_mae", {})
@@ -77,6 +122,20 @@ class RunReport:
         )
 
 
+def _error_rows(matrices: ErrorMatrices) -> list[dict]:
+    """``RunReport.error_rows`` of ``matrices``: its sparse rows, copied."""
+    return [
+        {
+            "after_scan": scan_id,
+            "columns": [int(j) for j in columns],
+            **{name: [float(v) for v in values[i]] for name, values in matrices.rows.items()},
+        }
+        for i, (scan_id, columns) in enumerate(
+            zip(matrices.scan_ids, matrices.columns, strict=True)
+        )
+    ]
+
+
 def _json_safe(value):
     """NaN -> None so metrics.json is strict JSON that any tool reads."""
     if isinstance(value, float) and math.isnan(value):
@@ -88,20 +147,21 @@ def _json_safe(value):
     return value
 
 
+def metrics_json(report: RunReport) -> str:
+    """The text of ``metrics.json``: the report as strict JSON (NaN: null)."""
+    return json.dumps(_json_safe(asdict(report)), indent=2)
+
+
 def write_report(report: RunReport, output_dir: Path) -> None:
-    write_text(output_dir / "metrics.json", json.dumps(_json_safe(asdict(report)), indent=2))
+    write_text(output_dir / "metrics.json", metrics_json(report))
     if not report.scan_ids:
         return
     plots = output_dir / "plots"
     plots.mkdir(exist_ok=True)
-    for name, rows in report.matrices.items():
-        write_error_matrix_csv(
-            ErrorMatrices(report.scan_ids, {name: rows}).matrix(name),
-            report.scan_ids,
-            output_dir / f"R_{name}.csv",
-        )
+    for name in MATRIX_NAMES:
+        write_error_matrix_csv(report.matrix(name), report.scan_ids, output_dir / f"R_{name}.csv")
     for name in ERROR_METRICS:
-        matrix = ErrorMatrices(report.scan_ids, {name: report.matrices[name]}).matrix(name)
+        matrix = report.matrix(name)
         plot_error_matrix(
             matrix,
             report.scan_ids,
