@@ -159,6 +159,10 @@ class WatchSettings(Section):
     # A scan that gets no new frame for this long and is never marked complete is quarantined
     # as stalled (None: wait for ever).
     stall_timeout_s: PositiveFloat | None = 600.0
+    # A scan with more frames than this is quarantined once it passes them. Every rank holds a
+    # scan's prepared frames until the scan is trained (16 KB a frame at 64², 64 KB at 128²:
+    # 1.6 GB and 6.4 GB at the default), so this bounds memory whatever a file declares.
+    max_frames_per_scan: PositiveInt = 100_000
     # Where reconstructions of unlabelled scans go (None: beside the scan, <stem>.recon.h5/png).
     recon_dir: Path | None = None
     status_every_s: PositiveFloat = 5.0  # the live status line (and status.json)

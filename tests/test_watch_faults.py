@@ -106,17 +106,27 @@ def _start_writer(path: Path) -> subprocess.Popen:
 
 
 def test_a_writer_killed_mid_scan_is_quarantined_as_stalled(tmp_path: Path) -> None:
+    """Also: a scan longer than watch.max_frames_per_scan is quarantined once past it, as the
+    watcher would otherwise hold all of its frames (the killed writers stay below it)."""
     scans, output = tmp_path / "beamline", tmp_path / "run"
     scans.mkdir()
     config = _write_config(tmp_path, output)
     log = tmp_path / "watch.log"
-    stall_s = 1.5
-    watcher = _start_watcher(scans, config, "--set", f"watch.stall_timeout_s={stall_s}", log=log)
+    stall_s, max_frames = 1.5, 200
+    watcher = _start_watcher(
+        scans,
+        config,
+        *("--set", f"watch.stall_timeout_s={stall_s}"),
+        *("--set", f"watch.max_frames_per_scan={max_frames}"),
+        log=log,
+    )
     names = ["scan0005_dead.h5", "scan0006_dead.zarr"]
+    too_long = "scan0007_long.h5"
     writers: list[subprocess.Popen] = []
     try:
         _wait_for("the watcher", lambda: (output / "status.json").exists(), watcher, log, 90)
         writers = [_start_writer(scans / name) for name in names]
+        write_scan(scans / too_long, beamline_scan(7, max_frames + 40))
         _wait_for(
             "both scans to be followed",
             lambda: all(_log_says(log, f"{name}: following") for name in names),
@@ -131,7 +141,7 @@ def test_a_writer_killed_mid_scan_is_quarantined_as_stalled(tmp_path: Path) -> N
         killed = time.monotonic()
         _wait_for(
             "both to be quarantined",
-            lambda: _states(output) == dict.fromkeys(names, "quarantined"),
+            lambda: _states(output) == dict.fromkeys([*names, too_long], "quarantined"),
             watcher,
             log,
             60,
@@ -148,9 +158,13 @@ def test_a_writer_killed_mid_scan_is_quarantined_as_stalled(tmp_path: Path) -> N
         assert reason.startswith(f"stalled: no new frame for {stall_s:g} s after "), reason
         assert ledger.scans[name].frames_read > 0
         assert (scans / "quarantine" / name).exists() and not (scans / name).exists()
+    long_reason = ledger.scans[too_long].reason or ""
+    assert long_reason.startswith(f"more than watch.max_frames_per_scan={max_frames} frames")
+    assert ledger.scans[too_long].frames_trained == 0
     listed = (output / "quarantine.tsv").read_text().splitlines()
-    assert sorted(line.split("\t")[1] for line in listed) == names
-    assert all(line.split("\t")[3].startswith("stalled") for line in listed)
+    assert sorted(line.split("\t")[1] for line in listed) == [*names, too_long]
+    reasons = {line.split("\t")[1]: line.split("\t")[3] for line in listed}
+    assert all(reasons[name].startswith("stalled") for name in names)
     assert "Traceback" not in log.read_text()
 
 

@@ -463,6 +463,13 @@ class Watcher:
                 self._quarantine(name, exc.problem)
                 continue
             self.counters.read_seconds += time.perf_counter() - started
+            if follower.frames_read > self.settings.max_frames_per_scan:
+                self._quarantine(
+                    name,
+                    f"more than watch.max_frames_per_scan={self.settings.max_frames_per_scan} "
+                    "frames (raise it to accept longer scans)",
+                )
+                continue
             if new is not None or follower.complete:
                 inputs, positions = new if new is not None else self._no_frames()
                 self.counters.frames_read += len(inputs)
