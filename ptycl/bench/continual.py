@@ -32,7 +32,15 @@ def _criteria(reports: dict[str, RunReport]) -> dict[str, dict]:
     first = range(min(FIRST_SCANS, incremental.shape[0]))
     best = [np.nanmin(incremental[j:, j]) for j in first]
     final_over_best = [float(incremental[-1, j] / b) for j, b in zip(first, best, strict=True)]
+    # Not a criterion, the story behind it: the worst a first scan got at any point after it
+    # was learned (a scan later in the run may undo forgetting that the final row hides).
+    worst_over_best = [
+        float(np.nanmax(incremental[j:, j]) / b) for j, b in zip(first, best, strict=True)
+    ]
     samples = {s: [c["samples"] for c in r.costs] for s, r in reports.items()}
+    # Cost per scan once the store can replay: on the first scan it starts empty, so the
+    # rehearsal strategies replay less there (a one-off, not growth with the scans seen).
+    steady = {s: v[1:] if len(v) > 1 else v for s, v in samples.items()}
     return {
         "derpp_phase_error_over_cumulative": {
             "value": final_average["derpp"] / final_average["cumulative"],
@@ -43,16 +51,19 @@ def _criteria(reports: dict[str, RunReport]) -> dict[str, dict]:
             "value": final_over_best,
             "target": ">= 1.5 on the first scans",
             "met": bool(np.mean(final_over_best) >= 1.5),
+            "worst_over_best_during_the_run": worst_over_best,
         },
         "derpp_last_scan_cost_over_cumulative": {
             "value": samples["derpp"][-1] / samples["cumulative"][-1],
             "target": "<= 1/3",
             "met": samples["derpp"][-1] <= samples["cumulative"][-1] / 3,
         },
-        "cost_per_scan_last_over_first": {
-            "value": {s: v[-1] / v[0] for s, v in samples.items()},
-            "target": "derpp ~1 (flat), cumulative ~number of scans (growing)",
-            "met": abs(samples["derpp"][-1] / samples["derpp"][0] - 1) < 0.05
+        "cost_per_scan_last_over_second": {
+            "value": {s: v[-1] / v[0] for s, v in steady.items()},
+            "first_scan": {s: v[0] for s, v in samples.items()},
+            "target": "derpp ~1 (flat), cumulative growing (from the second scan, when the "
+            "store can replay from the start)",
+            "met": abs(steady["derpp"][-1] / steady["derpp"][0] - 1) < 0.05
             and samples["cumulative"][-1] > 2 * samples["cumulative"][0],
         },
     }
@@ -111,6 +122,8 @@ def run(config: Config, out_dir: Path, quick: bool) -> dict:
     plot_cost_per_scan(
         {s: [c["samples"] for c in r.costs] for s, r in reports.items()},
         suite_dir / "cost_per_scan.png",
+        scan_ids=scan_ids,
+        ylabel="samples per scan (new + replayed)",
     )
     plot_error_over_time(
         {s: r.matrix("phase_mae") for s, r in reports.items()},
