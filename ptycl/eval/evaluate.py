@@ -203,24 +203,8 @@ class ErrorMatrices:
 
     @classmethod
     def from_state(cls, state: dict) -> ErrorMatrices:
-        """From ``state_dict()``; a state saved before rows were sparse (dense rows from column
-        0, NaN where never evaluated) is converted, its all-NaN cells dropped."""
-        rows = {k: [list(r) for r in v] for k, v in state["rows"].items()}
-        if "columns" in state:
-            return cls(
-                scan_ids=list(state["scan_ids"]),
-                rows=rows,
-                columns=[[int(j) for j in c] for c in state["columns"]],
-            )
-        names = list(rows)
-        columns: list[list[int]] = []
-        for i, first in enumerate(rows[names[0]] if names else []):
-            kept = [
-                j
-                for j in range(len(first))
-                if not all(math.isnan(rows[name][i][j]) for name in names)
-            ]
-            columns.append(kept)
-            for name in names:
-                rows[name][i] = [rows[name][i][j] for j in kept]
-        return cls(scan_ids=list(state["scan_ids"]), rows=rows, columns=columns)
+        return cls(
+            scan_ids=list(state["scan_ids"]),
+            rows={k: [list(r) for r in v] for k, v in state["rows"].items()},
+            columns=[[int(j) for j in c] for c in state["columns"]],
+        )

@@ -89,12 +89,3 @@ class EvaluationReservoir:
             )
         reservoir._rng.bit_generator.state = state["rng"]
         return reservoir
-
-    @classmethod
-    def replayed(cls, capacity: int, seed: int, items: int) -> EvaluationReservoir:
-        """The reservoir a run would hold after offering items ``0 .. items-1``: for a
-        checkpoint written before the watcher kept one (the same set as if it always had)."""
-        reservoir = cls(capacity, seed)
-        for item in range(items):
-            reservoir.offer(item)
-        return reservoir

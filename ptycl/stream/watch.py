@@ -813,12 +813,7 @@ class Watcher:
                 f"{self.settings.segment_frames}: resume with the same setting",
             )
         evaluation_scans = self.settings.evaluation_scans
-        if "evaluation_set" in state:
-            evaluation_set = EvaluationReservoir.from_state(state["evaluation_set"])
-        else:  # a checkpoint from before the set was kept: the set it would have held
-            evaluation_set = EvaluationReservoir.replayed(
-                evaluation_scans, self.config.run.seed, len(ledger.evaluated)
-            )
+        evaluation_set = EvaluationReservoir.from_state(state["evaluation_set"])
         if evaluation_set.capacity != evaluation_scans:
             raise ConfigError(
                 "--resume",
