@@ -33,17 +33,35 @@ def test_task_loss_mse_by_hand():
     assert task_loss(predicted, labels, "mse").item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_der_distance_is_scaled_mse_to_stored_outputs():
+def test_der_distance_is_the_task_metric_to_stored_outputs():
+    """alpha's normalisation (ptycl.train.losses): the distance to the stored outputs is the
+    task loss's own per-pixel metric, so alpha = 1 weighs a mismatch like a label error."""
     predicted = _output(0.2, 0.5 * math.pi)
     stored = torch.zeros(2, 2, 4, 4)
-    stored[:, 0] = 0.6  # amplitude difference -0.4 -> 0.16
-    stored[:, 1] = 0.0  # phase difference pi/2 -> 0.5 -> 0.25
-    assert der_distance(predicted, stored).item() == pytest.approx((0.16 + 0.25) / 2, rel=1e-6)
+    stored[:, 0] = 0.6  # amplitude difference -0.4
+    stored[:, 1] = 0.0  # phase difference pi/2 -> 0.5 after dividing by pi
+    assert der_distance(predicted, stored, "mae").item() == pytest.approx((0.4 + 0.5) / 2, rel=1e-6)
+    assert der_distance(predicted, stored, "mse").item() == pytest.approx(
+        (0.16 + 0.25) / 2, rel=1e-6
+    )
     # per-pixel means: the same value at a larger image size
     big = _output(0.2, 0.5 * math.pi, size=16)
     stored_big = torch.zeros(2, 2, 16, 16)
     stored_big[:, 0] = 0.6
-    assert der_distance(big, stored_big).item() == pytest.approx((0.16 + 0.25) / 2, rel=1e-6)
+    assert der_distance(big, stored_big, "mae").item() == pytest.approx((0.4 + 0.5) / 2, rel=1e-6)
+
+
+def test_der_distance_pulls_as_hard_as_the_task_loss_at_small_mismatches():
+    """The defect the metric choice fixes: beside an MAE task loss, a squared distance's
+    gradient shrinks with the mismatch (2 x 0.02 here, 25x weaker); the task metric's does not."""
+    stored = torch.zeros(1, 2, 4, 4)
+    gradients = {}
+    for kind in ("mae", "mse"):
+        phase = torch.full((1, 1, 4, 4), 0.02 * math.pi, requires_grad=True)
+        der_distance(ModelOutput(torch.zeros(1, 1, 4, 4), phase), stored, kind).backward()
+        gradients[kind] = phase.grad.abs().sum().item() * math.pi  # per unit of phase / pi
+    assert gradients["mae"] == pytest.approx(0.5, rel=1e-5)  # 1 per pixel, over 2 channels
+    assert gradients["mse"] == pytest.approx(0.5 * 2 * 0.02, rel=1e-4)
 
 
 def test_per_sample_losses_differ_by_sample():
@@ -106,7 +124,7 @@ def test_losses_count_only_the_support_pixels():
     outside_too.amplitude[..., 0, :] = 1.0  # errors only outside the support
     for loss in (
         lambda p: task_loss(p, labels, "mae", support),
-        lambda p: der_distance(p, labels, support),
+        lambda p: der_distance(p, labels, "mae", support),
     ):
         assert loss(outside_too).item() == pytest.approx(loss(inside).item(), rel=1e-6)
     assert task_loss(inside, labels, "mae", support).item() == pytest.approx(0.25, rel=1e-6)

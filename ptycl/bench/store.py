@@ -333,7 +333,7 @@ def step_time_part(params: dict[str, Any]) -> dict[str, Any]:
         replay = store.draw(work.replay) if store is not None else None
         if replay is not None:
             replay = replay.to("cpu", torch.float32)
-            loss = loss + 0.3 * der_distance(model(replay.inputs), replay.outputs)
+            loss = loss + 0.3 * der_distance(model(replay.inputs), replay.outputs, "mae")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         _allreduce_gradients(model, comm)

@@ -276,7 +276,9 @@ class ContinualTrainer:
                 if strategy == "er":
                     term = task_loss(replayed, first.labels, kind, support)
                 else:
-                    term = self.settings.alpha * der_distance(replayed, first.outputs, support)
+                    term = self.settings.alpha * der_distance(
+                        replayed, first.outputs, kind, support
+                    )
                 loss = loss + term * self._weight(len(first), drawn_total)
             if strategy == "derpp":
                 second = self.store.draw(replay_size)
