@@ -91,6 +91,10 @@ class ModelSettings(Section):
     # which tensor cores and cuDNN prefer.
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = False
+    # torch.compile the forward (Inductor: fused kernels; on a CPU, C++ through the system
+    # compiler). Costs a compilation of tens of seconds at the first batch of each shape, so it
+    # pays on long runs and large scans; same outputs within the tolerance of the fast-path tests.
+    compile: bool = False
 
 
 class StoreSettings(Section):

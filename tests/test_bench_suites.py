@@ -79,12 +79,20 @@ def test_suites_are_registered_with_quick_workloads():
 
 
 def test_train_suite_rates_ratio_and_step_parts(config, tmp_path):
-    work = StepWorkload(("incremental", "derpp"), (64,), 4, 2, rounds=1, steps_per_round=1)
+    work = StepWorkload(
+        ("incremental", "derpp"), (64,), 4, 2, 1, 1, compiled_strategies=("incremental",)
+    )
     result = train.run(config, tmp_path, quick=True, work=work, ranks=(1,))
     assert_outputs(result, tmp_path, "train")
     (job,) = result["jobs"]
     assert job["ranks"] == 1 and job["torch_threads_per_rank"] == 1
-    variants = {v["strategy"]: v for v in job["variants"]}
+    variants = {v["strategy"]: v for v in job["variants"] if not v["compiled"]}
+    (compiled,) = [v for v in job["variants"] if v["compiled"]]
+    assert compiled["strategy"] == "incremental" and compiled["samples_per_step"] == 4
+    (speedup,) = result["compiled_over_plain"]
+    assert speedup["compiled_over_plain"] == pytest.approx(
+        compiled["samples_per_s"] / variants["incremental"]["samples_per_s"]
+    )
     # new and replayed samples alike: DER++ draws twice
     assert variants["incremental"]["samples_per_step"] == 4
     assert variants["derpp"]["samples_per_step"] == 4 + 2 * 2
@@ -134,9 +142,13 @@ def test_infer_suite_rates_and_target(config, tmp_path):
     assert_outputs(result, tmp_path, "infer")
     (figures,) = result["figures"]
     rates = ("inference_frames_per_s", "stitching_patches_per_s", "end_to_end_frames_per_s")
+    rates += ("compiled_inference_frames_per_s",)
     assert all(positive_finite(figures[k]) for k in rates)
     assert figures["stitching_over_inference"] == pytest.approx(
         figures["stitching_patches_per_s"] / figures["inference_frames_per_s"]
+    )
+    assert figures["compiled_over_plain_inference"] == pytest.approx(
+        figures["compiled_inference_frames_per_s"] / figures["inference_frames_per_s"]
     )
     # end to end also reads, prepares and stitches: not much faster than inference alone
     assert 0 < figures["end_to_end_over_inference"] < 2

@@ -8,12 +8,14 @@ At 64², 128² and 256² inputs, with the model width and depth of the configura
 - stitching: patches/s of ``ScanPrediction.stitch`` (``ptycl.recon.stitch``) alone, on the
   patches of a real scan;
 - end to end: frames/s of ``infer_scan`` (read and prepare a scan file, infer it in batches)
-  and the stitching of its patches, from the file to the object image.
+  and the stitching of its patches, from the file to the object image;
+- compiled inference: the inference figure again with the same weights in a model built with
+  ``model.compile`` (torch.compile; its compilation falls in the warm-up round).
 
 The scans are simulated (``ptycl.simulate``, the configured beamline with the frame size set
 to the input and the probe diameter scaled with it, so the overlap is the configured one).
 Sizes and figures take turns round by round; ratios: stitching / inference and end to end /
-inference. Target: >= 50,000 frames/s at 128² on one H100/H200 (inference), a GPU figure: on
+inference, compiled / plain inference. Target: >= 50,000 frames/s at 128² on one H100/H200 (inference), a GPU figure: on
 a CPU the figure is recorded and the GPU one is left to be measured.
 """
 
@@ -73,8 +75,10 @@ class InferFigures:
     inference_frames_per_s: float  # median over rounds
     stitching_patches_per_s: float
     end_to_end_frames_per_s: float
+    compiled_inference_frames_per_s: float
     stitching_over_inference: float
     end_to_end_over_inference: float
+    compiled_over_plain_inference: float
     by_round: dict[str, list[float]]
 
 
@@ -133,11 +137,20 @@ def run(
             path = _simulate(config, size, n, scratch)
             prep = config.prep.model_copy(update={"input_size": size})
             model = build_model(config.model, size).to(device)
+            compiled = build_model(config.model.model_copy(update={"compile": True}), size)
+            compiled.load_state_dict(model.state_dict())
+            compiled.to(device)
             scan = functools.partial(infer_scan, model, path, prep, device, work.batch_size)
             patches: ScanPrediction = scan()
             inputs = torch.rand(n, 1, size, size, generator=torch.Generator().manual_seed(0))
             calls[size, "inference"] = functools.partial(
                 _rate, functools.partial(predict, model, inputs, device, work.batch_size), n, sync
+            )
+            calls[size, "compiled_inference"] = functools.partial(
+                _rate,
+                functools.partial(predict, compiled, inputs, device, work.batch_size),
+                n,
+                sync,
             )
             calls[size, "stitching"] = functools.partial(_rate, patches.stitch, n, sync)
             calls[size, "end_to_end"] = functools.partial(
@@ -175,8 +188,9 @@ def run(
 def _figures(
     size: int, work: InferWorkload, rounds: dict[tuple[int, str], list[float]]
 ) -> InferFigures:
-    by_round = {kind: rounds[size, kind] for kind in ("inference", "stitching", "end_to_end")}
-    inference, stitching, end_to_end = (median(by_round[kind]) for kind in by_round)
+    kinds = ("inference", "stitching", "end_to_end", "compiled_inference")
+    by_round = {kind: rounds[size, kind] for kind in kinds}
+    inference, stitching, end_to_end, compiled = (median(by_round[kind]) for kind in kinds)
     return InferFigures(
         frame=size,
         frames_per_call=work.frames_per_call[size],
@@ -184,8 +198,10 @@ def _figures(
         inference_frames_per_s=inference,
         stitching_patches_per_s=stitching,
         end_to_end_frames_per_s=end_to_end,
+        compiled_inference_frames_per_s=compiled,
         stitching_over_inference=stitching / inference,
         end_to_end_over_inference=end_to_end / inference,
+        compiled_over_plain_inference=compiled / inference,
         by_round=by_round,
     )
 
@@ -220,11 +236,13 @@ def _markdown(figures: list[InferFigures], target: dict[str, Any], device: torch
             f.end_to_end_frames_per_s,
             f.stitching_over_inference,
             f.end_to_end_over_inference,
+            f.compiled_over_plain_inference,
         ]
         for f in figures
     ]
     header = ["frame", "frames", "batch", "inference frames/s", "stitching patches/s"]
     header += ["end-to-end frames/s", "stitching / inference", "end to end / inference"]
+    header += ["compiled / plain inference"]
     return (
         f"Reconstruction on {device}; absolute rates hold for the machine in infer.json only.\n\n"
         + markdown_table(header, rows)
@@ -247,6 +265,7 @@ def _plot(figures: list[InferFigures], path: Path) -> Path:
             "inference": [f.inference_frames_per_s for f in figures],
             "stitching": [f.stitching_patches_per_s for f in figures],
             "end to end": [f.end_to_end_frames_per_s for f in figures],
+            "inference, compiled": [f.compiled_inference_frames_per_s for f in figures],
         },
         log=True,
     )

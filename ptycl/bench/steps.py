@@ -74,6 +74,9 @@ class StepWorkload:
     replay_batch_size: int  # rows per replay draw, all ranks together
     rounds: int  # measured rounds, after one warm-up round
     steps_per_round: int
+    # Strategies timed a second time with ``model.compile`` (its compilation falls in the
+    # warm-up round), beside the plain ones.
+    compiled_strategies: tuple[str, ...] = ()
 
     @classmethod
     def from_json(cls, values: dict[str, Any]) -> StepWorkload:
@@ -82,6 +85,7 @@ class StepWorkload:
                 **values,
                 "strategies": tuple(values["strategies"]),
                 "frames": tuple(values["frames"]),
+                "compiled_strategies": tuple(values.get("compiled_strategies", ())),
             }
         )
 
@@ -112,6 +116,7 @@ class StepResult:
     strategy: str
     frame: int
     ranks: int
+    compiled: bool  # model.compile
     samples_per_step: float  # new and replayed, all ranks together
     samples_per_s: float  # median over rounds
     samples_per_s_by_round: list[float]
@@ -269,13 +274,15 @@ def synthetic_scan(frame: int, rows: int) -> ScanTensors:
 
 def measure(config: Config, work: StepWorkload, dist: Distributed) -> list[StepResult]:
     """Every variant of ``work`` on this job (collective across its ranks)."""
-    variants = [(strategy, frame) for frame in work.frames for strategy in work.strategies]
+    variants = [(s, frame, False) for frame in work.frames for s in work.strategies]
+    variants += [(s, frame, True) for frame in work.frames for s in work.compiled_strategies]
     trainers, turns = [], {}
     generator = torch.Generator().manual_seed(dist.rank)
-    for strategy, frame in variants:
+    for strategy, frame, compiled in variants:
         variant_config = with_settings(
             config,
             prep={"input_size": frame},
+            model={"compile": compiled},
             train={
                 "strategy": strategy,
                 "batch_size": work.batch_size,
@@ -291,18 +298,18 @@ def measure(config: Config, work: StepWorkload, dist: Distributed) -> list[StepR
             fill_to_steady_state(trainer.store, per_rank, frame, generator)
         clock = StepClock(trainer)
         trainers.append(trainer)
-        turns[strategy, frame] = functools.partial(
+        turns[strategy, frame, compiled] = functools.partial(
             clock.take_steps, trainer, scan, work.steps_per_round
         )
     rounds = interleaved_rounds(turns, work.rounds)
     for trainer in trainers:
         trainer.close()
-    return [
-        _summarise(strategy, frame, rounds[strategy, frame], dist) for strategy, frame in variants
-    ]
+    return [_summarise(variant, rounds[variant], dist) for variant in variants]
 
 
-def _summarise(strategy: str, frame: int, rounds: list[_Round], dist: Distributed) -> StepResult:
+def _summarise(
+    variant: tuple[str, int, bool], rounds: list[_Round], dist: Distributed
+) -> StepResult:
     """Samples/s of the slowest rank in each round; parts averaged over steps, then ranks."""
     slowest = [
         max(seconds) for seconds in zip(*dist.allgather([r.seconds for r in rounds]), strict=True)
@@ -310,10 +317,12 @@ def _summarise(strategy: str, frame: int, rounds: list[_Round], dist: Distribute
     rates = [r.samples / s for r, s in zip(rounds, slowest, strict=True)]
     here = StepParts.mean([step for r in rounds for step in r.steps])
     parts = StepParts.mean(dist.allgather(here))
+    strategy, frame, compiled = variant
     return StepResult(
         strategy=strategy,
         frame=frame,
         ranks=dist.world_size,
+        compiled=compiled,
         samples_per_step=sum(r.samples for r in rounds) / sum(len(r.steps) for r in rounds),
         samples_per_s=median(rates),
         samples_per_s_by_round=rates,

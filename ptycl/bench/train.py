@@ -8,8 +8,9 @@ with the model width and depth of the configuration; the variants take turns rou
 >= 0.95, i.e. DER++ costs no more per sample than plain training, within 5%), on one rank in
 this process and on two ranks under mpiexec (DDP over gloo or NCCL, the global store). Each
 step is broken down into data, replay draw, forward + backward, all-reduce (two ranks),
-optimiser and store offer, in seconds per step. Absolute figures hold for the machine named
-in the JSON only.
+optimiser and store offer, in seconds per step. The full suite also times DER++ with
+``model.compile`` beside the plain model (``compiled_over_plain``). Absolute figures hold for
+the machine named in the JSON only.
 """
 
 from __future__ import annotations
@@ -51,6 +52,14 @@ class Ratio:
     met: bool
 
 
+@dataclass(frozen=True)
+class CompiledRatio:
+    ranks: int
+    frame: int
+    strategy: str
+    compiled_over_plain: float  # samples/s with model.compile over without
+
+
 def workload(config: Config, quick: bool) -> StepWorkload:
     """The configured batches and several rounds; quick: a quarter of the batches (at least
     one row per rank of the largest job), one step a round."""
@@ -65,7 +74,13 @@ def workload(config: Config, quick: bool) -> StepWorkload:
             steps_per_round=1,
         )
     return StepWorkload(
-        STRATEGIES, FRAMES, train.batch_size, train.replay_batch_size, rounds=5, steps_per_round=3
+        STRATEGIES,
+        FRAMES,
+        train.batch_size,
+        train.replay_batch_size,
+        rounds=5,
+        steps_per_round=3,
+        compiled_strategies=("derpp",),
     )
 
 
@@ -80,27 +95,54 @@ def _job(config: Config, work: StepWorkload, ranks: int) -> dict[str, Any]:
     return on_ranks(MODULE, ranks, "steps", part_params(config, work), timeout=TIMEOUT_S)
 
 
+def _rates(job: dict[str, Any]) -> dict[tuple[str, int, bool], float]:
+    return {(v["strategy"], v["frame"], v["compiled"]): v["samples_per_s"] for v in job["variants"]}
+
+
 def _ratios(jobs: list[dict[str, Any]], frames: tuple[int, ...]) -> list[Ratio]:
     ratios = []
     for job in jobs:
-        rate = {(v["strategy"], v["frame"]): v["samples_per_s"] for v in job["variants"]}
+        rate = _rates(job)
         for frame in frames:
-            value = rate["derpp", frame] / rate["incremental", frame]
+            value = rate["derpp", frame, False] / rate["incremental", frame, False]
             ratios.append(Ratio(job["ranks"], frame, value, TARGET_RATIO, value >= TARGET_RATIO))
     return ratios
 
 
+def _compiled_ratios(jobs: list[dict[str, Any]], work: StepWorkload) -> list[CompiledRatio]:
+    return [
+        CompiledRatio(
+            job["ranks"],
+            frame,
+            strategy,
+            _rates(job)[strategy, frame, True] / _rates(job)[strategy, frame, False],
+        )
+        for job in jobs
+        for frame in work.frames
+        for strategy in work.compiled_strategies
+    ]
+
+
+def _name(variant: dict[str, Any]) -> str:
+    return variant["strategy"] + (", compiled" if variant["compiled"] else "")
+
+
 def _label(variant: dict[str, Any]) -> str:
-    return f"{variant['ranks']}r {variant['frame']}² {variant['strategy']}"
+    return f"{variant['ranks']}r {variant['frame']}² {_name(variant)}"
 
 
-def _markdown(jobs: list[dict[str, Any]], ratios: list[Ratio], machine_note: str) -> str:
+def _markdown(
+    jobs: list[dict[str, Any]],
+    ratios: list[Ratio],
+    compiled: list[CompiledRatio],
+    machine_note: str,
+) -> str:
     rows = [
         [
             v["ranks"],
             job["torch_threads_per_rank"],
             f"{v['frame']}²",
-            v["strategy"],
+            _name(v),
             v["samples_per_step"],
             v["samples_per_s"],
             *(v["seconds_per_step"][part] for part in PART_NAMES),
@@ -114,6 +156,15 @@ def _markdown(jobs: list[dict[str, Any]], ratios: list[Ratio], machine_note: str
     ratio_rows = [
         [r.ranks, f"{r.frame}²", r.derpp_over_incremental, f">= {r.target}", r.met] for r in ratios
     ]
+    compiled_rows = [[c.ranks, f"{c.frame}²", c.strategy, c.compiled_over_plain] for c in compiled]
+    compiled_table = (
+        "\n"
+        + markdown_table(
+            ["ranks", "frame", "strategy", "compiled / plain samples/s"], compiled_rows
+        )
+        if compiled
+        else ""
+    )
     return (
         f"Training steps, samples/s (new + replayed) and seconds per step by part; {machine_note}\n\n"
         + markdown_table(header, rows)
@@ -121,18 +172,20 @@ def _markdown(jobs: list[dict[str, Any]], ratios: list[Ratio], machine_note: str
         + markdown_table(
             ["ranks", "frame", "derpp / incremental samples/s", "target", "met"], ratio_rows
         )
+        + compiled_table
     )
 
 
 def _plot(jobs: list[dict[str, Any]], path: Path) -> Path:
     variants = [v for job in jobs for v in job["variants"]]
     groups = sorted({(v["ranks"], v["frame"]) for v in variants})
-    rate = {(v["ranks"], v["frame"], v["strategy"]): v["samples_per_s"] for v in variants}
+    rate = {(v["ranks"], v["frame"], _name(v)): v["samples_per_s"] for v in variants}
+    names = list(dict.fromkeys(_name(v) for v in variants))
     throughput = BarPanel(
         title="samples/s (new + replayed)",
         ylabel="samples/s",
         categories=[f"{ranks} rank(s), {frame}²" for ranks, frame in groups],
-        series={s: [rate[ranks, frame, s] for ranks, frame in groups] for s in STRATEGIES},
+        series={n: [rate[ranks, frame, n] for ranks, frame in groups] for n in names},
     )
     breakdown = BarPanel(
         title="one step, by part",
@@ -160,8 +213,9 @@ def run(
         jobs.append(_job(config, work, n))
         log.info("train bench: %d rank(s) done", n)
     ratios = _ratios(jobs, work.frames)
+    compiled = _compiled_ratios(jobs, work)
     note = "absolute times hold for the machine in train.json only"
-    table = _markdown(jobs, ratios, note)
+    table = _markdown(jobs, ratios, compiled, note)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "train.md").write_text(table)
     print(table)
@@ -189,6 +243,7 @@ def run(
         },
         "jobs": jobs,
         "ratios": [asdict(r) for r in ratios],
+        "compiled_over_plain": [asdict(c) for c in compiled],
         "target": f"derpp samples/s >= {TARGET_RATIO} x incremental samples/s",
         "note": note,
         "markdown": str(out_dir / "train.md"),

@@ -109,6 +109,7 @@ class PtychoNN(nn.Module):
         precision: str = "fp32",
         channels_last: bool = False,
         norm: str = "group",
+        compile: bool = False,
     ) -> None:
         super().__init__()
         # How the network computes (``ModelSettings``), not what it holds: checkpoints of a
@@ -135,6 +136,10 @@ class PtychoNN(nn.Module):
         self.depth = depth
         if channels_last:
             self.to(memory_format=torch.channels_last)
+        if compile:
+            # The forward alone, not the module's call: hooks (the benchmarks' clocks, DDP's)
+            # stay eager, and the state dict keeps its keys, so checkpoints load either way.
+            self.forward = torch.compile(self.forward)
 
     def forward(self, frames: torch.Tensor) -> ModelOutput:
         """``frames``: (n, 1, H, W) prepared diffraction intensities, H and W divisible by 2**depth."""
@@ -181,6 +186,7 @@ def build_model(settings: ModelSettings, input_size: int) -> PtychoNN:
         precision=settings.precision,
         channels_last=settings.channels_last,
         norm=settings.norm,
+        compile=settings.compile,
     )
 
 
