@@ -35,6 +35,17 @@ def _pair(device: str, size: int = 32, **fast: object) -> tuple[PtychoNN, Ptycho
     return plain, fast_model
 
 
+def _train(model: PtychoNN, frames: torch.Tensor, labels: torch.Tensor) -> float:
+    """Adam steps on the batches of (steps, n, ...) ``frames`` and ``labels``: the last loss."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for x, y in zip(frames, labels, strict=True):
+        loss = task_loss(model(x), y, "mae", None)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return loss.item()
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_channels_last_gives_the_plain_outputs(device: str) -> None:
     plain, fast = _pair(device, channels_last=True)
@@ -65,17 +76,10 @@ def test_bf16_and_channels_last_train_like_the_plain_path(device: str) -> None:
     frames = torch.rand(12, 4, 1, 16, 16, generator=generator).to(device)
     labels = torch.rand(12, 4, 2, 16, 16, generator=generator).to(device)
     labels[:, :, 1] = labels[:, :, 1] - 0.5  # phase around 0
-    losses = {}
-    for name, model in zip(
-        ("plain", "fast"), _pair(device, 16, precision="bf16", channels_last=True), strict=True
-    ):
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        for x, y in zip(frames, labels, strict=True):
-            loss = task_loss(model(x), y, "mae", None)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        losses[name] = loss.item()
+    plain, fast = _pair(device, 16, precision="bf16", channels_last=True)
+    losses = {
+        name: _train(model, frames, labels) for name, model in (("plain", plain), ("fast", fast))
+    }
     assert abs(losses["fast"] - losses["plain"]) <= 0.1 * losses["plain"]
 
 
@@ -110,15 +114,9 @@ def test_compiled_model_gives_the_plain_outputs_and_trains_alike(device: str) ->
     labels = torch.rand(6, 8, 2, 32, 32, generator=generator).to(device)
     probe = torch.rand(16, 1, 32, 32, generator=generator).to(device)
     torch.testing.assert_close(fast(probe).stacked(), plain(probe).stacked(), atol=1e-4, rtol=0)
-    losses = {}
-    for name, model in (("plain", plain), ("fast", fast)):
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        for x, y in zip(frames, labels, strict=True):
-            loss = task_loss(model(x), y, "mae", None)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        losses[name] = loss.item()
+    losses = {
+        name: _train(model, frames, labels) for name, model in (("plain", plain), ("fast", fast))
+    }
     difference = (fast(probe).stacked() - plain(probe).stacked()).abs()
     assert abs(losses["fast"] - losses["plain"]) < 1e-3
     assert difference.mean().item() < 6e-3
