@@ -145,3 +145,13 @@ def test_input_standardisation_is_fitted_once_and_saved_with_the_weights():
     assert copy.input_fitted and torch.equal(copy.input_scale, model.input_scale)
     with pytest.raises(ValueError, match="built for"):
         model.fit_input_statistics(frames[:, :, :8, :8])
+
+
+def test_a_samples_outputs_do_not_depend_on_what_shares_its_batch():
+    """What lets the trainer put the new batch and the replay draws through one forward:
+    GroupNorm normalises each sample alone (BatchNorm would mix them)."""
+    torch.manual_seed(0)
+    model = PtychoNN(width=8, depth=3)
+    frames = torch.rand(64, 1, 64, 64)
+    alone, together = model(frames[:32]).stacked(), model(frames).stacked()[:32]
+    torch.testing.assert_close(together, alone, rtol=0, atol=1e-6)
