@@ -14,9 +14,10 @@ At 64², 128² and 256² inputs, with the model width and depth of the configura
 
 The scans are simulated (``ptycl.simulate``, the configured beamline with the frame size set
 to the input and the probe diameter scaled with it, so the overlap is the configured one).
-Sizes and figures take turns round by round; ratios: stitching / inference and end to end /
-inference, compiled / plain inference. Target: >= 50,000 frames/s at 128² on one H100/H200 (inference), a GPU figure: on
-a CPU the figure is recorded and the GPU one is left to be measured.
+Sizes and figures take turns round by round; ratios: stitching / inference, end to end /
+inference and compiled / plain inference. Target: >= 50,000 frames/s at 128² on one
+H100/H200 (inference), a GPU figure: on a CPU the figure is recorded and the GPU one is left
+to be measured.
 """
 
 from __future__ import annotations

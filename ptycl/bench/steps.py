@@ -16,8 +16,7 @@ already has:
 
 A step's parts, in seconds, add up to the step:
 
-- ``data``: start to the first forward, less the draws (the batch gathered and moved to the
-  device);
+- ``data``: start to the first forward (the batch gathered and moved to the device);
 - ``replay_draw``: the store's draws, each with its batch's move to the device;
 - ``allreduce``: the gradient all-reduce the step waits for, from the launch of DDP's last
   gradient bucket (backward has then produced every gradient) to the completion of all; what
@@ -143,7 +142,6 @@ class StepClock:
         self._left = 0  # steps this turn may still take
         self._start = self._first_forward = self._optimizer_start = self._optimizer_end = 0.0
         self._forwarded = False
-        self._draw_before_forward_s = 0.0  # of draw_s: the trainer draws before its forward
         self._buckets: list[tuple[float, float]] = []
         trainer.replica.register_forward_pre_hook(self._on_forward)
         trainer.optimizer.register_step_pre_hook(self._on_optimizer_start)
@@ -172,15 +170,13 @@ class StepClock:
             return True
         self._left -= 1
         self._forwarded, self.draw_s, self._buckets = False, 0.0, []
-        self._draw_before_forward_s = 0.0
         self._start = self._now()
         return False
 
     def _on_forward(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
-        if not self._forwarded:  # any later forward in the step counts as forward_backward
+        if not self._forwarded:  # the replayed batch's forward comes later in the step
             self._forwarded = True
             self._first_forward = self._now()
-            self._draw_before_forward_s = self.draw_s
 
     def _on_optimizer_start(self, *hook_args: Any) -> None:
         self._optimizer_start = self._now()
@@ -205,11 +201,11 @@ class StepClock:
         allreduce = max(d for _, d in buckets) - max(s for s, _ in buckets) if buckets else 0.0
         self.steps.append(
             StepParts(
-                data=self._first_forward - self._start - self._draw_before_forward_s,
+                data=self._first_forward - self._start,
                 replay_draw=self.draw_s,
                 forward_backward=self._optimizer_start
                 - self._first_forward
-                - (self.draw_s - self._draw_before_forward_s)
+                - self.draw_s
                 - allreduce,
                 allreduce=allreduce,
                 optimizer=self._optimizer_end - self._optimizer_start,

@@ -233,8 +233,7 @@ def run(
             "statistic": "median over rounds of samples/s; seconds per step: mean over steps and ranks",
         },
         "parts": {
-            "data": "step start to the first forward, less the draws: batch gathered and moved "
-            "to the device",
+            "data": "step start to the first forward: batch gathered and moved to the device",
             "replay_draw": "store draws, with the drawn batch moved to the device",
             "forward_backward": "first forward to optimiser step, less draws and all-reduce",
             "allreduce": "DDP gradient all-reduce not hidden behind backward: last bucket "

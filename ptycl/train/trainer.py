@@ -257,7 +257,7 @@ class ContinualTrainer:
         DER++'s two replay draws go through the model in one forward: GroupNorm normalises
         each sample alone, so a sample's output does not depend on what shares its batch, and
         on a CPU a batch of 16 costs more per sample than one of 32 (the ``train`` bench:
-        DER++ at 0.93 of incremental's samples/s at 64² with a forward per draw, 1.05 with
+        DER++ at 0.93 of incremental's samples/s at 64² with a forward per draw, 1.04 with
         one for both). The new batch keeps its own forward: merged with the draws into one
         batch of 64, the activations at 128² outgrow the CPU's caches (0.75).
         """
