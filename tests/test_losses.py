@@ -148,8 +148,8 @@ def test_input_standardisation_is_fitted_once_and_saved_with_the_weights():
 
 
 def test_a_samples_outputs_do_not_depend_on_what_shares_its_batch():
-    """What lets the trainer put the new batch and the replay draws through one forward:
-    GroupNorm normalises each sample alone (BatchNorm would mix them)."""
+    """What lets the trainer put DER++'s two replay draws through one forward: GroupNorm
+    normalises each sample alone (BatchNorm would mix them)."""
     torch.manual_seed(0)
     model = PtychoNN(width=8, depth=3)
     frames = torch.rand(64, 1, 64, 64)

@@ -270,25 +270,23 @@ class ContinualTrainer:
         loss = per_sample.mean() * self._weight(len(inputs), self.settings.batch_size)
         samples = self.settings.batch_size
         draws = self._draw_replay() if strategy in REPLAY_STRATEGIES else []
-        present = [draw for draw in draws if draw is not None]
-        replayed = iter([])
-        if present:
-            together = self.replica(torch.cat([draw.inputs for draw in present])).stacked()
-            sizes = [len(draw) for draw in present]
-            replayed = iter(ModelOutput.from_stacked(part) for part in together.split(sizes))
-        drawn_total = self._replay_drawn_total()
-        for index, draw in enumerate(draws):
-            if draw is None:
-                continue
-            output = next(replayed)
-            samples += drawn_total
-            if strategy == "er":
-                term = task_loss(output, draw.labels, kind, support)
-            elif index == 0:  # der and derpp: match the outputs stored at insertion
-                term = self.settings.alpha * der_distance(output, draw.outputs, kind, support)
-            else:  # derpp's second draw: the stored labels
-                term = self.settings.beta * task_loss(output, draw.labels, kind, support)
-            loss = loss + term * self._weight(len(draw), drawn_total)
+        # (index of the draw, the draw): index 0 is ER's and DER's draw, 1 DER++'s second
+        drawn = [(index, draw) for index, draw in enumerate(draws) if draw is not None]
+        if drawn:
+            together = self.replica(torch.cat([draw.inputs for _, draw in drawn])).stacked()
+            drawn_total = self._replay_drawn_total()
+            for (index, draw), values in zip(
+                drawn, together.split([len(draw) for _, draw in drawn]), strict=True
+            ):
+                output = ModelOutput.from_stacked(values)
+                samples += drawn_total
+                if strategy == "er":
+                    term = task_loss(output, draw.labels, kind, support)
+                elif index == 0:  # der and derpp: match the outputs stored at insertion
+                    term = self.settings.alpha * der_distance(output, draw.outputs, kind, support)
+                else:  # derpp's second draw: the stored labels
+                    term = self.settings.beta * task_loss(output, draw.labels, kind, support)
+                loss = loss + term * self._weight(len(draw), drawn_total)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # under DDP, also averages the gradients over the ranks
         self.optimizer.step()
