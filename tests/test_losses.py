@@ -134,12 +134,22 @@ def test_input_standardisation_is_fitted_once_and_saved_with_the_weights():
     generator = torch.Generator().manual_seed(0)
     frames = 3.0 + 0.1 * torch.randn(200, 1, 16, 16, generator=generator)
     frames[:, :, :8] *= 40.0  # a bright half, like the probe's own diffraction
+    frames[:, :, -2:, -2:] = 0.0  # a corner that never sees a photon on the fitted scan
     model = PtychoNN(width=4, depth=2, input_size=16)
     assert not model.input_fitted
     model.fit_input_statistics(frames)
     standardised = (frames - model.input_mean) / model.input_scale
     assert standardised.mean(dim=0).abs().max().item() < 1e-4
-    assert standardised.std(dim=0).sub(1).abs().max().item() < 1e-4
+    spread = standardised.std(dim=0)[0]
+    # Pixels above the median spread (the bright half) come out at unit spread; the others
+    # are divided by the median spread (0.1 here), never by less.
+    assert spread[:8].sub(1).abs().max().item() < 1e-4
+    dark = spread[8:-2]  # the rows without the corner
+    assert 0.6 < dark.min().item() and dark.max().item() < 1 + 1e-4
+    median = frames.std(dim=0).median().item()
+    assert model.input_scale[0, 0, -1, -1].item() == pytest.approx(median, rel=1e-5)
+    # So a count in that corner on a later scan stands at 1 / median (about 10), not 1e12.
+    assert model.input_scale.min().item() == pytest.approx(median, rel=1e-5)
     copy = PtychoNN(width=4, depth=2, input_size=16)
     copy.load_state_dict(model.state_dict())
     assert copy.input_fitted and torch.equal(copy.input_scale, model.input_scale)

@@ -46,13 +46,21 @@ def test_each_strategy_fills_the_error_matrix_and_counts_its_cost(tiny_scans, tm
     assert shown == [f"reconstruction_{report.scan_ids[i]}.png" for i in (0, -1)]
 
 
-def test_resume_mid_scan_continues_exactly_as_an_uninterrupted_run(tiny_scans, tmp_path):
+@pytest.mark.parametrize(
+    ("stop_after", "position"),
+    [(9, [1, 3, 9]), (6, [1, 0, 6])],  # in the middle of scan 1; before its first step
+)
+def test_resume_continues_exactly_as_an_uninterrupted_run(
+    tiny_scans, tmp_path, stop_after, position
+):
+    """Mid-scan, the resumed run keeps the scan's Adam moments; at a scan's end, it starts
+    the next scan with fresh ones, as the uninterrupted run did."""
     straight = run_continual(tiny_config(tiny_scans, tmp_path / "straight", "train.strategy=derpp"))
     interrupted_config = tiny_config(tiny_scans, tmp_path / "interrupted", "train.strategy=derpp")
-    first = run_continual(interrupted_config, max_steps=9)  # stops in the middle of scan 1
+    first = run_continual(interrupted_config, max_steps=stop_after)
     assert len(first.scan_ids) == 1
     state = load_checkpoint(tmp_path / "interrupted" / "checkpoints")
-    assert state["trainer"]["position"] == [1, 3, 9]
+    assert state["trainer"]["position"] == position
     resumed = run_continual(interrupted_config, resume=True)
     # The weights below must match bit for bit; the evaluations only to float32 summation
     # order (oneDNN picks its reduction order per call), hence rel=1e-6.
@@ -67,6 +75,26 @@ def test_resume_mid_scan_continues_exactly_as_an_uninterrupted_run(tiny_scans, t
         assert torch.equal(tensor, b["model"][name]), name
     assert a["store"]["seen"] == b["store"]["seen"]
     assert torch.equal(a["store"]["held"]["scan_index"], b["store"]["held"]["scan_index"])
+
+
+@pytest.mark.parametrize(
+    ("optimizer_state", "adam_steps"), [("fresh_per_scan", 6), ("carried", 18)]
+)
+def test_adam_moments_start_afresh_with_each_new_scan(
+    tiny_scans, tmp_path, optimizer_state, adam_steps
+):
+    """3 scans of 6 steps: the last scan's Adam state holds its own 6 steps, or all 18."""
+    config = tiny_config(
+        tiny_scans,
+        tmp_path,
+        "train.strategy=incremental",
+        f"train.optimizer_state={optimizer_state}",
+    )
+    run_continual(config)
+    trainer = load_checkpoint(tmp_path / "checkpoints")["trainer"]
+    steps = {float(s["step"]) for s in trainer["optimizer"]["state"].values()}
+    assert steps == {adam_steps}
+    assert trainer["newest_task"] == 2
 
 
 def test_derpp_with_zero_weights_trains_like_incremental(tiny_scans, tmp_path):
