@@ -317,3 +317,20 @@ def test_reconstruction_is_drawn_beside_the_truth(tmp_path):
     elsewhere = ObjectImage(truth.values, truth.pixel_m, (1e-6, 0.0))
     with pytest.raises(ValueError, match="different grids"):
         plot_reconstruction(predicted, elsewhere, covered, tmp_path / "no.png")
+
+
+def test_weak_phase_contrast_is_visible_in_the_reconstruction_plot(tmp_path):
+    """Two phase levels 0.2 rad apart (a weak sample, amplitude 0.95-0.97) must come out as
+    clearly different colours: the colour limits follow the image, not -pi..pi or 0..1."""
+    phase = np.zeros((60, 60), np.float32)
+    phase[:, 30:] = -0.2
+    amplitude = np.where(phase < 0, 0.95, 0.97).astype(np.float32)
+    image = ObjectImage((amplitude * np.exp(1j * phase)).astype(np.complex64), (1e-8, 1e-8))
+    png = read_png(plot_reconstruction(image, None, None, tmp_path / "weak.png"))[..., :3]
+    colours, counts = np.unique(png.reshape(-1, 3).round(2), axis=0, return_counts=True)
+    # The four largest areas of one colour: the background, and each panel's two halves.
+    largest = colours[np.argsort(counts)[::-1][:5]]
+    painted = [c for c in largest if not np.allclose(c, 1.0)]  # not the white background
+    distances = [np.abs(a - b).max() for i, a in enumerate(painted) for b in painted[i + 1 :]]
+    assert len(painted) >= 4
+    assert min(distances) > 0.3, largest  # every pair of areas clearly apart

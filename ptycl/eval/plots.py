@@ -141,9 +141,16 @@ def plot_reconstruction(
     fig = Figure(figsize=(4.2 * columns, 7.5), layout="constrained")
     axes = fig.subplots(2, columns, squeeze=False)
     extent = _extent_um(predicted)
-    amplitude_top = max(1.0, float(predicted.amplitude[covered].max(initial=0.0)))
+    # Prediction and truth share colour limits, set by the truth where there is one: fixed
+    # limits (0-1, -pi-pi) showed a sample's 0.1-1.5 rad of phase contrast as one flat colour.
+    reference = truth if truth is not None else predicted
+    amplitude_range = _shown_range(reference.amplitude[covered])
+    phase_range = _shown_range(reference.phase[covered])
     gray = colormaps["gray"].with_extremes(bad=UNCOVERED_COLOUR)
-    twilight = colormaps["twilight"].with_extremes(bad=UNCOVERED_COLOUR)
+    # A cyclic map only when the phase fills the circle; on a narrower range its two ends
+    # would share a colour.
+    wraps = phase_range[1] - phase_range[0] > 1.8 * np.pi
+    phase_map = colormaps["twilight" if wraps else "viridis"].with_extremes(bad=UNCOVERED_COLOUR)
     magma = colormaps["magma"].with_extremes(bad=UNCOVERED_COLOUR)
 
     def show(
@@ -156,13 +163,13 @@ def plot_reconstruction(
         ax.set_xlabel("x (µm)")
         ax.set_ylabel("y (µm)")
 
-    show(axes[0, 0], predicted.amplitude, gray, 0.0, amplitude_top, "amplitude")
-    show(axes[1, 0], predicted.phase, twilight, -np.pi, np.pi, "phase (rad)")
+    show(axes[0, 0], predicted.amplitude, gray, *amplitude_range, "amplitude")
+    show(axes[1, 0], predicted.phase, phase_map, *phase_range, "phase (rad)")
     axes[0, 0].set_title("predicted amplitude")
     axes[1, 0].set_title("predicted phase")
     if truth is not None:
-        show(axes[0, 1], truth.amplitude, gray, 0.0, amplitude_top, "amplitude")
-        show(axes[1, 1], truth.phase, twilight, -np.pi, np.pi, "phase (rad)")
+        show(axes[0, 1], truth.amplitude, gray, *amplitude_range, "amplitude")
+        show(axes[1, 1], truth.phase, phase_map, *phase_range, "phase (rad)")
         axes[0, 1].set_title("true amplitude")
         axes[1, 1].set_title("true phase")
         amplitude_error = np.abs(predicted.amplitude - truth.amplitude)
@@ -175,6 +182,18 @@ def plot_reconstruction(
             axes[row, 2].set_title(f"|{name} error|, mean {error[covered].mean():.3g}")
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def _shown_range(values: np.ndarray) -> tuple[float, float]:
+    """Colour limits: the 0.5-99.5 percentiles, so a few outlying pixels do not flatten the
+    rest; widened to 1e-3 around a constant image."""
+    if values.size == 0:
+        return 0.0, 1.0
+    low, high = (float(v) for v in np.percentile(values, [0.5, 99.5]))
+    if high - low < 1e-3:
+        middle = (low + high) / 2
+        low, high = middle - 5e-4, middle + 5e-4
+    return low, high
 
 
 def plot_cost_per_scan(
