@@ -132,7 +132,7 @@ class TrainSettings(Section):
     schedule: Literal["cosine", "cyclic", "constant"] = "cosine"
     # Adam's moment estimates: started afresh when a new scan begins training, or carried over
     # from the scans before. Carried, they kept a continual run from learning later scans:
-    # see ``ContinualTrainer.train_scan``.
+    # see ``ContinualTrainer._begin_task``.
     optimizer_state: Literal["fresh_per_scan", "carried"] = "fresh_per_scan"
     loss: Literal["mae", "mse"] = "mae"
     device: Literal["auto", "cpu", "cuda"] = "auto"
