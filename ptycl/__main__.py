@@ -2,4 +2,5 @@ import sys
 
 from ptycl.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not in the spawned workers of `bench continual --jobs`
+    sys.exit(main())

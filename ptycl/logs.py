@@ -26,9 +26,11 @@ class _TqdmHandler(logging.StreamHandler):
             self.handleError(record)
 
 
-def setup_logging(level: str = "INFO", rank: int = 0) -> None:
+def setup_logging(level: str = "INFO", rank: int = 0, label: str | None = None) -> None:
+    """``label``: a name for this process's lines, when several processes share a terminal
+    (the strategies of ``ptycl bench continual --jobs``)."""
     handler = _TqdmHandler()
-    prefix = f"[rank {rank}] " if rank else ""
+    prefix = f"[{label}] " if label else f"[rank {rank}] " if rank else ""
     handler.setFormatter(
         logging.Formatter(f"%(asctime)s %(levelname)-7s {prefix}%(message)s", "%H:%M:%S")
     )

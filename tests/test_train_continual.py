@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from ptycl.errors import CheckpointError, ConfigError
 from ptycl.eval.evaluate import MATRIX_NAMES
 from ptycl.train.checkpoint import load_checkpoint
 from ptycl.train.run import run_continual
@@ -75,6 +76,43 @@ def test_resume_continues_exactly_as_an_uninterrupted_run(
         assert torch.equal(tensor, b["model"][name]), name
     assert a["store"]["seen"] == b["store"]["seen"]
     assert torch.equal(a["store"]["held"]["scan_index"], b["store"]["held"]["scan_index"])
+
+
+def test_resume_refuses_other_learning_settings_and_takes_other_runtime_ones(tiny_scans, tmp_path):
+    run_continual(tiny_config(tiny_scans, tmp_path, "train.strategy=derpp"), max_steps=9)
+    for changed, key in [
+        ("train.steps_per_scan=7", "train.steps_per_scan"),
+        ("train.strategy=er", "train.strategy"),
+        ("model.width=8", "model.width"),
+        ("run.seed=1", "run.seed"),
+    ]:
+        config = tiny_config(tiny_scans, tmp_path, "train.strategy=derpp", changed)
+        with pytest.raises(ConfigError, match=rf"^--resume: {key}: the run was trained with"):
+            run_continual(config, resume=True)
+    # where and how often it checkpoints and logs may change: the run goes on to its end
+    config = tiny_config(
+        tiny_scans,
+        tmp_path,
+        "train.strategy=derpp",
+        "train.checkpoint_every_steps=4",
+        "run.log_level=WARNING",
+    )
+    report = run_continual(config, resume=True)
+    assert [c["steps"] for c in report.costs] == [6, 6, 6]
+
+
+def test_resume_refuses_a_stream_with_other_scans_before_the_resume_point(tiny_scans, tmp_path):
+    run_continual(tiny_config(tiny_scans, tmp_path / "run", "train.strategy=er"), max_steps=9)
+    reordered = tmp_path / "reordered"
+    reordered.mkdir()
+    paths = sorted(tiny_scans.iterdir())
+    for rank, path in zip("cba", paths, strict=True):  # the same scans, listed last to first
+        (reordered / f"{rank}_{path.name}").symlink_to(path)
+    config = tiny_config(reordered, tmp_path / "run", "train.strategy=er")
+    with pytest.raises(
+        CheckpointError, match=r"scan 0 of the run was .*resume with the same scans"
+    ):
+        run_continual(config, resume=True)
 
 
 @pytest.mark.parametrize(

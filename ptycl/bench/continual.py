@@ -1,21 +1,37 @@
 """The continual suite: all five strategies over one scan sequence, side by side.
 
+    ptycl bench continual -c configs/continual-64.yaml [--jobs N] [--resume]
+
 Cost is counted in forward samples (new and replayed alike) and in training seconds; both
 are reported per scan so the plot shows the shape: flat for the rehearsal strategies,
 growing with every scan for ``cumulative``.
+
+``--jobs N`` trains N strategies at once, each in a process of its own with 1/N of this
+process's torch threads (``cumulative``, the longest, first). The samples are the same as
+one at a time; the seconds are measured beside each other, so they compare with each other
+but not with a run of ``--jobs 1``. ``--resume`` continues every strategy from its own
+checkpoints (one that had finished is read back, one never begun starts): a suite stopped by
+Ctrl-C, SIGTERM or a Slurm time limit goes on where each strategy was.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+import signal
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ptycl.bench.settings import with_settings
 from ptycl.config import Config
 from ptycl.errors import PtyclError
 from ptycl.eval.plots import plot_cost_per_scan, plot_error_over_time
+from ptycl.logs import setup_logging
+from ptycl.train.checkpoint import has_checkpoint
 from ptycl.train.report import RunReport
 from ptycl.train.run import resolve_scans, run_continual
 
@@ -99,24 +115,107 @@ def _markdown(reports: dict[str, RunReport], criteria: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(config: Config, out_dir: Path, quick: bool) -> dict:
+def _train_strategy(config: Config, resume: bool, threads: int | None = None) -> RunReport:
+    """One strategy's run; ``threads`` set: in a worker process of its own."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+        setup_logging(config.run.log_level, label=config.train.strategy)
+    resume = resume and has_checkpoint(config.run.output_dir / "checkpoints")
+    try:
+        return run_continual(config, resume=resume)
+    except PtyclError as exc:
+        # As its message only: the subclasses' own arguments do not survive the pickling
+        # that brings a worker's exception back.
+        raise PtyclError(f"{config.train.strategy}: {exc}") from None
+
+
+class _SuiteStop:
+    """Ctrl-C, SIGTERM or SIGUSR1 to the suite's process: passed on to the workers (each
+    strategy stops at its next step with a checkpoint, by ``run_continual``'s own handlers),
+    and no strategy starts after it."""
+
+    def __init__(self) -> None:
+        self.signalled: str | None = None
+
+    def __call__(self, signum: int, _frame: object = None) -> None:
+        self.signalled = signal.Signals(signum).name
+        for child in multiprocessing.active_children():
+            if child.pid is not None:
+                os.kill(child.pid, signum)
+
+
+def _train_strategies(configs: dict[str, Config], jobs: int, resume: bool) -> dict[str, RunReport]:
+    """The report of every strategy that ran, in ``configs``' order; ``jobs`` at a time. A
+    stop (a signal, or a strategy that failed) leaves the ones not begun out."""
+    if jobs == 1:
+        reports = {}
+        for strategy, config in configs.items():
+            reports[strategy] = _train_strategy(config, resume)
+            if reports[strategy].stopped:  # Ctrl-C / SIGTERM ends the suite, not one strategy
+                break
+            log.info("%s", reports[strategy].summary_line())
+        return reports
+    threads = max(1, torch.get_num_threads() // jobs)
+    # Longest first, so the last to finish is not the one that takes longest.
+    waiting = sorted(configs, key=lambda s: s != "cumulative")
+    log.info("training %d strategies at a time, %d torch thread(s) each", jobs, threads)
+    stop = _SuiteStop()
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    done: dict[str, RunReport] = {}
+    failure: BaseException | None = None
+    try:
+        # spawn: a fresh interpreter per worker, not a fork of this one's torch threads. A
+        # strategy is handed to the pool only when a worker is free, so none waits queued
+        # where a stop could not take it back.
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            running: dict[Future[RunReport], str] = {}
+            while running or (waiting and stop.signalled is None and failure is None):
+                while waiting and len(running) < jobs and stop.signalled is None and not failure:
+                    strategy = waiting.pop(0)
+                    running[pool.submit(_train_strategy, configs[strategy], resume, threads)] = (
+                        strategy
+                    )
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    strategy = running.pop(future)
+                    if future.exception() is None:
+                        done[strategy] = future.result()
+                        log.info("%s", done[strategy].summary_line())
+                    elif failure is None:  # the others stop, with a checkpoint to resume
+                        failure = future.exception()
+                        stop(signal.SIGTERM)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if failure is not None:
+        raise failure
+    return {s: done[s] for s in configs if s in done}
+
+
+def run(config: Config, out_dir: Path, quick: bool, jobs: int = 1, resume: bool = False) -> dict:
     if quick:
         config = with_settings(
             config, simulate={"n_scans": 4, "frames_per_scan": 200}, train={"steps_per_scan": 30}
         )
     suite_dir = out_dir / "continual"
     resolve_scans(config)  # simulate once, before the strategies share the scans
-    reports: dict[str, RunReport] = {}
-    for strategy in STRATEGIES:
-        run_config = with_settings(
+    configs = {
+        strategy: with_settings(
             config,
             run={"name": strategy, "output_dir": suite_dir / strategy},
             train={"strategy": strategy},
         )
-        reports[strategy] = run_continual(run_config)
-        if reports[strategy].stopped:  # Ctrl-C / SIGTERM ends the suite, not one strategy
-            raise PtyclError(f"bench continual: {strategy} stopped ({reports[strategy].stopped})")
-        log.info("%s", reports[strategy].summary_line())
+        for strategy in STRATEGIES
+    }
+    reports = _train_strategies(configs, jobs, resume)
+    stopped = {s: r.stopped for s, r in reports.items() if r.stopped}
+    stopped |= {s: "not begun" for s in configs if s not in reports}
+    if stopped:
+        raise PtyclError(
+            "bench continual: stopped ("
+            + ", ".join(f"{s}: {why}" for s, why in stopped.items())
+            + "); continue with --resume"
+        )
     criteria = _criteria(reports)
     scan_ids = reports["derpp"].scan_ids
     plot_cost_per_scan(
@@ -136,6 +235,7 @@ def run(config: Config, out_dir: Path, quick: bool) -> dict:
     return {
         "suite": "continual",
         "quick": quick,
+        "jobs": jobs,
         "scans": scan_ids,
         "criteria": criteria,
         "strategies": {

@@ -1,4 +1,5 @@
-"""Run benchmark suites: ``ptycl bench SUITE [-c CONFIG] [--quick] [--out DIR]``.
+"""Run benchmark suites: ``ptycl bench SUITE [-c CONFIG] [--quick] [--out DIR]``
+(``continual`` also takes ``--jobs N`` and ``--resume``).
 
 Suites measure their comparisons side by side in one run and report ratios; absolute times
 are only meaningful on the machine named in the JSON (``machine`` field).
@@ -18,6 +19,7 @@ import torch
 
 from ptycl.cli import add_config_arguments
 from ptycl.config import load_config
+from ptycl.errors import ConfigError
 from ptycl.logs import setup_logging
 from ptycl.outputs import write_text
 
@@ -42,6 +44,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--quick", action="store_true", help="a reduced size that finishes in a few minutes"
     )
     parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="continual: strategies trained at once, each in its own process",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continual: continue each strategy from its checkpoints under --out",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=Path("bench-results"),
@@ -62,12 +75,16 @@ def machine_description() -> dict[str, object]:
 
 def main(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
+    if args.jobs < 1:
+        raise ConfigError("--jobs", "jobs", f"{args.jobs}: at least 1 strategy at a time")
     setup_logging(config.run.log_level)
     args.out.mkdir(parents=True, exist_ok=True)
     for suite in SUITES if args.suite == "all" else [args.suite]:
         module = importlib.import_module(SUITES[suite])
         log.info("bench %s%s", suite, " (quick)" if args.quick else "")
-        result = module.run(config=config, out_dir=args.out, quick=args.quick)
+        # Only the continual suite trains runs long enough to share out and to resume.
+        options = {"jobs": args.jobs, "resume": args.resume} if suite == "continual" else {}
+        result = module.run(config=config, out_dir=args.out, quick=args.quick, **options)
         result["machine"] = machine_description()
         # One writer for every suite's JSON, all or nothing (a killed bench leaves no torn file).
         path = write_text(args.out / f"{suite}.json", json.dumps(result, indent=2, default=str))

@@ -266,6 +266,11 @@ def save_checkpoint(directory: Path, state: dict[str, Any], keep: int = DEFAULT_
     return directory / _checkpoint_name(number)
 
 
+def has_checkpoint(directory: Path) -> bool:
+    """Whether ``directory`` holds a checkpoint manifest (intact or not: ``load`` tells)."""
+    return bool(_numbers(directory, "json"))
+
+
 def load_checkpoint(directory: Path) -> dict[str, Any]:
     """One process: the newest intact checkpoint's state (in a data-parallel run, without the
     store shards)."""

@@ -41,7 +41,7 @@ import torch
 
 from ptycl.cli import add_config_arguments
 from ptycl.config import Config, dump_config, load_config
-from ptycl.errors import ScanError
+from ptycl.errors import CheckpointError, ScanError
 from ptycl.eval.evaluate import ErrorMatrices, stitch_scan
 from ptycl.eval.plots import plot_reconstruction
 from ptycl.logs import setup_logging
@@ -189,6 +189,8 @@ def run_continual(
                     rejected.append(problem)
                 continue
             task = len(scans)
+            if resume:
+                _check_resumed_scan(scan.scan_id, task, trainer, matrices, checkpoint_dir)
             scans.append(scan)
             trainer.arrived(scan)
             if task < trainer.state.position.scan_index:
@@ -244,6 +246,30 @@ def run_continual(
         if stopped is None:  # a stopped run is to resume, and soon: no plots to draw
             _plot_reconstructions(trainer, scans, output_dir / "plots")
     return report
+
+
+def _check_resumed_scan(
+    scan_id: str,
+    task: int,
+    trainer: ContinualTrainer,
+    matrices: ErrorMatrices,
+    checkpoint_dir: Path,
+) -> None:
+    """A resumed run must meet the scans it trained on again, in the same order: another
+    stream would be continued with a store and error matrices that belong to the first."""
+    position = trainer.state.position
+    if task < position.scan_index:
+        trained = matrices.scan_ids[task]
+    elif task == position.scan_index and position.step_in_scan > 0:
+        trained = trainer.state.costs[-1].scan_id  # the scan stopped in the middle
+    else:
+        return  # a scan the run had not reached: the stream goes on
+    if scan_id != trained:
+        raise CheckpointError(
+            checkpoint_dir,
+            f"scan {task} of the run was {trained}, and this stream has {scan_id} there: "
+            "resume with the same scans in the same order",
+        )
 
 
 def _plot_reconstructions(trainer: ContinualTrainer, scans: list[ScanTensors], plots: Path) -> None:

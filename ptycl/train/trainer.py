@@ -42,6 +42,60 @@ log = logging.getLogger("ptycl.train")
 
 REPLAY_STRATEGIES = ("er", "der", "derpp")
 
+# The settings that decide what the trainer learns: a checkpoint saves them and a resume must
+# bring the same, or it would continue another run than the one saved (the batches, learning
+# rates and replay of every later step follow from them). Every other setting of these
+# sections may change on a resume: where and how fast the run goes, not what it computes.
+LEARNING_SECTIONS = ("run", "prep", "model", "train")
+RESUMABLE_SETTINGS = frozenset(
+    {
+        "run.name",
+        "run.output_dir",
+        "run.log_level",
+        "model.precision",
+        "model.channels_last",
+        "model.compile",
+        "train.device",
+        "train.checkpoint_every_steps",
+        "train.keep_checkpoints",
+        "train.store.device",
+        "train.store.prefetch",
+    }
+)
+
+
+def learning_settings(config: Config) -> dict[str, Any]:
+    """``config``'s settings that a resume must keep, as {dotted key: JSON value}."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}", inner)
+        elif prefix not in RESUMABLE_SETTINGS:
+            flat[prefix] = value
+
+    dumped = config.model_dump(mode="json")
+    for section in LEARNING_SECTIONS:
+        walk(section, dumped[section])
+    return flat
+
+
+def check_same_learning_settings(saved: dict[str, Any], config: Config) -> None:
+    """Refuse to resume with learning settings other than the checkpoint's (one line naming
+    the first that differs and how many do)."""
+    now = learning_settings(config)
+    differing = [key for key in sorted(saved.keys() | now.keys()) if saved.get(key) != now.get(key)]
+    if differing:
+        key = differing[0]
+        more = f" (and {len(differing) - 1} more)" if len(differing) > 1 else ""
+        raise ConfigError(
+            "--resume",
+            key,
+            f"the run was trained with {saved.get(key)!r}, this config has {now.get(key)!r}"
+            f"{more}: resume with the run's own config.yaml, or start a new run.output_dir",
+        )
+
 
 @dataclass
 class ScanCost:
@@ -351,6 +405,7 @@ class ContinualTrainer:
             "position": [position.scan_index, position.step_in_scan, position.global_step],
             "costs": [[c.scan_id, c.steps, c.samples, c.seconds] for c in self.state.costs],
             "newest_task": self.state.newest_task,
+            "learning_settings": learning_settings(self.config),
         }
 
     def load_state_dict(
@@ -361,7 +416,11 @@ class ContinualTrainer:
         In a data-parallel job ``state["store"]`` is this rank's shard, saved by a job with as
         many ranks. ``store_shards`` instead: the old shards this rank takes over from a job
         with a different number of ranks (``shards_for_rank``), redistributed by the store.
+        Refuses (``ConfigError``) a checkpoint saved under other learning settings; one from
+        before they were saved is taken as it is.
         """
+        if "learning_settings" in state:
+            check_same_learning_settings(state["learning_settings"], self.config)
         self.model.load_state_dict(state["model"])
         if state["support"] is not None:
             self.support = state["support"].to(self.device)
