@@ -4,6 +4,7 @@ processes, stopped by a SIGTERM to the suite and resumed to the numbers of an un
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -107,3 +108,26 @@ def test_a_suite_stopped_by_sigterm_resumes_to_the_unbroken_numbers(tiny_scans, 
     assert again.returncode == 0, again.stderr[-2000:]
     for strategy, report in _results(out)["strategies"].items():
         assert report["costs"] == results[strategy]["costs"], strategy
+
+
+def test_a_refused_resume_ends_the_suite_with_the_reason_in_one_line(
+    tiny_scans, tmp_path, unbroken
+):
+    out = tmp_path / "bench"
+    shutil.copytree(unbroken, out, symlinks=True)
+    refused = subprocess.run(
+        _bench(tiny_scans, out, "--resume", "--set", "train.lr=0.01"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert refused.returncode == 2
+    (error,) = [line for line in refused.stderr.splitlines() if line.startswith("ptycl: error:")]
+    assert "--resume: train.lr: the run was trained with 0.001, this config has 0.01" in error
+    assert error.split(": ")[2] in ("incremental", "cumulative")  # a strategy of the first two
+    # nothing of the suite's runs was overwritten
+    for strategy in ("incremental", "cumulative", "er", "der", "derpp"):
+        for name in ("config.yaml", "metrics.json"):
+            assert (out / "continual" / strategy / name).read_bytes() == (
+                unbroken / "continual" / strategy / name
+            ).read_bytes(), (strategy, name)

@@ -80,6 +80,7 @@ def test_resume_continues_exactly_as_an_uninterrupted_run(
 
 def test_resume_refuses_other_learning_settings_and_takes_other_runtime_ones(tiny_scans, tmp_path):
     run_continual(tiny_config(tiny_scans, tmp_path, "train.strategy=derpp"), max_steps=9)
+    saved_config = (tmp_path / "config.yaml").read_text()
     for changed, key in [
         ("train.steps_per_scan=7", "train.steps_per_scan"),
         ("train.strategy=er", "train.strategy"),
@@ -89,6 +90,7 @@ def test_resume_refuses_other_learning_settings_and_takes_other_runtime_ones(tin
         config = tiny_config(tiny_scans, tmp_path, "train.strategy=derpp", changed)
         with pytest.raises(ConfigError, match=rf"^--resume: {key}: the run was trained with"):
             run_continual(config, resume=True)
+    assert (tmp_path / "config.yaml").read_text() == saved_config  # the run's, to resume with
     # where and how often it checkpoints and logs may change: the run goes on to its end
     config = tiny_config(
         tiny_scans,

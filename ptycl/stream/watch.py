@@ -245,7 +245,6 @@ class Watcher:
         try:
             if self.main:
                 self.output_dir.mkdir(parents=True, exist_ok=True)
-                write_text(self.output_dir / "config.yaml", dump_config(self.config))
             if resume:
                 self._resume()
             elif self.main and (self.checkpoint_dir / "latest.pt").exists():
@@ -253,7 +252,8 @@ class Watcher:
                     "%s holds a checkpoint: starting afresh over it (--resume continues it)",
                     self.checkpoint_dir,
                 )
-            if self.main:
+            if self.main:  # after a resume was accepted: a refused one leaves the run's config
+                write_text(self.output_dir / "config.yaml", dump_config(self.config))
                 self.status = StatusLine(
                     self.settings.status_every_s, self.output_dir / STATUS_JSON
                 )

@@ -124,7 +124,6 @@ def run_continual(
     checkpoint_dir = output_dir / "checkpoints"
     if dist.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
-        write_text(output_dir / "config.yaml", dump_config(config))
     trainer = ContinualTrainer.build(config, dist)
     matrices = ErrorMatrices()
     rejected: list[str] = []
@@ -142,6 +141,8 @@ def run_continual(
             state.get("ranks", 1),
             dist.world_size,
         )
+    if dist.is_main:  # after a resume was accepted: a refused one leaves the run's config
+        write_text(output_dir / "config.yaml", dump_config(config))
 
     def checkpoint() -> None:
         state = {
