@@ -75,42 +75,47 @@ def plot_error_over_time(
     title: str = "Error on the first scans as training goes on",
     metric: str = "error",
 ) -> Path:
-    """Error on each of the first ``first_k`` scans (colour) after each training step, from the
-    step that learned it on; one line style per strategy when given {strategy: R}. Steps that
-    did not evaluate the scan (NaN) are skipped, the line joining the ones that did."""
+    """One panel per scan of the first ``first_k``: its error after each training step, from
+    the step that learned it on, one line per strategy when given {strategy: R} (each its own
+    colour and style, so five strategies stay apart). Steps that did not evaluate the scan
+    (NaN) are skipped, the line joining the ones that did."""
     strategies = (
         dict(error_matrices) if isinstance(error_matrices, Mapping) else {"": error_matrices}
     )
     T = len(scan_ids)
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
-    ax = fig.add_subplot()
+    shown = min(first_k, T)
+    fig = Figure(figsize=(3.2 * shown + 1.6, 4.2), layout="constrained")
+    axes = fig.subplots(1, shown, sharey=True, squeeze=False)[0]
     colours = colormaps["tab10"]
+    ticks = _tick_positions(T)
     for s, (strategy, matrix) in enumerate(strategies.items()):
         R = np.asarray(matrix, dtype=np.float64)
         if R.shape != (T, T):
             raise ValueError(
                 f"error matrix of {strategy or 'the run'} has shape {R.shape} for {T} scans"
             )
-        for j in range(min(first_k, T)):
-            label = f"{strategy}: scan {scan_ids[j]}" if strategy else f"scan {scan_ids[j]}"
+        for j, ax in enumerate(axes):
             steps = np.arange(j, T)
             evaluated = np.isfinite(R[j:, j])
             ax.plot(
                 steps[evaluated],
                 R[j:, j][evaluated],
                 marker="o",
-                markersize=4,
-                label=label,
-                color=colours(j % colours.N),
+                markersize=3,
+                label=strategy or None,
+                color=colours(s % colours.N),
                 linestyle=LINE_STYLES[s % len(LINE_STYLES)],
             )
-    ticks = _tick_positions(T)
-    ax.set_xticks(ticks, [scan_ids[t] for t in ticks], rotation=45, ha="right")
-    ax.set_xlabel("after training through scan")
-    ax.set_ylabel(metric)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    for j, ax in enumerate(axes):
+        ax.set_title(scan_ids[j], fontsize=9)
+        ax.set_xticks(ticks, [scan_ids[t] for t in ticks], rotation=45, ha="right", fontsize=7)
+        ax.set_xlim(-0.3, T - 0.7)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(metric)
+    fig.supxlabel("after training through scan", fontsize=9)
+    fig.suptitle(title)
+    if any(strategies):
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=8)
     return _save(fig, path)
 
 
