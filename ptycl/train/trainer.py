@@ -83,16 +83,17 @@ def learning_settings(config: Config) -> dict[str, Any]:
 
 def check_same_learning_settings(saved: dict[str, Any], config: Config) -> None:
     """Refuse to resume with learning settings other than the checkpoint's (one line naming
-    the first that differs and how many do)."""
+    the first that differs and how many do). A setting only one side has (a checkpoint of
+    another ptycl version) is not compared: nothing says what it was on the other side."""
     now = learning_settings(config)
-    differing = [key for key in sorted(saved.keys() | now.keys()) if saved.get(key) != now.get(key)]
+    differing = [key for key in sorted(saved.keys() & now.keys()) if saved[key] != now[key]]
     if differing:
         key = differing[0]
         more = f" (and {len(differing) - 1} more)" if len(differing) > 1 else ""
         raise ConfigError(
             "--resume",
             key,
-            f"the run was trained with {saved.get(key)!r}, this config has {now.get(key)!r}"
+            f"the run was trained with {saved[key]!r}, this config has {now[key]!r}"
             f"{more}: resume with the run's own config.yaml, or start a new run.output_dir",
         )
 
