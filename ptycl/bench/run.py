@@ -76,7 +76,9 @@ def machine_description() -> dict[str, object]:
 def main(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     if args.jobs < 1:
-        raise ConfigError("--jobs", "jobs", f"{args.jobs}: at least 1 strategy at a time")
+        raise ConfigError(
+            "ptycl bench", "--jobs", f"{args.jobs}: train at least 1 strategy at a time"
+        )
     setup_logging(config.run.log_level)
     args.out.mkdir(parents=True, exist_ok=True)
     for suite in SUITES if args.suite == "all" else [args.suite]:
