@@ -169,8 +169,12 @@ def _train_strategies(configs: dict[str, Config], jobs: int, resume: bool) -> di
         # where a stop could not take it back.
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             running: dict[Future[RunReport], str] = {}
-            while running or (waiting and stop.signalled is None and failure is None):
-                while waiting and len(running) < jobs and stop.signalled is None and not failure:
+
+            def may_start() -> bool:
+                return bool(waiting) and stop.signalled is None and failure is None
+
+            while running or may_start():
+                while may_start() and len(running) < jobs:
                     strategy = waiting.pop(0)
                     running[pool.submit(_train_strategy, configs[strategy], resume, threads)] = (
                         strategy
