@@ -180,15 +180,15 @@ def test_a_fresh_run_replaces_the_checkpoints_of_an_earlier_run(tmp_path):
     """A run that did not resume must never fall back into another run's checkpoints; one that
     resumed keeps its own history as fallbacks."""
     state = {"trainer": {"store": None}}
-    earlier = RunCheckpoints(tmp_path, SINGLE, keep=3)
+    earlier = RunCheckpoints(tmp_path, SINGLE, "ptycl train", keep=3)
     for n in range(3):
         earlier.save({**state, "n": n})
     assert len(manifests(tmp_path)) == 3
-    fresh = RunCheckpoints(tmp_path, SINGLE, keep=3)
+    fresh = RunCheckpoints(tmp_path, SINGLE, "ptycl train", keep=3)
     fresh.save({**state, "n": 10})
     assert manifests(tmp_path) == ["checkpoint-000004.json"]
     fresh.save({**state, "n": 11})
-    continued = RunCheckpoints(tmp_path, SINGLE, keep=3)
+    continued = RunCheckpoints(tmp_path, SINGLE, "ptycl train", keep=3)
     loaded, shards = continued.load()
     assert loaded["n"] == 11 and loaded["ranks"] == 1 and shards is None
     continued.save({**state, "n": 12})
@@ -262,3 +262,16 @@ def test_resume_falls_back_past_a_damaged_checkpoint_and_ends_as_an_uninterrupte
     for name, tensor in a["model"].items():  # bit for bit
         assert torch.equal(tensor, b["model"][name]), name
     assert torch.equal(a["store"]["held"]["inputs"], b["store"]["held"]["inputs"])
+
+
+def test_a_checkpoint_of_the_other_command_is_refused_in_one_line(tmp_path):
+    """`ptycl watch --resume` on a `ptycl train` run's directory (a batch script resumes
+    whenever latest.pt exists) names both commands instead of failing on a missing key."""
+    RunCheckpoints(tmp_path, SINGLE, "ptycl train").save({"trainer": {"store": None}})
+    with pytest.raises(
+        CheckpointError, match="saved by `ptycl train`, and this is `ptycl watch`"
+    ) as err:
+        RunCheckpoints(tmp_path, SINGLE, "ptycl watch").load()
+    assert "\n" not in str(err.value) and "run.output_dir" in str(err.value)
+    state, _ = RunCheckpoints(tmp_path, SINGLE, "ptycl train").load()
+    assert state["command"] == "ptycl train"

@@ -172,3 +172,77 @@ def test_ptycl_info_reports_each_bad_scan_and_goes_on(
     )
     assert lines[2] == f"{tmp_path / 'scan0002_broken.h5'}: not an HDF5 file"
     assert main(["info", str(tmp_path / "scan0000_manhattan.h5")]) == 0
+
+
+def test_one_rule_says_which_entries_of_a_directory_are_scans(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ptycl info`, `ptycl train` and `ptycl reconstruct` list a directory by the watcher's
+    rule: labels, hidden temporaries and ptycl's own reconstructions are not scans."""
+    from ptycl.cli import main
+    from ptycl.config import load_config
+    from ptycl.io.source import expand_scan_paths
+    from ptycl.train.run import resolve_scans
+
+    scan = write_scan(tmp_path / "scan0000_manhattan.h5", tiny_scan(n_frames=7))
+    zarr_scan = write_scan(tmp_path / "scan0001_texture.zarr", tiny_scan(n_frames=5))
+    upper = write_scan(tmp_path / "SCAN0002.CXI", tiny_scan(n_frames=3))
+    # What a watcher run leaves beside the scans, and what other writers do.
+    write_scan(tmp_path / "scan0000_manhattan.recon.h5", tiny_scan(n_frames=2))
+    (tmp_path / "scan0000_manhattan.recon.png").write_bytes(b"png")
+    (tmp_path / "scan0003_siemens.label.h5").write_bytes(b"label")
+    (tmp_path / ".scan0004_siemens.h5.partial").write_bytes(b"half")
+    (tmp_path / "notes.txt").write_text("beamtime notes\n")
+    (tmp_path / "quarantine").mkdir()
+
+    expected = sorted([scan, zarr_scan, upper])
+    assert expand_scan_paths([tmp_path]) == expected
+    # A file or a Zarr group named directly stands for itself, in the order given.
+    assert expand_scan_paths([zarr_scan, scan]) == [zarr_scan, scan]
+    config = load_config(None, [f"scans=[{tmp_path}]"])
+    assert resolve_scans(config) == expected
+
+    assert main(["info", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == [str(path) for path in expected]
+
+
+def test_frames_smaller_than_the_model_input_are_one_scan_error(tmp_path: Path) -> None:
+    """`ptycl train` and `ptycl reconstruct` refuse such a scan in one line, as the watcher
+    does, and a simulation that could only give such scans is refused before it runs."""
+    import torch
+
+    from ptycl.config import load_config
+    from ptycl.errors import ConfigError
+    from ptycl.model.ptychonn import build_model
+    from ptycl.recon.infer import infer_scan
+    from ptycl.train.run import resolve_scans
+    from ptycl.train.scan_data import load_scan
+
+    path = write_scan(tmp_path / "small.h5", tiny_scan(frame_shape=(16, 16)))
+    config = load_config(None, ["model.width=4"])
+    problem = "frames are 16x16, smaller than the model input 64"
+    with pytest.raises(ScanError, match=problem) as loading:
+        load_scan(path, config.prep, seed=0)
+    model = build_model(config.model, config.prep.input_size)
+    with pytest.raises(ScanError, match=problem) as inferring:
+        infer_scan(model, path, config.prep, torch.device("cpu"))
+    empty = write_scan(tmp_path / "empty.h5", tiny_scan(n_frames=0, frame_shape=(64, 64)))
+    with pytest.raises(ScanError, match="the scan has no frames") as loading_empty:
+        load_scan(empty, config.prep, seed=0)
+    with pytest.raises(ScanError, match="the scan has no frames") as inferring_empty:
+        infer_scan(model, empty, config.prep, torch.device("cpu"))
+    for err in (loading.value, inferring.value):
+        assert err.path == str(path) and "\n" not in str(err)
+    for err in (loading_empty.value, inferring_empty.value):
+        assert err.path == str(empty)
+
+    out_dir = tmp_path / "never_simulated"
+    too_large = load_config(
+        None, ["prep.input_size=128", "simulate.frame_size=64", f"simulate.out_dir={out_dir}"]
+    )
+    with pytest.raises(
+        ConfigError, match=r"prep\.input_size: simulate\.frame_size: frames are 64x64"
+    ):
+        resolve_scans(too_large)
+    assert not out_dir.exists()

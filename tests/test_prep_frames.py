@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from ptycl.errors import ScanError
-from ptycl.io.records import FrameBatch
-from ptycl.prep.frames import check_frames, prepare_batch, prepare_frames, resize_frames
+from ptycl.prep.frames import check_frames, prepare_frames, resize_frames
 
 
 def _diffraction(n: int, size: int, photons: float, rng: np.random.Generator) -> np.ndarray:
@@ -99,13 +98,6 @@ def test_masked_pixels_do_not_count() -> None:
     out = prepare_frames(frames, 64, mask=mask)
     assert out[0, 30, 31] == 0
     assert np.allclose(np.delete(out[0].ravel(), 30 * 64 + 31), np.sqrt(4096 / 4095), rtol=1e-5)
-
-
-def test_prepare_batch_keeps_indices_and_positions() -> None:
-    batch = FrameBatch("s", np.array([3, 4]), np.ones((2, 128, 128), np.uint32), np.zeros((2, 2)))
-    prepared = prepare_batch(batch, 64, "bin")
-    assert prepared.frames.shape == (2, 64, 64) and prepared.frames.dtype == np.float32
-    assert prepared.indices is batch.indices and prepared.positions_m is batch.positions_m
 
 
 def test_frames_smaller_than_the_input_are_refused() -> None:

@@ -163,3 +163,56 @@ def test_a_bad_scan_is_skipped_with_a_one_line_reason(tiny_scans, tmp_path, capl
     assert len(report.scan_ids) == 2  # the good scans were trained on
     assert len(report.rejected) == 1 and "scan0001b_broken.h5" in report.rejected[0]
     assert "\n" not in report.rejected[0]
+
+
+def test_a_one_frame_first_scan_trains_and_an_all_held_out_scan_is_rejected(tiny_scans, tmp_path):
+    """A spread needs two frames: the one-frame scan leaves the input standardisation to the
+    next scan instead of fitting NaN (which made every later output NaN). A scan whose every
+    frame is held out has nothing to train on: one line, and the stream goes on."""
+    from ptycl.config import load_config
+    from ptycl.simulate.run import simulate_scans
+    from tests.conftest import TINY
+
+    def one_frame_scan(family: str) -> str:
+        settings = load_config(
+            None,
+            [
+                *TINY,
+                "simulate.n_scans=1",
+                "simulate.frames_per_scan=1",
+                f"simulate.families=[{family}]",
+                f"simulate.out_dir={tmp_path / family}",
+            ],
+        ).simulate
+        return str(simulate_scans(settings)[0])
+
+    first = one_frame_scan("texture")  # 1 frame: round(0.25) = 0 held out, 1 trained on
+    scans = sorted(str(path) for path in tiny_scans.iterdir())
+    config = tiny_config(
+        tiny_scans,
+        tmp_path / "run",
+        f"scans=[{first}, {scans[0]}, {scans[1]}]",
+        "train.strategy=derpp",
+    )
+    report = run_continual(config)
+    assert report.scan_ids == ["scan0000_texture", "scan0000_manhattan", "scan0001_siemens"]
+    model = load_checkpoint(tmp_path / "run" / "checkpoints")["trainer"]["model"]
+    assert bool(model["input_fitted"])
+    assert all(
+        torch.isfinite(tensor).all() for tensor in model.values() if tensor.is_floating_point()
+    )
+    final = report.error_rows[-1]["phase_mae"]
+    assert math.isnan(final[0])  # nothing of the one-frame scan was held out to evaluate
+    assert all(math.isfinite(error) and error < math.pi for error in final[1:])
+
+    all_held_out = tiny_config(
+        tiny_scans,
+        tmp_path / "held-out",
+        f"scans=[{first}, {scans[0]}]",
+        "prep.holdout_fraction=0.6",  # round(0.6) = 1: the one frame is held out
+        "train.strategy=incremental",
+    )
+    report = run_continual(all_held_out)
+    assert report.scan_ids == ["scan0000_manhattan"]
+    assert len(report.rejected) == 1 and "none to train on" in report.rejected[0]
+    assert first in report.rejected[0] and "\n" not in report.rejected[0]

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from ptycl.errors import ScanError
-from ptycl.io.object_image import LABEL_SUFFIX, label_path_for
+from ptycl.io.object_image import label_path_for
 from ptycl.io.records import EV_J
-from ptycl.io.source import HDF5_SUFFIXES, ZARR_SUFFIX, ScanSource, open_scan
+from ptycl.io.source import ScanSource, expand_scan_paths, open_scan
 
 READ_BATCH = 256
 
@@ -31,23 +31,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="scan files, Zarr groups or directories of scans",
     )
-
-
-def expand(paths: list[Path]) -> list[Path]:
-    """Directories that are not Zarr groups stand for the scans inside, in name order."""
-    scans: list[Path] = []
-    for path in paths:
-        if path.is_dir() and path.suffix != ZARR_SUFFIX and not (path / "zarr.json").exists():
-            scans += sorted(
-                p
-                for p in path.iterdir()
-                if p.suffix in (*HDF5_SUFFIXES, ZARR_SUFFIX)
-                and not p.name.endswith(LABEL_SUFFIX)
-                and not p.name.startswith(".")
-            )
-        else:
-            scans.append(path)
-    return scans
 
 
 def _label_text(source: ScanSource) -> str:
@@ -82,7 +65,7 @@ def summary_line(path: Path) -> str:
 
 def main(args: argparse.Namespace) -> int:
     bad = 0
-    for path in expand(args.paths):
+    for path in expand_scan_paths(args.paths):
         try:
             print(summary_line(path), flush=True)
         except ScanError as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +23,12 @@ import numpy as np
 from ptycl.errors import ScanError
 from ptycl.io.cxi import positions_from_translation, translation_from_positions
 from ptycl.io.guards import HDF5_ERRORS, MAX_READ_BYTES, ZARR_ERRORS, check_frame_shape
-from ptycl.io.object_image import label_path_for, read_object_image, write_object_image
+from ptycl.io.object_image import (
+    LABEL_SUFFIX,
+    label_path_for,
+    read_object_image,
+    write_object_image,
+)
 from ptycl.io.records import FrameBatch, ObjectImage, ScanMetadata, SimulatedScan
 from ptycl.prep.frames import check_frames
 
@@ -32,6 +37,9 @@ LabelPlacement = Literal["in_scan", "separate", "none"]
 HDF5_SUFFIXES = (".h5", ".cxi", ".hdf5")
 ZARR_SUFFIX = ".zarr"
 SUFFIXES: dict[ScanFormat, str] = {"hdf5": ".h5", "zarr": ZARR_SUFFIX}
+# ptycl's reconstructions, written beside the scans: <stem>.recon.h5, .recon.zarr, .recon.png
+RECON_MARK = ".recon."
+NameKind = Literal["scan", "label"]
 
 
 def scan_format_of(path: str | Path) -> ScanFormat:
@@ -44,6 +52,33 @@ def scan_format_of(path: str | Path) -> ScanFormat:
     raise ScanError(
         path, f"not a scan: expected {', '.join(HDF5_SUFFIXES)} or a {ZARR_SUFFIX} directory"
     )
+
+
+def name_kind(name: str) -> NameKind | None:
+    """What a directory entry's name says it is: a scan, a label (``<stem>.label.h5``), or
+    neither: hidden names (writers' temporaries), ptycl's own reconstructions, other files.
+    The one rule for the watcher, ``ptycl train`` and ``ptycl info``."""
+    lower = name.lower()
+    if lower.startswith(".") or RECON_MARK in lower:
+        return None
+    if lower.endswith(LABEL_SUFFIX):
+        return "label"
+    if lower.endswith((ZARR_SUFFIX, *HDF5_SUFFIXES)):
+        return "scan"
+    return None
+
+
+def expand_scan_paths(paths: Iterable[Path]) -> list[Path]:
+    """Scans in the order given, where a directory that is not a Zarr group stands for the
+    scans in it (``name_kind``), in name order."""
+    scans: list[Path] = []
+    for path in paths:
+        is_group = path.suffix.lower() == ZARR_SUFFIX or (path / "zarr.json").exists()
+        if path.is_dir() and not is_group:
+            scans += sorted(entry for entry in path.iterdir() if name_kind(entry.name) == "scan")
+        else:
+            scans.append(path)
+    return scans
 
 
 @dataclass(frozen=True)

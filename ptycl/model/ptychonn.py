@@ -53,7 +53,7 @@ class ModelOutput:
     phase: torch.Tensor
 
     def stacked(self) -> torch.Tensor:
-        """(n, 2, H, W) with channels in ``OUTPUT_CHANNELS`` order (amplitude, phase)."""
+        """(n, 2, H, W) with channels (amplitude, phase)."""
         return torch.cat([self.amplitude, self.phase], dim=1)
 
     @staticmethod
@@ -177,6 +177,8 @@ class PtychoNN(nn.Module):
                 f"frames of shape {tuple(frames.shape[1:])} for a model built for "
                 f"{tuple(self.input_mean.shape[1:])}"
             )
+        if frames.shape[0] < 2:
+            raise ValueError(f"a spread needs 2 frames or more, got {frames.shape[0]}")
         frames = frames.to(self.input_mean.device, torch.float32)
         spread = frames.std(dim=0, keepdim=True)
         self.input_mean.copy_(frames.mean(dim=0, keepdim=True))

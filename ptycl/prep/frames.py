@@ -10,14 +10,12 @@ whatever the beam did. A frame with no counts stays all zero.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
 from ptycl.errors import ScanError
-from ptycl.io.records import FrameBatch
 
 Resize = Literal["crop", "bin"]
 
@@ -41,6 +39,14 @@ def check_frames(frames: np.ndarray, path: str | Path, indices: np.ndarray | Non
                 path,
                 f"frame {frame} has {problem} counts ({int(bad.sum())} bad frame(s) in this read)",
             )
+
+
+def input_size_problem(frame_shape: tuple[int, int], input_size: int) -> str | None:
+    """Why frames of ``frame_shape`` cannot become model inputs of ``input_size``, or None."""
+    height, width = frame_shape
+    if min(height, width) < input_size:
+        return f"frames are {height}x{width}, smaller than the model input {input_size}"
+    return None
 
 
 def resize_frames(frames: np.ndarray, input_size: int, resize: Resize) -> np.ndarray:
@@ -88,10 +94,3 @@ def prepare_frames(
     if mask is not None and mask.any():
         frames = np.where(mask[None], 0, frames)
     return normalise_intensity(resize_frames(frames, input_size, resize))
-
-
-def prepare_batch(
-    batch: FrameBatch, input_size: int, resize: Resize = "crop", mask: np.ndarray | None = None
-) -> FrameBatch:
-    """The same batch with its frames replaced by prepared float32 model inputs."""
-    return replace(batch, frames=prepare_frames(batch.frames, input_size, resize, mask))

@@ -13,10 +13,11 @@ import numpy as np
 import torch
 
 from ptycl.config import PrepSettings
+from ptycl.errors import ScanError
 from ptycl.io.records import ObjectImage, ScanMetadata
 from ptycl.io.source import open_scan
 from ptycl.model.ptychonn import PtychoNN
-from ptycl.prep.frames import prepare_frames
+from ptycl.prep.frames import input_size_problem, prepare_frames
 from ptycl.prep.patches import label_pixel_m
 from ptycl.recon.stitch import CanvasGrid, StitchedObject, stitch_patches
 
@@ -73,6 +74,8 @@ def infer_scan(
     amplitude, phase, positions = [], [], []
     with open_scan(path) as source:
         metadata, truth = source.metadata, source.label()
+        if problem := input_size_problem(metadata.geometry.frame_shape, prep.input_size):
+            raise ScanError(path, problem)
         for batch in source.batches(batch_size):
             inputs = torch.from_numpy(
                 prepare_frames(batch.frames, prep.input_size, prep.resize, mask=metadata.mask)
@@ -81,6 +84,8 @@ def infer_scan(
             amplitude.append(predicted[:, 0])
             phase.append(predicted[:, 1])
             positions.append(batch.positions_m)
+    if not positions:
+        raise ScanError(path, "the scan has no frames")
     pixel_m = label_pixel_m(metadata.geometry, prep.input_size, prep.resize)
     return ScanPrediction(
         metadata,

@@ -19,6 +19,7 @@ from ptycl.config import load_config
 from ptycl.errors import ScanError
 from ptycl.eval.image_metrics import object_errors
 from ptycl.eval.plots import plot_reconstruction
+from ptycl.io.source import expand_scan_paths
 from ptycl.logs import progress, setup_logging
 from ptycl.model.ptychonn import build_model
 from ptycl.recon.infer import infer_scan
@@ -30,7 +31,12 @@ log = logging.getLogger("ptycl.recon")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("scans", nargs="+", type=Path, help="scan files (HDF5/CXI) or Zarr groups")
+    parser.add_argument(
+        "scans",
+        nargs="+",
+        type=Path,
+        help="scan files (HDF5/CXI), Zarr groups or directories of scans",
+    )
     parser.add_argument(
         "--run",
         type=Path,
@@ -57,8 +63,9 @@ def main(args: argparse.Namespace) -> int:
     support = None if trained["support"] is None else trained["support"].numpy()
     out_dir = args.out or args.run / "reconstructions"
     out_dir.mkdir(parents=True, exist_ok=True)
+    scans = expand_scan_paths(args.scans)
     failed = 0
-    for path in progress(args.scans, desc="reconstruct"):
+    for path in progress(scans, desc="reconstruct"):
         try:
             prediction = infer_scan(model, path, config.prep, device, args.batch_size, support)
         except ScanError as exc:
@@ -84,7 +91,5 @@ def main(args: argparse.Namespace) -> int:
             title=scan_id,
         )
         log.info("%s: %d frames -> %s%s", scan_id, len(prediction.positions_m), written, message)
-    log.info(
-        "reconstructed %d of %d scans into %s", len(args.scans) - failed, len(args.scans), out_dir
-    )
+    log.info("reconstructed %d of %d scans into %s", len(scans) - failed, len(scans), out_dir)
     return 1 if failed else 0

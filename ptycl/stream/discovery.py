@@ -10,7 +10,7 @@ queue in the main thread. Two observers:
   ``poll_interval_s``, compared with the last one; for NFS, Lustre and GPFS, where inotify
   does not see files written from other nodes.
 
-What an event means for readiness (FIELD-NOTES: ``created`` fires while a file is still
+What an event means for readiness (measured: ``created`` fires while a file is still
 empty): a ``moved`` event (write-then-rename, as every ptycl writer and rsync do) or a
 ``closed`` after writing (inotify only) says the writer is done with the *name*; a ``created``
 one says only that the name exists. The watch loop opens a candidate either way, but a scan
@@ -32,7 +32,6 @@ import queue
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -50,12 +49,10 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from ptycl.io.object_image import LABEL_SUFFIX
-from ptycl.io.source import HDF5_SUFFIXES, ZARR_SUFFIX
+from ptycl.io.source import NameKind, name_kind
 
 log = logging.getLogger("ptycl.stream")
 
-Kind = Literal["scan", "label"]
-RECON_MARK = ".recon."
 # inotify is asked for these only; in particular not for "modified", which a SWMR writer
 # would raise for every frame.
 EVENTS = [
@@ -69,18 +66,6 @@ EVENTS = [
 ]
 
 
-def classify(name: str) -> Kind | None:
-    """What a directory entry is to the watcher: a scan, a label, or nothing."""
-    lower = name.lower()
-    if lower.startswith(".") or RECON_MARK in lower:
-        return None
-    if lower.endswith(LABEL_SUFFIX):
-        return "label"
-    if lower.endswith(ZARR_SUFFIX) or lower.endswith(HDF5_SUFFIXES):
-        return "scan"
-    return None
-
-
 def scan_stem_of_label(name: str) -> str:
     """``scan0003_siemens.label.h5`` -> ``scan0003_siemens``."""
     return name[: -len(LABEL_SUFFIX)]
@@ -91,7 +76,7 @@ class Sighting:
     """Something happened to a scan or label name in the watched directory."""
 
     path: Path
-    kind: Kind
+    kind: NameKind
     settled: bool  # a rename into place or a close after writing: the writer is done with it
     gone: bool = False  # deleted, or renamed away
 
@@ -105,7 +90,7 @@ class _Handler(FileSystemEventHandler):
         path = Path(os.fsdecode(raw))
         if path.parent != self.directory:  # not a direct entry (inside a Zarr group, ...)
             return
-        kind = classify(path.name)
+        kind = name_kind(path.name)
         if kind is not None:
             self.events.put(Sighting(path, kind, settled, gone))
 
@@ -158,7 +143,7 @@ class ScanDiscovery:
         self._observer.start()
         existing = []
         for entry in sorted(os.scandir(self.directory), key=lambda e: e.name):
-            kind = classify(entry.name)
+            kind = name_kind(entry.name)
             if kind is not None:
                 existing.append(Sighting(Path(entry.path), kind, settled=False))
         return existing + self._drain()

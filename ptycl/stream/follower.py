@@ -25,7 +25,7 @@ from ptycl.errors import ScanError
 from ptycl.io.object_image import label_path_for, read_object_image
 from ptycl.io.records import ObjectImage, ScanMetadata
 from ptycl.io.source import ScanSource, open_scan
-from ptycl.prep.frames import prepare_frames
+from ptycl.prep.frames import input_size_problem, prepare_frames
 from ptycl.stream.segments import holdout_rows, segment_bounds, segment_seed
 from ptycl.train.scan_data import PreparedLabel, ScanTensors, prepare_label, scan_tensors
 
@@ -83,12 +83,8 @@ class ScanFollower:
                     f"shape mismatch: frames are {self.frame_shape[0]}x{self.frame_shape[1]}, "
                     f"this run's scans are {expected_frame_shape[0]}x{expected_frame_shape[1]}",
                 )
-            if min(self.frame_shape) < prep.input_size:
-                raise UnusableScan(
-                    self.path,
-                    f"frames are {self.frame_shape[0]}x{self.frame_shape[1]}, smaller than the "
-                    f"model input {prep.input_size}",
-                )
+            if problem := input_size_problem(self.frame_shape, prep.input_size):
+                raise UnusableScan(self.path, problem)
             # A label inside the scan is written when the file is created (before any frame).
             self._label_in_file = self._source.label_in_file()
             self.looks_finished = self._source.progress().complete

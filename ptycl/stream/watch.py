@@ -212,7 +212,9 @@ class Watcher:
         self.main = dist.is_main
         self.output_dir = config.run.output_dir
         self.checkpoint_dir = self.output_dir / "checkpoints"
-        self.checkpoints = RunCheckpoints(self.checkpoint_dir, dist, config.train.keep_checkpoints)
+        self.checkpoints = RunCheckpoints(
+            self.checkpoint_dir, dist, "ptycl watch", config.train.keep_checkpoints
+        )
         self.trainer = SegmentTrainer.build(config, dist)
         self.matrices = ErrorMatrices()
         self.ledger = Ledger(segment_frames=self.settings.segment_frames)
@@ -519,12 +521,7 @@ class Watcher:
             except ScanError as exc:
                 if candidate.unchanged_for(now) >= self.settings.unreadable_after_s:
                     del self.label_candidates[name]
-                    quarantine(
-                        candidate.path,
-                        exc.problem,
-                        self.output_dir / QUARANTINE_LIST,
-                        move=True,
-                    )
+                    quarantine(candidate.path, exc.problem, self.output_dir / QUARANTINE_LIST)
                 else:
                     candidate.next_try = now + RETRY_OPEN_S
                 continue

@@ -286,9 +286,14 @@ class RunCheckpoints:
     checkpoints already there.
     """
 
-    def __init__(self, directory: Path, dist: Distributed, keep: int = DEFAULT_KEEP) -> None:
+    def __init__(
+        self, directory: Path, dist: Distributed, command: str, keep: int = DEFAULT_KEEP
+    ) -> None:
         self.directory = directory
         self.dist = dist
+        # "ptycl train" or "ptycl watch": their states differ, and a batch script that resumes
+        # whenever latest.pt exists may point one at the other's run.output_dir.
+        self.command = command
         self.keep = keep
         # Rank 0: the lowest checkpoint number of this run's history (None: none saved yet).
         self._oldest: int | None = None
@@ -305,7 +310,7 @@ class RunCheckpoints:
         # Also the barrier: every shard is on disk before a manifest names it.
         shards = {name: d for files in dist.allgather(written) for name, d in files.items()}
         if dist.is_main:
-            main = {**state, "ranks": dist.world_size}
+            main = {**state, "command": self.command, "ranks": dist.world_size}
             if dist.is_distributed:
                 trainer = {**state["trainer"], "store": None}
                 main = {**main, "trainer": trainer, "sharded_store": shard is not None}
@@ -326,6 +331,13 @@ class RunCheckpoints:
         path, files = _choose(self.directory, dist)
         self._oldest = 0  # continuing: the earlier checkpoints are this run's history
         state = _load(path)
+        saved_by = state.get("command", self.command)  # older checkpoints do not say
+        if saved_by != self.command:
+            raise CheckpointError(
+                path,
+                f"saved by `{saved_by}`, and this is `{self.command}`: resume it with "
+                f"`{saved_by}`, or give this run another run.output_dir",
+            )
         saved_ranks = int(state.get("ranks", 1))
         sharded = bool(state.get("sharded_store", False))
         has_store = sharded or state["trainer"]["store"] is not None

@@ -41,11 +41,13 @@ import torch
 
 from ptycl.cli import add_config_arguments
 from ptycl.config import Config, dump_config, load_config
-from ptycl.errors import CheckpointError, ScanError
+from ptycl.errors import CheckpointError, ConfigError, ScanError
 from ptycl.eval.evaluate import ErrorMatrices, stitch_scan
 from ptycl.eval.plots import plot_reconstruction
+from ptycl.io.source import expand_scan_paths
 from ptycl.logs import setup_logging
 from ptycl.outputs import write_text
+from ptycl.prep.frames import input_size_problem
 from ptycl.train.checkpoint import RunCheckpoints
 from ptycl.train.distributed import Distributed, init_distributed, resolve_device
 from ptycl.train.report import RunReport, write_report
@@ -53,8 +55,6 @@ from ptycl.train.scan_data import ScanTensors, load_scan
 from ptycl.train.trainer import ContinualTrainer, StreamPosition
 
 log = logging.getLogger("ptycl.train")
-
-SCAN_SUFFIXES = (".h5", ".hdf5", ".cxi", ".zarr")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,16 +76,12 @@ def resolve_scans(config: Config) -> list[Path]:
     if not config.scans:
         from ptycl.simulate.run import simulate_scans
 
+        frame_size = config.simulate.frame_size
+        if problem := input_size_problem((frame_size, frame_size), config.prep.input_size):
+            # Said before simulating: every simulated scan would be refused after the work.
+            raise ConfigError("<config>", "prep.input_size", f"simulate.frame_size: {problem}")
         return simulate_scans(config.simulate, reuse_existing=True)
-    paths: list[Path] = []
-    for entry in config.scans:
-        if entry.is_dir() and entry.suffix != ".zarr":
-            paths += sorted(
-                p for p in entry.iterdir() if p.suffix in SCAN_SUFFIXES and ".label" not in p.name
-            )
-        else:
-            paths.append(entry)
-    return paths
+    return expand_scan_paths(config.scans)
 
 
 @dataclass
@@ -127,7 +123,9 @@ def run_continual(
     trainer = ContinualTrainer.build(config, dist)
     matrices = ErrorMatrices()
     rejected: list[str] = []
-    checkpoints = RunCheckpoints(checkpoint_dir, dist, keep=config.train.keep_checkpoints)
+    checkpoints = RunCheckpoints(
+        checkpoint_dir, dist, "ptycl train", keep=config.train.keep_checkpoints
+    )
     if resume:
         state, old_store_shards = checkpoints.load()
         trainer.load_state_dict(state["trainer"], store_shards=old_store_shards)

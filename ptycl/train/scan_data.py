@@ -16,7 +16,7 @@ from ptycl.config import PrepSettings
 from ptycl.errors import ScanError
 from ptycl.io.records import ObjectImage, ScanMetadata
 from ptycl.io.source import open_scan
-from ptycl.prep.frames import prepare_frames
+from ptycl.prep.frames import input_size_problem, prepare_frames
 from ptycl.prep.patches import (
     illuminated_support,
     label_patches,
@@ -126,13 +126,24 @@ def load_scan(path: Path, prep: PrepSettings, seed: int, batch_frames: int = 512
             raise ScanError(
                 path, "no label (object image) in the scan or beside it; cannot train on it"
             )
+        if problem := input_size_problem(metadata.geometry.frame_shape, prep.input_size):
+            raise ScanError(path, problem)
         inputs, positions = [], []
         for batch in source.batches(batch_frames):
             inputs.append(
                 prepare_frames(batch.frames, prep.input_size, prep.resize, mask=metadata.mask)
             )
             positions.append(batch.positions_m)
+    if not inputs:
+        raise ScanError(path, "the scan has no frames")
     inputs_np = np.concatenate(inputs)
     positions_m = np.concatenate(positions)
     label = prepare_label(truth, metadata, prep, positions_m, path)
-    return scan_tensors(metadata, Path(path), inputs_np, positions_m, label, prep, seed)
+    tensors = scan_tensors(metadata, Path(path), inputs_np, positions_m, label, prep, seed)
+    if len(tensors.train_rows) == 0:
+        raise ScanError(
+            path,
+            f"all {len(inputs_np)} frame(s) held out for evaluation (prep.holdout_fraction "
+            f"{prep.holdout_fraction}): none to train on",
+        )
+    return tensors

@@ -225,7 +225,9 @@ class ContinualTrainer:
         """A scan joined the stream (also called for the scans before a resume point)."""
         if self.support is None:
             self.support = scan.support.to(self.device)
-        if not self.model.input_fitted:
+        # A spread needs two frames: after a one-frame scan the model stays unfitted (identity)
+        # and fits on the next scan, not on NaN.
+        if not self.model.input_fitted and len(scan.train_rows) >= 2:
             self.model.fit_input_statistics(scan.inputs[scan.train_rows])
         if self.settings.strategy == "cumulative":
             self.pool.append(scan)
