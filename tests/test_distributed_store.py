@@ -1,7 +1,7 @@
 """The MPI-distributed rehearsal store, with real ranks; and the policies both stores share.
 
 Each MPI test runs a script of tests/mpi_scripts under ``mpiexec -n N python -m mpi4py`` as
-a subprocess with a timeout (FIELD-NOTES: the least flaky way on a 2-core box): an exception
+a subprocess with a timeout (the least flaky way on a 2-core box): an exception
 on any rank aborts the whole job, so the exact checks are asserted in the scripts and the
 statistics are computed here from the counts they write. Chi-square tests use fixed seeds
 and reject at p < 0.001.

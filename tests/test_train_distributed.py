@@ -1,6 +1,6 @@
 """Data-parallel continual training with real MPI ranks: ``mpiexec -n N python -m ptycl train``.
 
-Every run is a subprocess under a timeout (FIELD-NOTES: the least flaky way on a 2-core box),
+Every run is a subprocess under a timeout (the least flaky way on a 2-core box),
 on the tiny simulated scans. What is checked:
 
 - 2 ranks train one model: the replicas end identical, rank 0 alone writes the outputs, each

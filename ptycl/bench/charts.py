@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from ptycl.eval.plots import save_figure
+
 
 @dataclass(frozen=True)
 class BarPanel:
@@ -59,6 +61,4 @@ def bar_chart(path: Path, panels: Sequence[BarPanel], title: str) -> Path:
         ax.grid(axis="y", alpha=0.3)
         if len(names) > 1:
             ax.legend(fontsize=8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
+    return save_figure(fig, path)

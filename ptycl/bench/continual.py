@@ -31,6 +31,7 @@ from ptycl.config import Config
 from ptycl.errors import PtyclError
 from ptycl.eval.plots import plot_cost_per_scan, plot_error_over_time
 from ptycl.logs import setup_logging
+from ptycl.outputs import write_text
 from ptycl.train.checkpoint import has_checkpoint
 from ptycl.train.report import RunReport
 from ptycl.train.run import resolve_scans, run_continual
@@ -234,7 +235,7 @@ def run(config: Config, out_dir: Path, quick: bool, jobs: int = 1, resume: bool 
         suite_dir / "phase_error_first_scans.png",
     )
     table = _markdown(reports, criteria)
-    (out_dir / "continual.md").write_text(table)
+    write_text(out_dir / "continual.md", table)
     print(table)
     return {
         "suite": "continual",

@@ -40,6 +40,7 @@ from ptycl.bench.tables import markdown_table
 from ptycl.bench.timing import interleaved_rounds
 from ptycl.config import Config, SimulateSettings
 from ptycl.model.ptychonn import build_model
+from ptycl.outputs import write_text
 from ptycl.recon.infer import ScanPrediction, infer_scan, predict
 from ptycl.simulate.run import simulate_scans
 from ptycl.train.distributed import resolve_device
@@ -163,7 +164,7 @@ def run(
     figures = [_figures(size, work, rounds) for size in work.frames]
     target = _target(figures, device)
     table = _markdown(figures, target, device)
-    (out_dir / "infer.md").write_text(table)
+    write_text(out_dir / "infer.md", table)
     print(table)
     plot = _plot(figures, out_dir / "infer.png")
     return {

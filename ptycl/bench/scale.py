@@ -30,6 +30,7 @@ from ptycl.bench.ranks import on_ranks
 from ptycl.bench.steps import MODULE, PART_NAMES, StepParts, StepWorkload, part_params
 from ptycl.bench.tables import markdown_table
 from ptycl.config import Config
+from ptycl.outputs import write_text
 
 log = logging.getLogger("ptycl.bench")
 
@@ -228,7 +229,7 @@ def run(
     note = limits(work.ranks, cores)
     table = _markdown(points, work, note)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "scale.md").write_text(table)
+    write_text(out_dir / "scale.md", table)
     print(table)
     plot = _plot(points, out_dir / "scale.png")
     return {

@@ -32,6 +32,7 @@ from ptycl.bench.steps import (
 )
 from ptycl.bench.tables import markdown_table
 from ptycl.config import Config
+from ptycl.outputs import write_text
 from ptycl.train.distributed import Distributed, resolve_device
 
 log = logging.getLogger("ptycl.bench")
@@ -217,7 +218,7 @@ def run(
     note = "absolute times hold for the machine in train.json only"
     table = _markdown(jobs, ratios, compiled, note)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "train.md").write_text(table)
+    write_text(out_dir / "train.md", table)
     print(table)
     plot = _plot(jobs, out_dir / "train.png")
     return {

@@ -31,6 +31,7 @@ from typing import Any
 
 from ptycl.bench.ranks import mpiexec
 from ptycl.config import Config, dump_config
+from ptycl.outputs import write_text
 from ptycl.simulate.run import simulate_scans
 
 log = logging.getLogger("ptycl.bench")
@@ -164,7 +165,7 @@ def run(config: Config, out_dir: Path, quick: bool) -> dict[str, Any]:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     table = _markdown(rates)
-    (out_dir / "watch.md").write_text(table)
+    write_text(out_dir / "watch.md", table)
     print(table)
     return {
         "suite": "watch",

@@ -64,7 +64,7 @@ def plot_error_matrix(
             # dark text on viridis' bright (high) end, light text on its dark end
             colour = "black" if R[i, j] > middle else "white"
             ax.text(j, i, f"{R[i, j]:.3g}", ha="center", va="center", color=colour, fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_error_over_time(
@@ -116,7 +116,7 @@ def plot_error_over_time(
     fig.suptitle(title)
     if any(strategies):
         fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_reconstruction(
@@ -186,7 +186,7 @@ def plot_reconstruction(
             show(axes[row, 2], error, magma, 0.0, top, f"|{name} error|")
             axes[row, 2].set_title(f"|{name} error|, mean {error[covered].mean():.3g}")
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _shown_range(values: np.ndarray) -> tuple[float, float]:
@@ -230,7 +230,7 @@ def plot_cost_per_scan(
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _extent_um(image: ObjectImage) -> tuple[float, float, float, float]:
@@ -252,7 +252,7 @@ def _tick_positions(n: int) -> list[int]:
     return sorted({round(k * (n - 1) / (TICK_LABELS_MAX - 1)) for k in range(TICK_LABELS_MAX)})
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     with replacing(path) as temporary:  # a plot is replaced whole or not at all
         fig.savefig(temporary, dpi=100)

@@ -2,9 +2,10 @@
 
 Conventions (see README, "Conventions"):
 - positions are probe centres in metres relative to the object's centre, stored as (N, 2)
-  arrays whose columns are named by ``POSITION_AXES`` = ("y", "x");
+  arrays with columns (y, x);
 - images are indexed [row, column] = [y, x]; pixel sizes are (y, x) tuples in metres;
-- model outputs are named channels (``OUTPUT_CHANNELS``), never bare indices.
+- model outputs are named (``ModelOutput.amplitude``, ``.phase``); stacked, as labels and
+  predictions are, the channels are (amplitude, phase).
 """
 
 from __future__ import annotations
@@ -12,9 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-
-POSITION_AXES = ("y", "x")
-OUTPUT_CHANNELS = ("amplitude", "phase")
 
 PLANCK_J_S = 6.62607015e-34
 LIGHT_SPEED_M_S = 299_792_458.0
@@ -94,7 +92,7 @@ class FrameBatch:
     scan_id: str
     indices: np.ndarray  # (n,) int64 frame indices within the scan
     frames: np.ndarray  # (n, H, W) raw detector counts (or float32 once prepared)
-    positions_m: np.ndarray  # (n, 2) float64, columns POSITION_AXES
+    positions_m: np.ndarray  # (n, 2) float64, columns (y, x)
 
     def __post_init__(self) -> None:
         n = len(self.indices)

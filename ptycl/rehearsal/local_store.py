@@ -85,10 +85,6 @@ class LocalReservoirStore(RehearsalStore):
     def seen(self) -> int:
         return self._table.seen
 
-    @property
-    def storage_dtype(self) -> torch.dtype:
-        return self._shard.dtype
-
     def __len__(self) -> int:
         return self._table.held
 

@@ -32,12 +32,12 @@ def _free_name(directory: Path, name: str) -> Path:
     return target
 
 
-def quarantine(path: Path, reason: str, list_path: Path, move: bool = True) -> Path | None:
+def quarantine(path: Path, reason: str, list_path: Path) -> Path | None:
     """Set ``path`` aside (its label too when it is a scan); return where it went (None if
     it stayed in place). ``reason`` is squeezed onto one line."""
     reason = " ".join(str(reason).split())
     moved_to: Path | None = None
-    if move and path.exists():
+    if path.exists():
         directory = path.parent / QUARANTINE_DIR
         try:
             directory.mkdir(exist_ok=True)
