@@ -1,7 +1,8 @@
 """Top-k selection by a bounded heap, the building block of the key-based kernels.
 
 Why a hand-written heap: ``np.argpartition`` inside ``@njit`` costs ~13 s of compile time
-(measured on the 2-core development machine), this heap ~1 s, and it fixes the order of ties, which the twins must share.
+(measured on the 2-core development machine), this heap ~1 s, and it fixes the order of
+ties, which the twins must share.
 
 Order used everywhere in ptycl.kernels: a larger key ranks higher; equal keys rank by
 position, the lower index first. This is also the order a stable ascending sort of the

@@ -57,7 +57,7 @@ def scan_format_of(path: str | Path) -> ScanFormat:
 def name_kind(name: str) -> NameKind | None:
     """What a directory entry's name says it is: a scan, a label (``<stem>.label.h5``), or
     neither: hidden names (writers' temporaries), ptycl's own reconstructions, other files.
-    The one rule for the watcher, ``ptycl train`` and ``ptycl info``."""
+    The one rule for the watcher, ``ptycl train``, ``ptycl info`` and ``ptycl reconstruct``."""
     lower = name.lower()
     if lower.startswith(".") or RECON_MARK in lower:
         return None

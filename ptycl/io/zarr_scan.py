@@ -1,12 +1,12 @@
 """Zarr v3 scans: the CXI tree as a group, a streaming writer, a finished-scan writer, a reader.
 
 Zarr has no soft links, so ``/entry_1/data_1`` carries a ``soft_links`` attribute naming the
-detector data path. Streaming (``append`` publishes the new shape before
-the chunk): resize, write the frames and translations, then rewrite the root group's
-attributes with the new committed count; completion is another root attribute. zarr's local
-store writes every document and chunk to a temporary file and renames it, so a reader sees
-either the old or the new version of each, never a torn one. Readers re-open the group on
-every poll (a zarr array object caches its shape) and read only up to the committed count.
+detector data path. Streaming (``append`` publishes the new shape before the chunk): resize,
+write the frames and translations, then rewrite the root group's attributes with the new
+committed count; completion is another root attribute. zarr's local store writes every
+document and chunk to a temporary file and renames it, so a reader sees either the old or the
+new version of each, never a torn one. Readers re-open the group on every poll (a zarr array
+object caches its shape) and read only up to the committed count.
 """
 
 from __future__ import annotations
