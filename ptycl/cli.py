@@ -47,6 +47,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "watch a beamline directory: follow scans as they are written, train, reconstruct",
     ),
     "bench": ("ptycl.bench.run", "main", "run benchmark suites, write JSON, markdown and plots"),
+    "config": (
+        "ptycl.config_command",
+        "main",
+        "print a run's settings after its overrides (all, or one with --get KEY)",
+    ),
 }
 
 

@@ -77,29 +77,29 @@ ptycl_job_environment() {
 }
 
 # ptycl_output_dir ARGS...: the run.output_dir that `ptycl ARGS` will use (the config file's, or
-# a --set run.output_dir=... override), read with ptycl's own configuration loader.
+# a --set run.output_dir=... override), asked of ptycl itself (`ptycl config --get`), so that it
+# is read by the ranks' interpreter and loader whatever `python` is on PATH.
 ptycl_output_dir() {
-	python - "$@" <<'EOF'
-import argparse
-import sys
-
-from ptycl.config import load_config
-from ptycl.errors import PtyclError
-
-parser = argparse.ArgumentParser(add_help=False)
-parser.add_argument("-c", "--config")
-parser.add_argument("--set", dest="overrides", action="append", default=[])
-args, _ = parser.parse_known_args(sys.argv[1:])
-try:
-    print(load_config(args.config, args.overrides).run.output_dir)
-except PtyclError as exc:
-    sys.exit(f"ptycl: error: {exc}")
-EOF
+	local -a config_args=()
+	while (($#)); do
+		case $1 in
+		-c | --config | --set)
+			config_args+=("$1" "${2:-}")
+			shift $(($# > 1 ? 2 : 1))
+			;;
+		--config=* | --set=*)
+			config_args+=("$1")
+			shift
+			;;
+		*) shift ;;
+		esac
+	done
+	"$PTYCL_BIN" config "${config_args[@]}" --get run.output_dir
 }
 
 # ptycl_launch SUBCOMMAND ARGS...: run `ptycl SUBCOMMAND ARGS` on every task of the job (srun),
-# with --resume when the run's checkpoint exists; requeue the job when USR1 stopped it.
-# Returns the ranks' exit status (0 after a requeue).
+# with --resume when the run's checkpoint exists; requeue the job when USR1 stopped it and the
+# ranks exited 0 (they checkpointed). Returns the ranks' exit status (0 after a requeue).
 ptycl_launch() {
 	local subcommand=$1
 	shift
@@ -152,6 +152,12 @@ ptycl_launch() {
 		return "$rc"
 	fi
 	if [[ -z $_PTYCL_TIMEOUT ]]; then
+		return "$rc"
+	fi
+	if ((rc != 0)); then
+		# The ranks did not checkpoint and stop as asked (a full disk, a crash): another
+		# allocation would most likely end the same way.
+		ptycl_log "time limit near, but the ranks failed (status $rc): not requeueing; fix the cause, then resubmit to resume from the latest intact checkpoint"
 		return "$rc"
 	fi
 	local restarts=${SLURM_RESTART_COUNT:-0}

@@ -275,3 +275,23 @@ def test_a_checkpoint_of_the_other_command_is_refused_in_one_line(tmp_path):
     assert "\n" not in str(err.value) and "run.output_dir" in str(err.value)
     state, _ = RunCheckpoints(tmp_path, SINGLE, "ptycl train").load()
     assert state["command"] == "ptycl train"
+
+
+def test_a_latest_link_that_cannot_be_made_is_one_line_and_the_checkpoint_still_loads(
+    tmp_path, monkeypatch
+):
+    """An inode quota on scratch: the link fails after the manifest is committed."""
+    import errno
+    import os
+
+    save_checkpoint(tmp_path, tiny_state(1))
+
+    def quota(*args):
+        raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+
+    monkeypatch.setattr(os, "symlink", quota)
+    with pytest.raises(CheckpointError, match=r"latest\.pt: cannot link .*quota") as err:
+        save_checkpoint(tmp_path, tiny_state(2))
+    assert "\n" not in str(err.value)
+    assert not list(tmp_path.glob(".latest.pt.*"))  # no temporary left behind
+    assert load_checkpoint(tmp_path)["n"] == 2  # committed by its manifest

@@ -32,7 +32,7 @@ from tests.conftest import tiny_config
 REPO = Path(__file__).resolve().parent.parent
 SLURM = REPO / "slurm"
 BATCH_SCRIPTS = [SLURM / "train.sbatch", SLURM / "watch.sbatch"]
-SHELL_FILES = [*BATCH_SCRIPTS, SLURM / "env.sh", SLURM / "job.sh"]
+SHELL_FILES = [*BATCH_SCRIPTS, SLURM / "env.sh", SLURM / "job.sh", REPO / ".ci" / "device-check"]
 MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
 RANKS = 2
 
@@ -218,7 +218,7 @@ printf '%s\\n' "${options[@]}" > "$FAKE_SLURM_DIR/srun-options"
 env > "$FAKE_SLURM_DIR/srun-env"
 [[ -z ${FAKE_SRUN_RECORD_ONLY:-} ]] || exit 0
 if [[ -n ${FAKE_SRUN_IDLE:-} ]]; then  # a step that runs until SIGUSR1, then exits 0
-    exec bash -c 'trap "exit 0" USR1; touch "$FAKE_SLURM_DIR/step-started"; while :; do sleep 0.05; done'
+    exec bash -c 'trap "exit ${FAKE_SRUN_IDLE_EXIT:-0}" USR1; touch "$FAKE_SLURM_DIR/step-started"; while :; do sleep 0.05; done'
 fi
 export SLURM_STEP_NUM_TASKS=$SLURM_NTASKS
 exec MPIEXEC -n "$SLURM_NTASKS" "$@"
@@ -344,21 +344,29 @@ def test_train_script_sets_up_the_ranks_environment_and_resumes_a_checkpoint(tin
 
 
 @pytest.mark.parametrize(
-    ("signum", "restarts", "expected_rc", "says"),
+    ("signum", "restarts", "step_rc", "expected_rc", "says"),
     [
-        (signal.SIGTERM, "0", 0, "stopped by SIGTERM (scancel or preemption): not requeueing"),
-        (signal.SIGUSR1, "20", 3, "requeued 20 time(s) already (PTYCL_MAX_REQUEUES=20)"),
+        (signal.SIGTERM, "0", 0, 0, "stopped by SIGTERM (scancel or preemption): not requeueing"),
+        (signal.SIGUSR1, "20", 0, 3, "requeued 20 time(s) already (PTYCL_MAX_REQUEUES=20)"),
+        (signal.SIGUSR1, "0", 1, 1, "the ranks failed (status 1): not requeueing"),
     ],
-    ids=["sigterm-no-requeue", "requeue-limit"],
+    ids=["sigterm-no-requeue", "requeue-limit", "failed-ranks-no-requeue"],
 )
 def test_train_script_requeues_only_on_the_time_limit_warning_and_within_the_limit(
-    tiny_scans, tmp_path, signum, restarts, expected_rc, says
+    tiny_scans, tmp_path, signum, restarts, step_rc, expected_rc, says
 ):
-    """A step that just waits for the signal: what the batch shell does after it."""
+    """A step that just waits for the signal: what the batch shell does after it. Ranks that
+    fail instead of checkpointing (status 1) are not requeued into another allocation."""
     slurm = FakeSlurm(tmp_path / "job", SLURM_RESTART_COUNT=restarts)
     config = write_config(tiny_scans, tmp_path)
     log = tmp_path / "job.log"
-    process = slurm.start(SLURM / "train.sbatch", "-c", str(config), log=log, FAKE_SRUN_IDLE="1")
+    process = slurm.start(
+        SLURM / "train.sbatch",
+        *("-c", str(config)),
+        log=log,
+        FAKE_SRUN_IDLE="1",
+        FAKE_SRUN_IDLE_EXIT=str(step_rc),
+    )
     deadline = time.monotonic() + 30
     while not (slurm.dir / "step-started").exists():
         if process.poll() is not None or time.monotonic() > deadline:
@@ -521,3 +529,30 @@ def test_watch_script_checkpoints_and_requeues_on_usr1(tmp_path):
     assert "(polling)" in text and "watch stopped (SIGUSR1)" in text
     assert (output / "checkpoints" / "latest.pt").exists()
     assert slurm.calls()[-1] == f"scontrol requeue {slurm.job_id}"
+
+
+def test_the_output_dir_is_asked_of_ptycl_whatever_python_is_on_path(tiny_scans, tmp_path):
+    """`ptycl config --get` reads the job's -c/--set with the ranks' own interpreter: a
+    `python` on PATH without ptycl (or none: RHEL ships python3 only) changes nothing."""
+    slurm = FakeSlurm(tmp_path / "job")
+    config = write_config(tiny_scans, tmp_path)
+    broken = slurm.bin / "python"
+    broken.write_text("#!/bin/sh\necho 'not the python with ptycl' >&2\nexit 9\n")
+    broken.chmod(0o755)
+    output = tmp_path / "asked"
+    (output / "checkpoints").mkdir(parents=True)
+    (output / "checkpoints" / "latest.pt").write_bytes(b"")
+    log = tmp_path / "job.log"
+    rc = slurm.run(
+        SLURM / "train.sbatch",
+        *("--max-steps", "5", "-c", str(config), f"--set=run.output_dir={output}"),
+        log=log,
+        FAKE_SRUN_RECORD_ONLY="1",
+    )
+    assert rc == 0, log.read_text()
+    assert f"checkpoint {output}/checkpoints/latest.pt exists: resuming" in log.read_text()
+    assert slurm.calls()[-1].endswith(f"--set=run.output_dir={output} --resume")
+
+    rc = slurm.run(SLURM / "train.sbatch", "--set", "train.nope=1", log=log)
+    assert rc == 2
+    assert log.read_text().endswith("ptycl: error: <defaults>: train.nope: unknown key\n")

@@ -213,11 +213,17 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 def _point_latest_at(directory: Path, name: str) -> None:
+    """The manifest is committed already: a failure here (an inode quota) leaves the old link
+    or none, and resuming still finds the checkpoint by its manifest."""
     temporary = directory / f".{LATEST}.{os.getpid()}.tmp"
-    temporary.unlink(missing_ok=True)
-    os.symlink(name, temporary)  # relative: the directory can be moved or copied
-    os.replace(temporary, directory / LATEST)
-    _fsync_directory(directory)
+    try:
+        temporary.unlink(missing_ok=True)
+        os.symlink(name, temporary)  # relative: the directory can be moved or copied
+        os.replace(temporary, directory / LATEST)
+        _fsync_directory(directory)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise CheckpointError(directory / LATEST, f"cannot link ({_reason(exc)})") from None
 
 
 def _prune(directory: Path, keep: int, oldest: int) -> None:
