@@ -135,3 +135,35 @@ def test_illuminated_support_is_the_smallest_centred_disc_holding_90_percent(kin
     # On a label grid twice as coarse the same disc covers a quarter of the pixels (±15%).
     coarse = illuminated_support(probe, (1.0, 1.0), (2.0, 2.0), 32)
     assert coarse.sum() == pytest.approx(support.sum() / 4, rel=0.15)
+
+
+@pytest.mark.parametrize(
+    ("frame_shape", "resize", "factor"),
+    [
+        ((128, 128), "crop", 1),
+        ((128, 128), "bin", 2),
+        ((200, 200), "bin", 3),  # not a whole multiple of 64: cropped to 192, then binned
+        ((128, 256), "bin", 2),  # the factor both sides allow
+        ((100, 100), "bin", 1),
+    ],
+)
+def test_the_label_pixel_is_that_of_the_detector_area_the_input_spans(frame_shape, resize, factor):
+    """lambda z / (the extent the prepared input spans on the detector), per axis."""
+    from ptycl.io.records import ScanGeometry
+    from ptycl.prep.frames import resize_frames
+    from ptycl.prep.patches import label_pixel_m
+
+    geometry = ScanGeometry(
+        energy_j=8800 * 1.602176634e-19,
+        distance_m=2.0,
+        detector_pixel_m=(75e-6, 55e-6),
+        frame_shape=frame_shape,
+    )
+    # The prepared input holds 64 x factor detector pixels per axis (counts are conserved).
+    frames = np.ones((1, *frame_shape), dtype=np.float32)
+    assert resize_frames(frames, 64, resize).sum() == 64 * factor * 64 * factor
+    lz = geometry.wavelength_m * geometry.distance_m
+    expected = tuple(lz / (64 * factor * pixel) for pixel in geometry.detector_pixel_m)
+    np.testing.assert_allclose(label_pixel_m(geometry, 64, resize), expected, rtol=1e-12)
+    if frame_shape[0] == frame_shape[1] == 64 * factor and resize == "bin":
+        np.testing.assert_allclose(label_pixel_m(geometry, 64, resize), geometry.object_pixel_m)

@@ -49,6 +49,14 @@ def input_size_problem(frame_shape: tuple[int, int], input_size: int) -> str | N
     return None
 
 
+def bin_factor(frame_shape: tuple[int, int], input_size: int, resize: Resize) -> int:
+    """Detector pixels per input pixel along each axis: 1 for "crop"; for "bin", the largest
+    whole factor whose ``input_size * factor`` centre fits both sides of the frame."""
+    if resize == "crop":
+        return 1
+    return min(frame_shape[0] // input_size, frame_shape[1] // input_size)
+
+
 def resize_frames(frames: np.ndarray, input_size: int, resize: Resize) -> np.ndarray:
     """(n, H, W) -> (n, input_size, input_size), same dtype as given for "crop".
 
@@ -62,7 +70,7 @@ def resize_frames(frames: np.ndarray, input_size: int, resize: Resize) -> np.nda
     n, h, w = frames.shape
     if h < input_size or w < input_size:
         raise ValueError(f"frames of {h}x{w} pixels are smaller than the input size {input_size}")
-    factor = 1 if resize == "crop" else min(h // input_size, w // input_size)
+    factor = bin_factor((h, w), input_size, resize)
     side = input_size * factor
     top, left = h // 2 - side // 2, w // 2 - side // 2
     centre = frames[:, top : top + side, left : left + side]

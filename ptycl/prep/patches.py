@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from ptycl.io.records import ObjectImage, ScanGeometry
+from ptycl.prep.frames import Resize, bin_factor
 
 KEYS_A = -0.5
 # Positions come in metres; converting to pixels leaves float noise (3 * p / p != 3 exactly).
@@ -101,19 +102,19 @@ def _keys_weights(fraction: np.ndarray) -> np.ndarray:
     return np.where(distance <= 1, near, np.where(distance < 2, far, 0)).astype(fraction.dtype)
 
 
-def label_pixel_m(geometry: ScanGeometry, input_size: int, resize: str) -> tuple[float, float]:
+def label_pixel_m(geometry: ScanGeometry, input_size: int, resize: Resize) -> tuple[float, float]:
     """The object pixel of the model's output patch after preparing frames to ``input_size``.
 
-    Cropping the detector to the central ``input_size`` pixels keeps the detector pixel, so the
-    real-space pixel grows by frame/input_size; binning enlarges the detector pixel by exactly
-    that factor, so the real-space pixel stays the same (and the field of view shrinks).
+    The input spans ``input_size * factor`` detector pixels (``bin_factor``: 1 when cropping),
+    so the real-space pixel is lambda z / (input_size * factor * detector pixel). Cropping keeps
+    the field of view at a coarser pixel; binning by frame/input_size keeps the object pixel,
+    and a frame that is not a whole multiple of the input is first cropped to one.
     """
-    if resize == "bin":
-        return geometry.object_pixel_m
+    factor = bin_factor(geometry.frame_shape, input_size, resize)
     lz = geometry.wavelength_m * geometry.distance_m
     return (
-        lz / (input_size * geometry.detector_pixel_m[0]),
-        lz / (input_size * geometry.detector_pixel_m[1]),
+        lz / (input_size * factor * geometry.detector_pixel_m[0]),
+        lz / (input_size * factor * geometry.detector_pixel_m[1]),
     )
 
 

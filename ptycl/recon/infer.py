@@ -20,6 +20,7 @@ from ptycl.model.ptychonn import PtychoNN
 from ptycl.prep.frames import input_size_problem, prepare_frames
 from ptycl.prep.patches import label_pixel_m
 from ptycl.recon.stitch import CanvasGrid, StitchedObject, stitch_patches
+from ptycl.train.scan_data import prepare_label
 
 
 @torch.inference_mode()
@@ -46,7 +47,9 @@ class ScanPrediction:
     phase: np.ndarray  # (N, S, S)
     positions_m: np.ndarray  # (N, 2) (y, x)
     pixel_m: tuple[float, float]  # object pixel of the patches
-    truth: ObjectImage | None  # the scan's label, when it has one
+    # The scan's label, when it has one, as training scores against it: on the patches' grid,
+    # its phase referenced to the scanned area (``prepare_label``).
+    truth: ObjectImage | None
     support: np.ndarray | None = None  # (S, S) bool: the patch pixels the model learned
 
     def stitch(self, canvas: CanvasGrid | ObjectImage | None = None) -> StitchedObject:
@@ -86,13 +89,15 @@ def infer_scan(
             positions.append(batch.positions_m)
     if not positions:
         raise ScanError(path, "the scan has no frames")
-    pixel_m = label_pixel_m(metadata.geometry, prep.input_size, prep.resize)
+    positions_m = np.concatenate(positions)
+    if truth is not None:
+        truth = prepare_label(truth, metadata, prep, positions_m, path).truth
     return ScanPrediction(
         metadata,
         np.concatenate(amplitude),
         np.concatenate(phase),
-        np.concatenate(positions),
-        pixel_m,
+        positions_m,
+        label_pixel_m(metadata.geometry, prep.input_size, prep.resize),
         truth,
         support,
     )
