@@ -165,7 +165,9 @@ def test_a_bad_scan_is_skipped_with_a_one_line_reason(tiny_scans, tmp_path, capl
     assert "\n" not in report.rejected[0]
 
 
-def test_a_one_frame_first_scan_trains_and_an_all_held_out_scan_is_rejected(tiny_scans, tmp_path):
+def test_a_one_frame_first_scan_trains_and_an_all_held_out_scan_is_rejected(
+    tiny_scans, tmp_path, caplog
+):
     """A spread needs two frames: the one-frame scan leaves the input standardisation to the
     next scan instead of fitting NaN (which made every later output NaN). A scan whose every
     frame is held out has nothing to train on: one line, and the stream goes on."""
@@ -194,7 +196,9 @@ def test_a_one_frame_first_scan_trains_and_an_all_held_out_scan_is_rejected(tiny
         f"scans=[{first}, {scans[0]}, {scans[1]}]",
         "train.strategy=derpp",
     )
-    report = run_continual(config)
+    with caplog.at_level("WARNING", logger="ptycl.train"):
+        report = run_continual(config)
+    assert f"{first}: no frame of 1 held out" in caplog.text  # said, not silently NaN
     assert report.scan_ids == ["scan0000_texture", "scan0000_manhattan", "scan0001_siemens"]
     model = load_checkpoint(tmp_path / "run" / "checkpoints")["trainer"]["model"]
     assert bool(model["input_fitted"])

@@ -6,6 +6,7 @@ still knows the scan after later ones (the continual error matrix).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from ptycl.prep.patches import (
     reference_phase,
     resample_object,
 )
+
+log = logging.getLogger("ptycl.train")
 
 
 @dataclass
@@ -145,5 +148,13 @@ def load_scan(path: Path, prep: PrepSettings, seed: int, batch_frames: int = 512
             path,
             f"all {len(inputs_np)} frame(s) held out for evaluation (prep.holdout_fraction "
             f"{prep.holdout_fraction}): none to train on",
+        )
+    if len(tensors.holdout_rows) == 0:
+        log.warning(
+            "%s: no frame of %d held out (prep.holdout_fraction %s): its held-out errors stay "
+            "NaN (not evaluated); its stitched images are still scored",
+            path,
+            len(inputs_np),
+            prep.holdout_fraction,
         )
     return tensors
