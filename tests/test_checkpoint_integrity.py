@@ -161,7 +161,7 @@ def test_leftovers_of_a_killed_writer_are_removed_and_numbers_never_reused(tmp_p
     # Killed after renaming checkpoint 3 into place, before its manifest; and in mid-write.
     shutil.copy(tmp_path / "checkpoint-000002.pt", tmp_path / "checkpoint-000003.pt")
     (tmp_path / ".checkpoint-000004.pt.12345.tmp").write_bytes(b"half a checkpoint")
-    (tmp_path / ".store-step9-rank1.pt.777.tmp").write_bytes(b"half a shard")
+    (tmp_path / ".store-step9-rank1of2.pt.777.tmp").write_bytes(b"half a shard")
     assert load_checkpoint(tmp_path)["n"] == 2
     save_checkpoint(tmp_path, tiny_state(4))
     assert sorted(p.name for p in tmp_path.iterdir()) == [

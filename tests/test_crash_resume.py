@@ -294,7 +294,7 @@ def assert_same_end(straight: Path, crashed: Path, ranks: int) -> None:
         held_a, held_b = end_a["trainer"]["store"]["held"], end_b["trainer"]["store"]["held"]
         assert torch.equal(held_a["inputs"], held_b["inputs"])
     for rank in range(ranks if ranks > 1 else 0):  # each rank's shard beside it
-        name = f"store-step{SCANS * STEPS}-rank{rank}.pt"
+        name = f"store-step{SCANS * STEPS}-rank{rank}of{ranks}.pt"
         shard_a = torch.load(straight / "checkpoints" / name, weights_only=True)
         shard_b = torch.load(checkpoints / name, weights_only=True)
         assert torch.equal(shard_a["rows"], shard_b["rows"]), name
@@ -330,7 +330,7 @@ def test_mpi_job_killed_whole_then_resumed_ends_as_an_uninterrupted_run(tiny_sca
     def damage_newest_shard() -> None:
         number = newest(checkpoints)
         files = json.loads((checkpoints / f"checkpoint-{number:06d}.json").read_text())["files"]
-        shard = checkpoints / next(name for name in files if name.endswith("-rank1.pt"))
+        shard = checkpoints / next(name for name in files if name.endswith("-rank1of2.pt"))
         data = bytearray(shard.read_bytes())
         for offset in rng.sample(range(len(data)), 3):
             data[offset] ^= 0xFF

@@ -125,7 +125,7 @@ def test_two_ranks_train_one_model_like_one_rank(two_rank_run, tiny_scans, tmp_p
     assert checkpoint["ranks"] == 2 and checkpoint["trainer"]["position"] == [3, 0, 18]
     # The shards of the checkpoints kept (train.keep_checkpoints: 3), one at each scan's end.
     shards = {p.name for p in (output / "checkpoints").glob("store-*.pt")}
-    assert shards == {f"store-step{s}-rank{r}.pt" for s in (6, 12, 18) for r in (0, 1)}
+    assert shards == {f"store-step{s}-rank{r}of2.pt" for s in (6, 12, 18) for r in (0, 1)}
     # One model: both replicas end with the same weights bit for bit, rank 0's checkpointed.
     rank0 = torch.load(models / "model-rank0.pt", weights_only=True)
     rank1 = torch.load(models / "model-rank1.pt", weights_only=True)
@@ -175,7 +175,7 @@ def interrupted_run(tiny_scans, tmp_path_factory) -> tuple[Path, Path]:
     checkpoints = root / "run" / "checkpoints"
     assert load_checkpoint(checkpoints)["trainer"]["position"] == [1, 3, 9]
     assert {p.name for p in checkpoints.glob("store-*.pt")} == {
-        f"store-step{s}-rank{r}.pt" for s in (6, 9) for r in (0, 1)
+        f"store-step{s}-rank{r}of2.pt" for s in (6, 9) for r in (0, 1)
     }
     saved = root / "saved-checkpoints"
     shutil.copytree(checkpoints, saved)
@@ -201,9 +201,11 @@ def test_resume_on_two_ranks_continues_exactly(two_rank_run, interrupted_run):
         assert torch.equal(tensor, model_b[name]), name
     for rank in (0, 1):
         shard_a = torch.load(
-            straight / f"checkpoints/store-step18-rank{rank}.pt", weights_only=True
+            straight / f"checkpoints/store-step18-rank{rank}of2.pt", weights_only=True
         )
-        shard_b = torch.load(resumed / f"checkpoints/store-step18-rank{rank}.pt", weights_only=True)
+        shard_b = torch.load(
+            resumed / f"checkpoints/store-step18-rank{rank}of2.pt", weights_only=True
+        )
         assert torch.equal(shard_a["rows"], shard_b["rows"])
         assert shard_a["table"]["seen"] == shard_b["table"]["seen"]
 
@@ -214,12 +216,26 @@ def test_resume_on_another_number_of_ranks(interrupted_run, tiny_scans, tmp_path
     on_three = tmp_path / "three"
     shutil.copytree(saved, on_three / "checkpoints")
     config_three = write_config(tiny_scans, on_three, "train.strategy=derpp")
+    # Stopped before its first step, the 3-rank job checkpoints at the same step 9: its shards
+    # hold other rows than the 2 ranks' and take other names, so both checkpoints stay whole.
+    stopped_at_once = tmp_path / "stopped-at-once"
+    shutil.copytree(saved, stopped_at_once / "checkpoints")
+    config_stopped = write_config(tiny_scans, stopped_at_once, "train.strategy=derpp")
+    mpi_train(3, config_stopped, "--resume", "--max-steps", "9")
+    kept = stopped_at_once / "checkpoints"
+    assert {p.name for p in kept.glob("store-step9-*.pt")} == {
+        *(f"store-step9-rank{r}of2.pt" for r in range(2)),
+        *(f"store-step9-rank{r}of3.pt" for r in range(3)),
+    }
+    for manifest in sorted(kept.glob("checkpoint-*.json"))[-2:]:  # the 2 ranks' and the 3's
+        for name, digest in json.loads(manifest.read_text())["files"].items():
+            assert (kept / name).stat().st_size == digest["size"], name
     done = mpi_train(3, config_three, "--resume")
     assert "saved by 2 rank(s), now 3" in done.stderr
     # The last 3 checkpoints: the 2 ranks' one at step 9, the 3 ranks' at steps 12 and 18.
     shards = {p.name for p in (on_three / "checkpoints").glob("store-*.pt")}
-    assert shards == {"store-step9-rank0.pt", "store-step9-rank1.pt"} | {
-        f"store-step{s}-rank{r}.pt" for s in (12, 18) for r in range(3)
+    assert shards == {"store-step9-rank0of2.pt", "store-step9-rank1of2.pt"} | {
+        f"store-step{s}-rank{r}of3.pt" for s in (12, 18) for r in range(3)
     }
     report = json.loads((on_three / "metrics.json").read_text())
     assert report["ranks"] == 3 and len(report["scan_ids"]) == 3

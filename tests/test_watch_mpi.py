@@ -76,7 +76,7 @@ def test_two_ranks_watch_stop_and_resume_exactly(tmp_path: Path) -> None:
     assert state["ranks"] == 2 and state["trainer"]["position"][2] == 2 * _owed_steps(FRAMES)
     step = state["trainer"]["position"][2]
     for rank in (0, 1):  # each rank's store shard, named by the checkpoint's step
-        assert (output / "checkpoints" / f"store-step{step}-rank{rank}.pt").exists()
+        assert (output / "checkpoints" / f"store-step{step}-rank{rank}of2.pt").exists()
     phase = read_matrices(output)["phase_mae"]
     assert all(math.isfinite(v) for i, row in enumerate(phase) for v in row[: i + 1])
     text = log.read_text()

@@ -5,8 +5,8 @@ Files in a run's checkpoint directory (one every rank sees: a shared filesystem 
 - ``checkpoint-{n}.pt``: checkpoint number n (n grows by one per checkpoint, never reused), one
   ``torch.save`` file of tensors and plain Python values only, so ``torch.load(weights_only=
   True)`` reads it and a checkpoint from an untrusted place cannot run code;
-- ``store-step{S}-rank{r}.pt``: in a data-parallel run (several ranks), rank r's rehearsal-store
-  shard at global step S;
+- ``store-step{S}-rank{r}of{N}.pt``: in a data-parallel run of N ranks, rank r's
+  rehearsal-store shard at global step S;
 - ``checkpoint-{n}.json``: its manifest, the size and SHA-256 of checkpoint n's file and of every
   store shard it uses; written last, it is the commit point;
 - ``latest.pt``: a symbolic link to the newest committed checkpoint's file, for scripts (the
@@ -17,9 +17,11 @@ place, and the directory is fsynced after the rename. A checkpoint is saved in t
 every rank its shard; rank 0 the checkpoint file, then the manifest, then ``latest.pt``; then
 rank 0 removes every checkpoint but the newest ``keep`` (``train.keep_checkpoints``), the shards
 no kept manifest names, and the temporary files of writers that were killed, while the other
-ranks wait. A checkpoint at the same step as an earlier one rewrites that step's shards with
-the same bytes (the store changes only in steps); were they to differ, the earlier checkpoint
-would fail its check and be skipped, never loaded with a shard it did not record.
+ranks wait. A checkpoint at the same step as an earlier one (a stop before the first step after
+a resume) rewrites that step's shards with the same bytes: the store changes only in steps, and
+its settings cannot change on a resume; a resume on another number of ranks, whose shards
+differ, writes other names. Were the bytes to differ, the earlier checkpoint would fail its
+check and be skipped, never loaded with a shard it did not record.
 
 What is guaranteed: a process or job killed at any moment (SIGKILL included) leaves the last
 committed checkpoint whole, with its shards, and ``latest.pt`` exists only once one is
@@ -58,7 +60,7 @@ DEFAULT_KEEP = 3
 MANIFEST_FORMAT = 1
 _NUMBERED = re.compile(r"checkpoint-(\d+)\.(pt|json)")
 # Everything a checkpoint directory holds that pruning may remove (temporaries: ``.NAME.PID.tmp``).
-_PRUNABLE = re.compile(r"checkpoint-\d+\.(pt|json)|store-step\d+-rank\d+\.pt|\..+\.tmp")
+_PRUNABLE = re.compile(r"checkpoint-\d+\.(pt|json)|store-step\d+-rank\d+of\d+\.pt|\..+\.tmp")
 
 
 class _Digest(NamedTuple):
@@ -74,8 +76,8 @@ def _manifest_name(number: int) -> str:
     return f"checkpoint-{number:06d}.json"
 
 
-def store_shard_path(directory: Path, step: int, rank: int) -> Path:
-    return directory / f"store-step{step}-rank{rank}.pt"
+def store_shard_path(directory: Path, step: int, rank: int, ranks: int) -> Path:
+    return directory / f"store-step{step}-rank{rank}of{ranks}.pt"
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -311,7 +313,8 @@ class RunCheckpoints:
         shard = state["trainer"]["store"] if dist.is_distributed else None
         written: dict[str, _Digest] = {}
         if shard is not None:
-            path = store_shard_path(self.directory, state["trainer"]["position"][2], dist.rank)
+            step = state["trainer"]["position"][2]
+            path = store_shard_path(self.directory, step, dist.rank, dist.world_size)
             written[path.name] = _write_atomically(path, lambda h: torch.save(shard, h))
         # Also the barrier: every shard is on disk before a manifest names it.
         shards = {name: d for files in dist.allgather(written) for name, d in files.items()}
@@ -360,7 +363,7 @@ class RunCheckpoints:
         step = state["trainer"]["position"][2]
 
         def shard(rank: int) -> dict[str, Any]:
-            shard_path = store_shard_path(self.directory, step, rank)
+            shard_path = store_shard_path(self.directory, step, rank, saved_ranks)
             if shard_path.name not in files:
                 raise CheckpointError(path, f"its manifest does not name {shard_path.name}")
             return _load(shard_path)  # verified with the rest by _choose
