@@ -25,6 +25,7 @@ from ptycl.errors import CheckpointError, ConfigError
 from ptycl.rehearsal import select
 from ptycl.train.checkpoint import (
     LATEST,
+    LOCK,
     RunCheckpoints,
     load_checkpoint,
     save_checkpoint,
@@ -233,7 +234,7 @@ def test_the_run_keeps_k_checkpoints(straight_run):
     # 6 + 3 checkpoints (every 3 steps, and at each scan's end), the last 3 kept.
     assert manifests(checkpoints) == [f"checkpoint-00000{n}.json" for n in (7, 8, 9)]
     assert sorted(p.name for p in checkpoints.iterdir()) == sorted(
-        [*manifests(checkpoints), *(f"checkpoint-00000{n}.pt" for n in (7, 8, 9)), LATEST]
+        [*manifests(checkpoints), *(f"checkpoint-00000{n}.pt" for n in (7, 8, 9)), LATEST, LOCK]
     )
     assert load_checkpoint(checkpoints)["trainer"]["position"] == [3, 0, 18]
 
@@ -295,3 +296,38 @@ def test_a_latest_link_that_cannot_be_made_is_one_line_and_the_checkpoint_still_
     assert "\n" not in str(err.value)
     assert not list(tmp_path.glob(".latest.pt.*"))  # no temporary left behind
     assert load_checkpoint(tmp_path)["n"] == 2  # committed by its manifest
+
+
+def test_a_second_run_on_the_same_directory_is_refused_while_the_first_lives(tmp_path):
+    """Two jobs given one run.output_dir: the second would prune the first's checkpoints. It
+    stops in one line naming the holder; once the holder is killed, its lock is gone."""
+    import subprocess
+    import sys
+
+    holds = (
+        "import sys, torch; from pathlib import Path\n"
+        "from ptycl.train.checkpoint import RunCheckpoints\n"
+        "from ptycl.train.distributed import Distributed\n"
+        "lock = RunCheckpoints(Path(sys.argv[1]), Distributed.single(torch.device('cpu')),"
+        " 'ptycl watch')\n"
+        "print('holding', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", holds, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        with pytest.raises(
+            CheckpointError, match=rf"in use by ptycl watch \(pid {holder.pid} on "
+        ) as err:
+            RunCheckpoints(tmp_path, SINGLE, "ptycl train")
+        assert "\n" not in str(err.value) and "another run.output_dir" in str(err.value)
+    finally:
+        holder.kill()
+        holder.wait()
+    RunCheckpoints(tmp_path, SINGLE, "ptycl train").save({"trainer": {"store": None}, "n": 1})
+    assert load_checkpoint(tmp_path)["n"] == 1

@@ -47,7 +47,7 @@ import torch
 
 from ptycl.config import dump_config, load_config
 from ptycl.rehearsal import select
-from ptycl.train.checkpoint import LATEST, load_checkpoint
+from ptycl.train.checkpoint import LATEST, LOCK, load_checkpoint
 from ptycl.train.run import run_continual
 from tests.conftest import tiny_config
 from tests.helpers_report import evaluated, read_matrices
@@ -302,7 +302,10 @@ def assert_same_end(straight: Path, crashed: Path, ranks: int) -> None:
 
     # Only the last KEEP checkpoints, the shards they name, the link to the newest.
     assert len(list(checkpoints.glob("checkpoint-*.json"))) == KEEP
-    assert {p.name for p in checkpoints.iterdir()} == assert_all_intact(checkpoints) | {LATEST}
+    assert {p.name for p in checkpoints.iterdir()} == assert_all_intact(checkpoints) | {
+        LATEST,
+        LOCK,
+    }
     assert (checkpoints / LATEST).readlink() == Path(f"checkpoint-{newest(checkpoints):06d}.pt")
 
 

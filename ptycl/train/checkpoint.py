@@ -10,7 +10,10 @@ Files in a run's checkpoint directory (one every rank sees: a shared filesystem 
 - ``checkpoint-{n}.json``: its manifest, the size and SHA-256 of checkpoint n's file and of every
   store shard it uses; written last, it is the commit point;
 - ``latest.pt``: a symbolic link to the newest committed checkpoint's file, for scripts (the
-  Slurm requeue tests that it exists) and people; loading never relies on it.
+  Slurm requeue tests that it exists) and people; loading never relies on it;
+- ``.lock``: the run holding the directory (POSIX lock, with its command, pid and host).
+  A second run on the same directory, which would prune the first one's checkpoints, stops
+  with one line naming it; the lock goes with the process, so a killed run leaves none.
 
 Every file is written to a temporary file in the same directory, fsynced, then renamed into
 place, and the directory is fsynced after the rename. A checkpoint is saved in this order:
@@ -38,11 +41,14 @@ when it commits its first one, so a resume never falls back into the other run.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
+import socket
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
@@ -56,6 +62,7 @@ from ptycl.train.distributed import Distributed
 log = logging.getLogger("ptycl.train.checkpoint")
 
 LATEST = "latest.pt"
+LOCK = ".lock"
 DEFAULT_KEEP = 3
 MANIFEST_FORMAT = 1
 _NUMBERED = re.compile(r"checkpoint-(\d+)\.(pt|json)")
@@ -286,6 +293,34 @@ def load_checkpoint(directory: Path) -> dict[str, Any]:
     return _load(path)
 
 
+def _lock_directory(directory: Path, command: str) -> tuple[int | None, str | None]:
+    """Rank 0: an exclusive lock on ``directory/.lock`` for the rest of this process (the OS
+    drops it when the process ends, SIGKILL included). Returns the open file, or None and why
+    not when another process holds it; None and None where the filesystem has no locks."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EAGAIN):  # e.g. Lustre mounted without flock
+            os.close(fd)
+            log.warning(
+                "cannot lock %s (%s): nothing stops a second run on this run.output_dir",
+                directory / LOCK,
+                _reason(exc),
+            )
+            return None, None
+        holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        return None, (
+            f"in use by {holder}: a second run here would remove its checkpoints; stop it, "
+            "or give this run another run.output_dir"
+        )
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{command} (pid {os.getpid()} on {socket.gethostname()})\n".encode(), 0)
+    return fd, None
+
+
 class RunCheckpoints:
     """The checkpoints of one run (``ptycl train`` or ``ptycl watch``) in ``directory``.
 
@@ -305,6 +340,15 @@ class RunCheckpoints:
         self.keep = keep
         # Rank 0: the lowest checkpoint number of this run's history (None: none saved yet).
         self._oldest: int | None = None
+        # Rank 0 holds the directory's lock (its open file) while this process lives; every
+        # rank stops if another run holds it.
+        self._lock: int | None = None
+        problem = None
+        if dist.is_main:
+            self._lock, problem = _lock_directory(directory, command)
+        problem = dist.broadcast(problem)
+        if problem is not None:
+            raise CheckpointError(directory, problem)
 
     def save(self, state: dict[str, Any]) -> None:
         """Save a run's ``state`` (its "trainer" entry a ``ContinualTrainer.state_dict()``):
