@@ -225,8 +225,8 @@ def test_a_full_output_disk_stops_the_watcher_with_one_line_and_whole_files(
     assert "Traceback" not in text
     # What is there is whole: no temporaries, no half-written list, the config complete.
     (small_disk / "filler").unlink()
-    left = sorted(p.name for p in output.rglob("*") if p.is_file())
-    assert left == ["config.yaml"], left
+    left = sorted(str(p.relative_to(output)) for p in output.rglob("*") if p.is_file())
+    assert left == ["checkpoints/.lock", "config.yaml"], left  # the lock: 1 line, or empty
     assert yaml.safe_load((output / "config.yaml").read_text())["run"]["output_dir"] == str(output)
     assert (scans / "quarantine" / "scan0001_broken.h5").exists()
 

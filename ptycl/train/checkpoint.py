@@ -297,8 +297,11 @@ def _lock_directory(directory: Path, command: str) -> tuple[int | None, str | No
     """Rank 0: an exclusive lock on ``directory/.lock`` for the rest of this process (the OS
     drops it when the process ends, SIGKILL included). Returns the open file, or None and why
     not when another process holds it; None and None where the filesystem has no locks."""
-    directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:  # said by every rank, as the caller raises it after a broadcast
+        return None, f"cannot open {LOCK} ({_reason(exc)})"
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -316,8 +319,9 @@ def _lock_directory(directory: Path, command: str) -> tuple[int | None, str | No
             f"in use by {holder}: a second run here would remove its checkpoints; stop it, "
             "or give this run another run.output_dir"
         )
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{command} (pid {os.getpid()} on {socket.gethostname()})\n".encode(), 0)
+    with suppress(OSError):  # who holds it is for the message only: a full disk may refuse it
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{command} (pid {os.getpid()} on {socket.gethostname()})\n".encode(), 0)
     return fd, None
 
 
