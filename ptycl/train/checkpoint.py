@@ -293,10 +293,11 @@ def load_checkpoint(directory: Path) -> dict[str, Any]:
     return _load(path)
 
 
-def _lock_directory(directory: Path, command: str) -> tuple[int | None, str | None]:
-    """Rank 0: an exclusive lock on ``directory/.lock`` for the rest of this process (the OS
-    drops it when the process ends, SIGKILL included). Returns the open file, or None and why
-    not when another process holds it; None and None where the filesystem has no locks."""
+def _lock_directory(directory: Path, command: str) -> tuple[BinaryIO | None, str | None]:
+    """Rank 0: an exclusive lock on ``directory/.lock`` while the returned file stays open
+    (the OS drops it when the process ends, SIGKILL included). Returns the open file, or None
+    and why not when another process holds it; None and None where the filesystem has no
+    locks."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
         fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
@@ -322,7 +323,7 @@ def _lock_directory(directory: Path, command: str) -> tuple[int | None, str | No
     with suppress(OSError):  # who holds it is for the message only: a full disk may refuse it
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{command} (pid {os.getpid()} on {socket.gethostname()})\n".encode(), 0)
-    return fd, None
+    return os.fdopen(fd, "r+b"), None  # closed, and so unlocked, when the run lets go of it
 
 
 class RunCheckpoints:
@@ -344,9 +345,9 @@ class RunCheckpoints:
         self.keep = keep
         # Rank 0: the lowest checkpoint number of this run's history (None: none saved yet).
         self._oldest: int | None = None
-        # Rank 0 holds the directory's lock (its open file) while this process lives; every
+        # Rank 0 holds the directory's lock (an open file) as long as this object lives; every
         # rank stops if another run holds it.
-        self._lock: int | None = None
+        self._lock: BinaryIO | None = None
         problem = None
         if dist.is_main:
             self._lock, problem = _lock_directory(directory, command)
