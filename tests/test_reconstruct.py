@@ -71,4 +71,15 @@ def test_reconstruct_scores_a_scan_as_the_run_evaluated_it(tmp_path, frame_size,
             image = written["entry_1/image_1/data"][()]
             assert image.dtype == np.complex64 and image.ndim == 2
             assert np.isfinite(image).all()
+            # CXI's description of a real-space image: its (x, y) extent in metres.
+            assert written["entry_1/image_1/data_space"][()] == b"real"
+            pixel = (
+                written["entry_1/image_1/y_pixel_size"][()],
+                written["entry_1/image_1/x_pixel_size"][()],
+            )
+            np.testing.assert_allclose(
+                written["entry_1/image_1/image_size"][()],
+                [image.shape[1] * pixel[1], image.shape[0] * pixel[0]],
+                rtol=1e-12,
+            )
         assert (out / f"{scan_id}.png").stat().st_size > 1000

@@ -69,6 +69,10 @@ IMAGE_DATA = "data"  # members of IMAGE
 IMAGE_X_PIXEL_SIZE = "x_pixel_size"
 IMAGE_Y_PIXEL_SIZE = "y_pixel_size"
 IMAGE_CENTER = "center_m"  # (2,) metres, axes (y, x) as its "axes" attribute says
+# CXI's own description of a real-space image: its extent in metres, (x, y) as CXI orders it,
+# and "real" (not "diffraction") as its space; ptycl reads the pixel sizes and centre instead.
+IMAGE_SIZE = "image_size"
+IMAGE_DATA_SPACE = "data_space"
 IMAGE_PROBE = "probe"  # optional (h, w) complex illumination on the image's pixel grid
 
 # Streaming state written by ptycl; a file without it (a foreign CXI file) is finished.

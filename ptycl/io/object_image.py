@@ -2,7 +2,8 @@
 
 ``data`` is the complex64 image [y, x]; ``x_pixel_size`` and ``y_pixel_size`` are metres;
 ``center_m`` is the (y, x) position in metres of the centre pixel (H // 2, W // 2) in the scan's
-coordinate frame. The group sits inside a scan file (HDF5 or Zarr) or alone in a label file
+coordinate frame; ``image_size`` (its (x, y) extent in metres) and ``data_space`` ("real") are
+CXI's own description of it, written for other readers. The group sits inside a scan file (HDF5 or Zarr) or alone in a label file
 ``<scan stem>.label.h5`` beside the scan, which may arrive after the scan's last frame.
 """
 
@@ -59,6 +60,13 @@ def write_object_image(target: str | Path | Group, image: ObjectImage) -> None:
         _put(group, cxi.IMAGE_X_PIXEL_SIZE, np.float64(image.pixel_m[1]))
         _put(group, cxi.IMAGE_CENTER, np.asarray(image.center_m, dtype=np.float64))
         group[cxi.IMAGE_CENTER].attrs["axes"] = "y x"
+        height, width = image.values.shape
+        extent = [width * image.pixel_m[1], height * image.pixel_m[0]]
+        _put(group, cxi.IMAGE_SIZE, np.asarray(extent, dtype=np.float64))
+        if isinstance(group, h5py.Group):
+            group.create_dataset(cxi.IMAGE_DATA_SPACE, data="real")
+        else:  # a string, as ptycl's Zarr tree keeps them: an attribute
+            group.attrs[cxi.IMAGE_DATA_SPACE] = "real"
         if image.probe is not None:
             _put(group, cxi.IMAGE_PROBE, image.probe.astype(np.complex64))
         return
