@@ -220,3 +220,23 @@ def test_a_one_frame_first_scan_trains_and_an_all_held_out_scan_is_rejected(
     assert report.scan_ids == ["scan0000_manhattan"]
     assert len(report.rejected) == 1 and "none to train on" in report.rejected[0]
     assert first in report.rejected[0] and "\n" not in report.rejected[0]
+
+
+def test_the_balanced_policy_is_refused_where_it_cannot_keep_a_slot_per_scan(tiny_scans, tmp_path):
+    """Said at the start in one line: not as a ValueError when the scan past the last slot
+    arrives, and never in watch mode, whose stream has no last scan."""
+    from ptycl.stream.watch import Watcher
+    from ptycl.train.distributed import Distributed
+
+    config = tiny_config(
+        tiny_scans,
+        tmp_path / "run",
+        "train.strategy=er",
+        "train.store.policy=balanced",
+        "train.store.capacity_samples=2",  # 2 slots, 3 scans
+    )
+    with pytest.raises(ConfigError, match="a slot per scan and the store has 2 per rank for 3"):
+        run_continual(config)
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    with pytest.raises(ConfigError, match=r"train\.store\.policy: 'balanced' keeps a slot"):
+        Watcher(tiny_scans, config, Distributed.single(torch.device("cpu")))

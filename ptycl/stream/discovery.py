@@ -224,7 +224,6 @@ class Candidate:
         self.first_seen = now
         self.last_change = now
         self.next_try = now
-        self.last_error: str | None = None
         self._signature = signature(path)
 
     def note(self, sighting: Sighting, now: float) -> None:

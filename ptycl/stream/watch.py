@@ -95,6 +95,7 @@ from ptycl.stream.discovery import (
     ScanDiscovery,
     Sighting,
     scan_stem_of_label,
+    signature,
 )
 from ptycl.stream.evaluation_set import EvaluationReservoir
 from ptycl.stream.follower import ScanBuffer, ScanFollower, UnusableScan, read_label_file
@@ -195,6 +196,13 @@ class Tick:
 
 class Watcher:
     def __init__(self, directory: Path, config: Config, dist: Distributed) -> None:
+        if config.train.store.policy == "balanced":
+            raise ConfigError(
+                "<config>",
+                "train.store.policy",
+                "'balanced' keeps a slot for every scan, and a watched stream has no last "
+                "scan: use 'reservoir' or 'loss_aware'",
+            )
         if config.train.strategy not in WATCH_STRATEGIES:
             raise ConfigError(
                 "<config>",
@@ -227,6 +235,9 @@ class Watcher:
         self.candidates: dict[str, Candidate] = {}
         self.followers: dict[str, ScanFollower] = {}
         self.label_candidates: dict[str, Candidate] = {}  # scan name -> its label file
+        # Labels quarantined but left in place (a read-only DIR): scan name -> the label's
+        # signature then. Looked at again only once the file changes, not every few seconds.
+        self.refused_labels: dict[str, tuple[int, int] | None] = {}
         self.awaiting_label: dict[str, Path] = {}  # reconstructed scans a label may still train
         self.complete_since: dict[str, float] = {}
         # the evaluation set's scans by error-matrix column; None: gone since a restart
@@ -432,7 +443,6 @@ class Watcher:
                 if candidate.unchanged_for(now) >= self.settings.unreadable_after_s:
                     self._quarantine(name, exc.problem)
                 else:
-                    candidate.last_error = exc.problem
                     candidate.next_try = now + RETRY_OPEN_S
                 continue
             settled = candidate.settled or candidate.unchanged_for(now) >= self.settings.settle_s
@@ -504,7 +514,11 @@ class Watcher:
         or unchanged for ``settle_s``); a label unreadable for long is quarantined alone."""
         for name, buffer in self.buffers.items():
             if not buffer.labelled and name not in self.label_candidates:
-                if label_path_for(buffer.path).exists():
+                label = label_path_for(buffer.path)
+                if name in self.refused_labels and self.refused_labels[name] == signature(label):
+                    continue  # quarantined in place, unchanged since
+                if label.exists():
+                    self.refused_labels.pop(name, None)
                     self._want_label(name, now)
         for name, candidate in list(self.label_candidates.items()):
             candidate.update(now)
@@ -521,7 +535,11 @@ class Watcher:
             except ScanError as exc:
                 if candidate.unchanged_for(now) >= self.settings.unreadable_after_s:
                     del self.label_candidates[name]
-                    quarantine(candidate.path, exc.problem, self.output_dir / QUARANTINE_LIST)
+                    moved = quarantine(
+                        candidate.path, exc.problem, self.output_dir / QUARANTINE_LIST
+                    )
+                    if moved is None:  # left in place: not again until it changes
+                        self.refused_labels[name] = signature(candidate.path)
                 else:
                     candidate.next_try = now + RETRY_OPEN_S
                 continue

@@ -173,6 +173,7 @@ def run_continual(
     # Rank 0 lists (or simulates) the scans: every rank then reads the same ones, in order.
     paths = dist.broadcast(resolve_scans(config) if dist.is_main else None)
     try:
+        _check_store_holds_every_scan(config, trainer, len(paths), dist)
         for path in paths:
             scan, problem = None, None
             try:
@@ -245,6 +246,23 @@ def run_continual(
         if stopped is None:  # a stopped run is to resume, and soon: no plots to draw
             _plot_reconstructions(trainer, scans, output_dir / "plots")
     return report
+
+
+def _check_store_holds_every_scan(
+    config: Config, trainer: ContinualTrainer, scans: int, dist: Distributed
+) -> None:
+    """The balanced policy keeps a slot per scan on every shard: said before training, not
+    when the scan past the last slot arrives hours later."""
+    if config.train.store.policy != "balanced" or trainer.store is None:
+        return
+    slots = trainer.store.capacity // dist.world_size
+    if scans > slots:
+        raise ConfigError(
+            "<config>",
+            "train.store.policy",
+            f"'balanced' needs a slot per scan and the store has {slots} per rank for "
+            f"{scans} scans: raise train.store.capacity_samples, or use 'reservoir'",
+        )
 
 
 def _check_resumed_scan(
