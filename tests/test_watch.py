@@ -539,3 +539,18 @@ def test_segments_cost_in_proportion_to_frames_whatever_the_cut() -> None:
     assert held.tolist() == again_held.tolist() and train.tolist() == again_train.tolist()
     assert sorted(train.tolist() + held.tolist()) == list(range(100))
     assert [int(((held >= a) & (held < a + 32)).sum()) for a in (0, 32, 64, 96)] == [8, 8, 8, 1]
+
+
+def test_dense_tables_and_plots_take_at_most_a_tenth_of_a_long_run() -> None:
+    """After every scan while drawing them is quick; spaced by ten times the last drawing
+    once it is not (they grow with the square of the scans: 9 s at 4,000 scans)."""
+    from ptycl.stream.report_cadence import ReportCadence
+
+    cadence = ReportCadence()
+    assert cadence.due(0.0)
+    cadence.drew(started=100.0, ended=100.05)  # a small run: 50 ms
+    assert not cadence.due(100.2) and cadence.due(100.55)
+    cadence.drew(started=5000.0, ended=5009.0)  # a long one: 9 s
+    assert not cadence.due(5098.9) and cadence.due(5099.0)
+    busy = 9.0 / (5099.0 - 5000.0)
+    assert busy == pytest.approx(1 / 11)

@@ -101,6 +101,7 @@ from ptycl.stream.evaluation_set import EvaluationReservoir
 from ptycl.stream.follower import ScanBuffer, ScanFollower, UnusableScan, read_label_file
 from ptycl.stream.ledger import Ledger
 from ptycl.stream.quarantine import QUARANTINE_LIST, quarantine
+from ptycl.stream.report_cadence import ReportCadence
 from ptycl.stream.segments import segment_steps
 from ptycl.stream.status import StatusLine, StatusSnapshot, WatchCounters
 from ptycl.train.checkpoint import RunCheckpoints
@@ -235,6 +236,7 @@ class Watcher:
         self.candidates: dict[str, Candidate] = {}
         self.followers: dict[str, ScanFollower] = {}
         self.label_candidates: dict[str, Candidate] = {}  # scan name -> its label file
+        self.report_cadence = ReportCadence()
         # Labels quarantined but left in place (a read-only DIR): scan name -> the label's
         # signature then. Looked at again only once the file changes, not every few seconds.
         self.refused_labels: dict[str, tuple[int, int] | None] = {}
@@ -335,7 +337,7 @@ class Watcher:
         self._checkpoint()
         self.trainer.close()  # collective: the distributed store's exchanges and threads
         if self.main:
-            self._write_report()
+            self._write_report(final=True)
             self._show_status(force=True)
             counts = self.ledger.counts()
             log.info(
@@ -884,7 +886,7 @@ class Watcher:
             log.error("%s: trained before, cannot evaluate it again: %s", name, exc)
             return None
 
-    def _write_report(self) -> None:
+    def _write_report(self, final: bool = False) -> None:
         report = RunReport.build(
             self.config,
             self.trainer,
@@ -892,7 +894,11 @@ class Watcher:
             [f"{r.name}: {r.reason}" for r in self.ledger.scans.values() if r.reason],
             wall_seconds=time.perf_counter() - self.started,
         )
-        write_report(report, self.output_dir)
+        started = time.monotonic()
+        dense = final or self.report_cadence.due(started)
+        write_report(report, self.output_dir, tables_and_plots=dense)
+        if dense:
+            self.report_cadence.drew(started, time.monotonic())
 
     def _show_status(self, force: bool) -> None:
         if self.status is None or not (force or self.status.due()):

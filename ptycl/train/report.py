@@ -152,9 +152,11 @@ def metrics_json(report: RunReport) -> str:
     return json.dumps(_json_safe(asdict(report)), indent=2)
 
 
-def write_report(report: RunReport, output_dir: Path) -> None:
+def write_report(report: RunReport, output_dir: Path, tables_and_plots: bool = True) -> None:
+    """``metrics.json`` (sparse: it grows with the cells evaluated), and unless told not to
+    the dense ``R_*.csv`` tables and the plots, which grow with the square of the scans."""
     write_text(output_dir / "metrics.json", metrics_json(report))
-    if not report.scan_ids:
+    if not report.scan_ids or not tables_and_plots:
         return
     plots = output_dir / "plots"
     plots.mkdir(exist_ok=True)
