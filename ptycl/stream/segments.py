@@ -8,9 +8,12 @@ rebuilds exactly the segments, held-out rows and phase reference of the first.
 
 Cost: a scan of ``nominal_frames_per_scan`` frames gets ``train.steps_per_scan`` steps, as
 with ``ptycl train``; frames ``[a, b)`` get ``T(b) - T(a)`` steps, ``T(m) = round(steps_per_scan
-· m / nominal)``, so the steps of a scan's segments add up to ``T(N)`` whatever the cut (at
-least one step per segment, so the frames of a short tail are seen too). Cost per frame is
-constant: it does not grow with the number of scans seen.
+· m / nominal)``, so the steps of a scan's segments add up to ``T(N)`` whatever the cut, but
+for one floor: every segment gets at least one step, so the frames of a short tail are seen
+too. That floor adds at most one step per segment owed none, so it matters only when a
+segment is owed less than a step (``segment_frames`` under ``nominal / steps_per_scan``, about
+3 frames for the shipped watch config, where a scan would cost up to a step per segment).
+Cost per frame does not grow with the number of scans seen.
 """
 
 from __future__ import annotations
