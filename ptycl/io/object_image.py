@@ -3,8 +3,9 @@
 ``data`` is the complex64 image [y, x]; ``x_pixel_size`` and ``y_pixel_size`` are metres;
 ``center_m`` is the (y, x) position in metres of the centre pixel (H // 2, W // 2) in the scan's
 coordinate frame; ``image_size`` (its (x, y) extent in metres) and ``data_space`` ("real") are
-CXI's own description of it, written for other readers. The group sits inside a scan file (HDF5 or Zarr) or alone in a label file
-``<scan stem>.label.h5`` beside the scan, which may arrive after the scan's last frame.
+CXI's own description of it, written for other readers. The group sits inside a scan file
+(HDF5 or Zarr) or alone in a label file ``<scan stem>.label.h5`` beside the scan, which may
+arrive after the scan's last frame.
 """
 
 from __future__ import annotations
