@@ -31,6 +31,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "main",
         "read scans back and summarise them (frames, geometry, labels, problems)",
     ),
+    "label": (
+        "ptycl.label.run",
+        "main",
+        "write a scan's label from a reconstruction (ptychodus, ptycl, a plain array)",
+    ),
     "train": (
         "ptycl.train.run",
         "main",

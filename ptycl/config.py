@@ -69,6 +69,15 @@ class SimulateSettings(Section):
         return self
 
 
+class IOSettings(Section):
+    """How scan files are read."""
+
+    # What a file's translations mean: "auto" takes what the file's writer says (ptycl and
+    # ptychodus mark their files), else CXI's sample translation; "probe" or "sample" overrides
+    # it (``ptycl.io.positions``). ``ptycl info`` prints which was used and why.
+    position_convention: Literal["auto", "probe", "sample"] = "auto"
+
+
 class PrepSettings(Section):
     """Frames to model inputs, object images to label patches."""
 
@@ -191,6 +200,7 @@ class RunSettings(Section):
 class Config(Section):
     run: RunSettings = RunSettings()
     simulate: SimulateSettings = SimulateSettings()
+    io: IOSettings = IOSettings()
     prep: PrepSettings = PrepSettings()
     model: ModelSettings = ModelSettings()
     train: TrainSettings = TrainSettings()

@@ -3,9 +3,9 @@
 HDF5 and Zarr scans hold the same tree (Zarr has no soft links: ``/entry_1/data_1`` carries an
 attribute naming the detector data path instead). Paths are relative to the file's root.
 
-Positions: ptycl uses probe centres relative to the object, (N, 2) with columns (y, x). CXI
-stores the *sample* translation, (N, 3) with columns (x, y, z); moving the sample by +t puts
-the probe at -t on the sample, so the signs flip (CDTools writes it the same way).
+Positions: ptycl uses probe centres relative to the object, (N, 2) with columns (y, x). What a
+file's translation (N, 3) (x, y, z) means depends on its writer (``ptycl.io.positions``);
+``writer_convention`` reads the marks a writer leaves.
 
 Below the paths: reading the layout's metadata from an open HDF5 file or Zarr group alike
 (both index members by path), and opening an HDF5 file in the right mode for its state.
@@ -30,6 +30,7 @@ from ptycl.io.guards import (
     open_hdf5_file,
     require_regular_file,
 )
+from ptycl.io.positions import CONVENTION_ATTR, CONVENTIONS, PTYCL_SCANS, PositionConvention
 from ptycl.io.records import ScanGeometry, ScanMetadata
 
 Root = h5py.Group | zarr.Group
@@ -74,6 +75,9 @@ IMAGE_CENTER = "center_m"  # (2,) metres, axes (y, x) as its "axes" attribute sa
 IMAGE_SIZE = "image_size"
 IMAGE_DATA_SPACE = "data_space"
 IMAGE_PROBE = "probe"  # optional (h, w) complex illumination on the image's pixel grid
+# The CXI product layout (ptychodus's, and ptycl's reconstructions): the probe is image_1,
+# the object image_2.
+PRODUCT_OBJECT = "entry_1/image_2"
 
 # Streaming state written by ptycl; a file without it (a foreign CXI file) is finished.
 STREAM = "entry_1/ptycl_stream"
@@ -85,20 +89,9 @@ ZARR_COMPLETE_ATTR = "ptycl_complete"
 
 MASK_BAD_PIXEL = 1  # CXI mask bit 0: invalid pixel
 
-
-def translation_from_positions(positions_m: np.ndarray) -> np.ndarray:
-    """(N, 2) probe positions (y, x) -> (N, 3) CXI sample translation (x, y, z)."""
-    positions_m = np.asarray(positions_m, dtype=np.float64)
-    translation = np.zeros((len(positions_m), 3), dtype=np.float64)
-    translation[:, 0] = -positions_m[:, 1]
-    translation[:, 1] = -positions_m[:, 0]
-    return translation
-
-
-def positions_from_translation(translation_m: np.ndarray) -> np.ndarray:
-    """(N, >=2) CXI sample translation (x, y[, z]) -> (N, 2) probe positions (y, x)."""
-    translation_m = np.asarray(translation_m, dtype=np.float64)
-    return np.stack([-translation_m[:, 1], -translation_m[:, 0]], axis=1)
+# Marks ptychodus leaves in its CXI files: its extension group, and its name as the program.
+PTYCHODUS_GROUP = "entry_1/ptychodus"
+PROCESS_PROGRAM = "entry_1/process_1/program"
 
 
 def mask_to_cxi(mask: np.ndarray) -> np.ndarray:
@@ -154,7 +147,7 @@ def _is_array(root: Root, member: str) -> bool:
 def attributes(node: Root, path: Path) -> dict[str, Any]:
     """An object's attributes; in HDF5 each one's declared size is checked before it is read
     (a damaged dataspace can claim any size). Zarr's sit in a size-checked zarr.json."""
-    if isinstance(node, zarr.Group):
+    if isinstance(node, zarr.Group | zarr.Array):
         return node.attrs.asdict()
     for name in node.attrs:
         attr = node.attrs.get_id(name)
@@ -183,6 +176,37 @@ def locate_translation(root: Root, path: Path) -> str:
         if _is_array(root, candidate):
             return candidate
     raise ScanError(path, f"missing dataset /{TRANSLATION} (probe positions)")
+
+
+def _short_string(root: Root, member: str) -> str | None:
+    """A scalar string dataset (a program name), or None where there is none."""
+    if not _is_array(root, member):
+        return None
+    node = root[member]
+    if tuple(node.shape) != () or np.dtype(node.dtype).kind not in "SOU":
+        return None
+    value = node[()]
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def writer_convention(root: Root, translation: str, path: Path) -> PositionConvention | None:
+    """What the file's writer says its translations mean, or None where it says nothing."""
+    declared = attributes(root[translation], path).get(CONVENTION_ATTR)
+    if isinstance(declared, bytes):
+        declared = declared.decode("utf-8", "replace")
+    if declared is not None:
+        if declared not in CONVENTIONS:
+            raise ScanError(
+                path,
+                f"/{translation} attribute {CONVENTION_ATTR} is {declared!r}, not probe or sample",
+            )
+        return PositionConvention(declared, f"the file says so (attribute {CONVENTION_ATTR})")
+    program = (_short_string(root, PROCESS_PROGRAM) or "").strip().lower()
+    if PTYCHODUS_GROUP in root or program == "ptychodus":
+        return PositionConvention("probe", "written by ptychodus, which stores probe positions")
+    if SCAN_ID_ATTR in attributes(root, path):
+        return PTYCL_SCANS
+    return None
 
 
 def positive_scalar(root: Root, member: str, what: str, path: Path) -> float:

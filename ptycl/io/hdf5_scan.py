@@ -26,6 +26,12 @@ from ptycl.errors import ScanError
 from ptycl.io import cxi
 from ptycl.io.guards import hdf5_stored_rows, storage_errors
 from ptycl.io.object_image import has_object_image, read_object_image_from, write_object_image
+from ptycl.io.positions import (
+    CONVENTION_ATTR,
+    PTYCL_SCANS,
+    ConventionSetting,
+    choose_convention,
+)
 from ptycl.io.records import ObjectImage, ScanMetadata
 from ptycl.io.source import (
     ScanSource,
@@ -82,6 +88,7 @@ def _create_tree(
         cxi.TRANSLATION, data=translation, maxshape=(None, 3), chunks=(TRANSLATION_CHUNK_ROWS, 3)
     )
     f[cxi.TRANSLATION].attrs["units"] = "m"
+    f[cxi.TRANSLATION].attrs[CONVENTION_ATTR] = PTYCL_SCANS.kind
     f[cxi.DISTANCE] = np.float64(geometry.distance_m)
     f[cxi.Y_PIXEL_SIZE] = np.float64(geometry.detector_pixel_m[0])
     f[cxi.X_PIXEL_SIZE] = np.float64(geometry.detector_pixel_m[1])
@@ -110,7 +117,7 @@ def write_hdf5_scan(
     partial = _partial_path(path)
     with h5py.File(partial, "w", libver=LIBVER) as f:
         datasets = _create_tree(
-            f, metadata, frames, cxi.translation_from_positions(positions_m), label
+            f, metadata, frames, PTYCL_SCANS.translation_from_positions(positions_m), label
         )
         datasets.complete[()] = 1
     os.replace(partial, path)
@@ -149,19 +156,30 @@ class HDF5StreamingWriter(StreamingScanWriter):
 
 
 class HDF5ScanSource(ScanSource):
-    def __init__(self, path: Path, expected_frame_shape: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        expected_frame_shape: tuple[int, int] | None = None,
+        positions: ConventionSetting = "auto",
+    ) -> None:
         self._file = cxi.open_hdf5(path)
         try:
             with storage_errors(path, "damaged HDF5 metadata"):
-                self._open(path, expected_frame_shape)
+                self._open(path, expected_frame_shape, positions)
         except BaseException:
             self._file.close()
             raise
 
-    def _open(self, path: Path, expected_frame_shape: tuple[int, int] | None) -> None:
+    def _open(
+        self,
+        path: Path,
+        expected_frame_shape: tuple[int, int] | None,
+        positions: ConventionSetting,
+    ) -> None:
         f = self._file
         self._frames = f[cxi.locate_frames(f, path)]
-        self._translation = f[cxi.locate_translation(f, path)]
+        translation = cxi.locate_translation(f, path)
+        self._translation = f[translation]
         frame_shape = check_array_shapes(
             path,
             self._frames.dtype,
@@ -170,7 +188,12 @@ class HDF5ScanSource(ScanSource):
             self._translation.shape,
         )
         self._stream = self._stream_datasets(path) if cxi.STREAM in f else None
-        super().__init__(path, cxi.read_metadata(f, path, frame_shape), self._frames.dtype)
+        super().__init__(
+            path,
+            cxi.read_metadata(f, path, frame_shape),
+            self._frames.dtype,
+            choose_convention(positions, cxi.writer_convention(f, translation, path)),
+        )
         self._stored = (
             hdf5_stored_rows(self._frames, path, "detector data"),
             hdf5_stored_rows(self._translation, path, "translations"),

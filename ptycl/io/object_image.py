@@ -11,6 +11,7 @@ arrive after the scan's last frame.
 from __future__ import annotations
 
 import os
+from math import prod
 from pathlib import Path
 
 import h5py
@@ -40,7 +41,7 @@ def label_path_for(scan_path: str | Path) -> Path:
     return scan_path.with_name(scan_path.stem + LABEL_SUFFIX)
 
 
-def _put(group: Group, name: str, data: np.ndarray) -> None:
+def put_array(group: Group, name: str, data: np.ndarray) -> None:
     if isinstance(group, h5py.Group):
         group.create_dataset(name, data=data)
     else:
@@ -50,26 +51,32 @@ def _put(group: Group, name: str, data: np.ndarray) -> None:
         )
 
 
+def write_image_group(
+    group: Group, values: np.ndarray, pixel_m: tuple[float, float], center_m: tuple[float, float]
+) -> None:
+    """A CXI real-space image group: data, pixel sizes, ptycl's centre, CXI's extent."""
+    put_array(group, cxi.IMAGE_DATA, values.astype(np.complex64))
+    put_array(group, cxi.IMAGE_Y_PIXEL_SIZE, np.float64(pixel_m[0]))
+    put_array(group, cxi.IMAGE_X_PIXEL_SIZE, np.float64(pixel_m[1]))
+    put_array(group, cxi.IMAGE_CENTER, np.asarray(center_m, dtype=np.float64))
+    group[cxi.IMAGE_CENTER].attrs["axes"] = "y x"
+    height, width = values.shape[-2:]
+    put_array(group, cxi.IMAGE_SIZE, np.asarray([width * pixel_m[1], height * pixel_m[0]]))
+    if isinstance(group, h5py.Group):
+        group.create_dataset(cxi.IMAGE_DATA_SPACE, data="real")
+    else:  # a string, as ptycl's Zarr tree keeps them: an attribute
+        group.attrs[cxi.IMAGE_DATA_SPACE] = "real"
+
+
 def write_object_image(target: str | Path | Group, image: ObjectImage) -> None:
     """Write ``image`` as ``/entry_1/image_1`` into an open HDF5/Zarr group (a scan being
     created) or into a new HDF5 file at a path (written aside, then renamed into place, so a
     reader never opens a half-written label)."""
     if isinstance(target, h5py.Group | zarr.Group):
         group = target.require_group(cxi.IMAGE)
-        _put(group, cxi.IMAGE_DATA, image.values.astype(np.complex64))
-        _put(group, cxi.IMAGE_Y_PIXEL_SIZE, np.float64(image.pixel_m[0]))
-        _put(group, cxi.IMAGE_X_PIXEL_SIZE, np.float64(image.pixel_m[1]))
-        _put(group, cxi.IMAGE_CENTER, np.asarray(image.center_m, dtype=np.float64))
-        group[cxi.IMAGE_CENTER].attrs["axes"] = "y x"
-        height, width = image.values.shape
-        extent = [width * image.pixel_m[1], height * image.pixel_m[0]]
-        _put(group, cxi.IMAGE_SIZE, np.asarray(extent, dtype=np.float64))
-        if isinstance(group, h5py.Group):
-            group.create_dataset(cxi.IMAGE_DATA_SPACE, data="real")
-        else:  # a string, as ptycl's Zarr tree keeps them: an attribute
-            group.attrs[cxi.IMAGE_DATA_SPACE] = "real"
+        write_image_group(group, image.values, image.pixel_m, image.center_m)
         if image.probe is not None:
-            _put(group, cxi.IMAGE_PROBE, image.probe.astype(np.complex64))
+            put_array(group, cxi.IMAGE_PROBE, image.probe.astype(np.complex64))
         return
     path = Path(target)
     partial = path.with_name(f".{path.name}.partial")
@@ -78,21 +85,36 @@ def write_object_image(target: str | Path | Group, image: ObjectImage) -> None:
     os.replace(partial, path)
 
 
+def object_group(root: Group) -> str:
+    """Where the object image is: ``image_2`` in the CXI product layout (ptycl's
+    reconstructions, ptychodus's products: the probe in ``image_1``), else ``image_1``."""
+    product = root.get(cxi.PRODUCT_OBJECT)
+    if product is not None and cxi.IMAGE_DATA in product:
+        return cxi.PRODUCT_OBJECT
+    return cxi.IMAGE
+
+
 def has_object_image(root: Group) -> bool:
-    return cxi.IMAGE in root and cxi.IMAGE_DATA in root[cxi.IMAGE]
+    group = object_group(root)
+    return group in root and cxi.IMAGE_DATA in root[group]
 
 
-def _image_array(root: Group, member: str, what: str, path: str | Path) -> np.ndarray:
-    """A 2-D complex array of bounded size that the file stores in full, checked from its
-    declared shape, type and storage before it is read."""
+def complex_image_array(
+    root: Group, member: str, what: str, path: str | Path, leading_axes: int = 0
+) -> np.ndarray:
+    """A complex (..., H, W) array of bounded size that the file stores in full, checked from
+    its declared shape, type and storage before it is read; up to ``leading_axes`` axes
+    (layers, probe modes) may come before the image's two."""
     node = root[member]
     if not hasattr(node, "shape"):
         raise ScanError(path, f"{what} /{member} is a group, not an array")
     shape, dtype = tuple(node.shape), np.dtype(node.dtype)
-    if len(shape) != 2 or dtype.kind != "c":
-        raise ScanError(path, f"{what} must be 2-D complex, found {dtype}{shape}")
-    if shape[0] * shape[1] > MAX_IMAGE_PIXELS:
-        raise ScanError(path, f"{what} of {shape[0]}x{shape[1]} pixels is larger than ptycl reads")
+    if not 2 <= len(shape) <= 2 + leading_axes or dtype.kind != "c":
+        wanted = "2-D" if not leading_axes else f"2-D to {2 + leading_axes}-D"
+        raise ScanError(path, f"{what} must be {wanted} complex, found {dtype}{shape}")
+    if prod(shape) > MAX_IMAGE_PIXELS:
+        size = "x".join(map(str, shape))
+        raise ScanError(path, f"{what} of {size} values is larger than ptycl reads")
     if isinstance(node, zarr.Array):
         check_zarr_stored(node, Path(path), what)
     else:
@@ -100,8 +122,8 @@ def _image_array(root: Group, member: str, what: str, path: str | Path) -> np.nd
     return np.asarray(node[...])
 
 
-def _center(root: Group, path: str | Path) -> tuple[float, float]:
-    member = f"{cxi.IMAGE}/{cxi.IMAGE_CENTER}"
+def _center(root: Group, group: str, path: str | Path) -> tuple[float, float]:
+    member = f"{group}/{cxi.IMAGE_CENTER}"
     if member not in root:
         return (0.0, 0.0)
     node = root[member]
@@ -113,20 +135,38 @@ def _center(root: Group, path: str | Path) -> tuple[float, float]:
     return float(y), float(x)
 
 
+def _pixel(root: Group, group: str, path: Path) -> tuple[float, float]:
+    return (
+        cxi.positive_scalar(root, f"{group}/{cxi.IMAGE_Y_PIXEL_SIZE}", "pixel height", path),
+        cxi.positive_scalar(root, f"{group}/{cxi.IMAGE_X_PIXEL_SIZE}", "pixel width", path),
+    )
+
+
+def _probe(root: Group, group: str, pixel_m: tuple[float, float], path: Path) -> np.ndarray | None:
+    """The probe beside the object: a member of a label's image group, or the CXI product's
+    ``image_1`` (its first mode) where it shares the object's pixel grid."""
+    if group == cxi.IMAGE:
+        member = f"{cxi.IMAGE}/{cxi.IMAGE_PROBE}"
+        return complex_image_array(root, member, "probe", path) if member in root else None
+    member = f"{cxi.IMAGE}/{cxi.IMAGE_DATA}"
+    if member not in root or f"{cxi.IMAGE}/{cxi.IMAGE_X_PIXEL_SIZE}" not in root:
+        return None
+    if not np.allclose(_pixel(root, cxi.IMAGE, path), pixel_m, rtol=1e-6):
+        return None
+    modes = complex_image_array(root, member, "probe", path, leading_axes=2)
+    return modes.reshape(-1, *modes.shape[-2:])[0]
+
+
 def read_object_image_from(root: Group, path: str | Path) -> ObjectImage:
-    """The image group of an open file; ``path`` names the file in errors."""
+    """The object image of an open file (a label, or a reconstruction in the CXI product
+    layout, ``object_group``); ``path`` names the file in errors."""
     path = Path(path)
+    group = object_group(root)
     try:
-        values = _image_array(root, f"{cxi.IMAGE}/{cxi.IMAGE_DATA}", "object image", path)
-        pixel_m = (
-            cxi.positive_scalar(
-                root, f"{cxi.IMAGE}/{cxi.IMAGE_Y_PIXEL_SIZE}", "pixel height", path
-            ),
-            cxi.positive_scalar(root, f"{cxi.IMAGE}/{cxi.IMAGE_X_PIXEL_SIZE}", "pixel width", path),
-        )
-        center_m = _center(root, path)
-        probe_member = f"{cxi.IMAGE}/{cxi.IMAGE_PROBE}"
-        probe = _image_array(root, probe_member, "probe", path) if probe_member in root else None
+        values = complex_image_array(root, f"{group}/{cxi.IMAGE_DATA}", "object image", path)
+        pixel_m = _pixel(root, group, path)
+        center_m = _center(root, group, path)
+        probe = _probe(root, group, pixel_m, path)
     except (*HDF5_ERRORS, *ZARR_ERRORS) as exc:
         raise ScanError(path, f"object image unreadable ({exc})") from None
     return ObjectImage(

@@ -46,6 +46,25 @@ class ScanGeometry:
         )
 
 
+def middle_offset_px(shape: tuple[int, ...]) -> tuple[float, float]:
+    """(y, x) pixels from ptycl's centre index (N // 2) to the middle ((N - 1) / 2): 0 for an
+    odd side, -0.5 for an even one."""
+    height, width = shape[-2:]
+    return ((height - 1) / 2 - height // 2, (width - 1) / 2 - width // 2)
+
+
+def center_from_middle(
+    middle_m: tuple[float, float], shape: tuple[int, ...], pixel_m: tuple[float, float]
+) -> tuple[float, float]:
+    """ptycl's ``center_m`` (at index N // 2) of an image whose middle ((N - 1) / 2) sits at
+    ``middle_m``."""
+    offset = middle_offset_px(shape)
+    return (
+        float(middle_m[0] - offset[0] * pixel_m[0]),
+        float(middle_m[1] - offset[1] * pixel_m[1]),
+    )
+
+
 @dataclass(frozen=True)
 class ObjectImage:
     """A complex object image (a label, a ground truth or a reconstruction).
@@ -77,6 +96,16 @@ class ObjectImage:
     @property
     def phase(self) -> np.ndarray:
         return np.angle(self.values)
+
+    @property
+    def middle_m(self) -> tuple[float, float]:
+        """The (y, x) position of the array's middle, index ((H - 1) / 2, (W - 1) / 2): where
+        ptychodus (and numpy's centred coordinates) put an image's centre."""
+        offset = middle_offset_px(self.values.shape)
+        return (
+            self.center_m[0] + offset[0] * self.pixel_m[0],
+            self.center_m[1] + offset[1] * self.pixel_m[1],
+        )
 
     def pixel_coordinates(self, positions_m: np.ndarray) -> np.ndarray:
         """Map (N, 2) (y, x) positions in metres to fractional (row, column) pixel indices."""

@@ -21,13 +21,17 @@ from typing import Literal, Self
 import numpy as np
 
 from ptycl.errors import ScanError
-from ptycl.io.cxi import positions_from_translation, translation_from_positions
 from ptycl.io.guards import HDF5_ERRORS, MAX_READ_BYTES, ZARR_ERRORS, check_frame_shape
 from ptycl.io.object_image import (
     LABEL_SUFFIX,
     label_path_for,
     read_object_image,
     write_object_image,
+)
+from ptycl.io.positions import (
+    PTYCL_SCANS,
+    ConventionSetting,
+    PositionConvention,
 )
 from ptycl.io.records import FrameBatch, ObjectImage, ScanMetadata, SimulatedScan
 from ptycl.prep.frames import check_frames
@@ -92,10 +96,17 @@ class StreamProgress:
 class ScanSource(ABC):
     """One scan, readable while it grows. Use as a context manager, or call ``close()``."""
 
-    def __init__(self, path: Path, metadata: ScanMetadata, frame_dtype: np.dtype) -> None:
+    def __init__(
+        self,
+        path: Path,
+        metadata: ScanMetadata,
+        frame_dtype: np.dtype,
+        position_convention: PositionConvention,
+    ) -> None:
         self.path = path
         self.metadata = metadata
         self.frame_dtype = frame_dtype
+        self.position_convention = position_convention  # how translations become positions
         self._committed = 0  # the last count seen; reads below it need no refresh
 
     # -- what a backend supplies --------------------------------------------------------
@@ -231,7 +242,7 @@ class ScanSource(ABC):
         self, indices: np.ndarray, frames: np.ndarray, translation: np.ndarray
     ) -> FrameBatch:
         check_frames(frames, self.path, indices)
-        positions_m = positions_from_translation(translation)
+        positions_m = self.position_convention.positions_from_translation(translation)
         if not np.isfinite(positions_m).all():
             bad = int(indices[np.argmax(~np.isfinite(positions_m).all(axis=1))])
             raise ScanError(self.path, f"translation of frame {bad} is not finite")
@@ -303,8 +314,16 @@ def check_scan_shape(
         raise ScanError(path, f"{n_frames} frames but {n_translations} translations")
 
 
-def open_scan(path: str | Path, expected_frame_shape: tuple[int, int] | None = None) -> ScanSource:
-    """Open a scan for reading; bad input raises ScanError naming the file and the problem."""
+def open_scan(
+    path: str | Path,
+    expected_frame_shape: tuple[int, int] | None = None,
+    positions: ConventionSetting = "auto",
+) -> ScanSource:
+    """Open a scan for reading; bad input raises ScanError naming the file and the problem.
+
+    ``positions``: what the file's translations mean ("auto": what its writer says,
+    ``ptycl.io.positions``); the source's ``position_convention`` says what was used and why.
+    """
     # Imported here: the backends subclass ScanSource, so they import this module first.
     from ptycl.io.hdf5_scan import HDF5ScanSource
     from ptycl.io.zarr_scan import ZarrScanSource
@@ -313,8 +332,8 @@ def open_scan(path: str | Path, expected_frame_shape: tuple[int, int] | None = N
     if not path.exists():
         raise ScanError(path, "no such file or directory")
     if scan_format_of(path) == "hdf5":
-        return HDF5ScanSource(path, expected_frame_shape)
-    return ZarrScanSource(path, expected_frame_shape)
+        return HDF5ScanSource(path, expected_frame_shape, positions)
+    return ZarrScanSource(path, expected_frame_shape, positions)
 
 
 class StreamingScanWriter(ABC):
@@ -360,7 +379,8 @@ class StreamingScanWriter(ABC):
                 f"{self.path}: {frames.dtype} frames do not fit a {self.frame_dtype} scan"
             )
         self._append(
-            frames.astype(self.frame_dtype, copy=False), translation_from_positions(positions_m)
+            frames.astype(self.frame_dtype, copy=False),
+            PTYCL_SCANS.translation_from_positions(positions_m),
         )
         self.n_committed += len(frames)
 

@@ -23,6 +23,12 @@ from ptycl.errors import ScanError
 from ptycl.io import cxi
 from ptycl.io.guards import ZARR_ERRORS, ContainedStore, storage_errors, zarr_stored_rows
 from ptycl.io.object_image import has_object_image, read_object_image_from, write_object_image
+from ptycl.io.positions import (
+    CONVENTION_ATTR,
+    PTYCL_SCANS,
+    ConventionSetting,
+    choose_convention,
+)
 from ptycl.io.records import ObjectImage, ScanMetadata
 from ptycl.io.source import (
     ScanSource,
@@ -82,7 +88,7 @@ def _create_tree(
     )
     if len(translation):
         positions[:] = translation
-    positions.attrs["units"] = "m"
+    positions.attrs.update({"units": "m", CONVENTION_ATTR: PTYCL_SCANS.kind})
     for member, value in (
         (cxi.DISTANCE, geometry.distance_m),
         (cxi.Y_PIXEL_SIZE, geometry.detector_pixel_m[0]),
@@ -136,7 +142,7 @@ def write_zarr_scan(
     if len(frames) != len(positions_m):
         raise ValueError(f"{path}: {len(frames)} frames but {len(positions_m)} positions")
     partial = _build_aside(
-        path, metadata, frames, cxi.translation_from_positions(positions_m), label
+        path, metadata, frames, PTYCL_SCANS.translation_from_positions(positions_m), label
     )
     zarr.open_group(LocalStore(partial), mode="r+").attrs[cxi.ZARR_COMPLETE_ATTR] = True
     _make_room(path)
@@ -173,12 +179,22 @@ class ZarrStreamingWriter(StreamingScanWriter):
 
 
 class ZarrScanSource(ScanSource):
-    def __init__(self, path: Path, expected_frame_shape: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        expected_frame_shape: tuple[int, int] | None = None,
+        positions: ConventionSetting = "auto",
+    ) -> None:
         self._store = ContainedStore(path)
         with storage_errors(path, "unreadable Zarr metadata", ZARR_ERRORS):
-            self._open(path, expected_frame_shape)
+            self._open(path, expected_frame_shape, positions)
 
-    def _open(self, path: Path, expected_frame_shape: tuple[int, int] | None) -> None:
+    def _open(
+        self,
+        path: Path,
+        expected_frame_shape: tuple[int, int] | None,
+        positions: ConventionSetting,
+    ) -> None:
         root = self._open_root(path)
         self._frames_path = cxi.locate_frames(root, path)
         self._translation_path = cxi.locate_translation(root, path)
@@ -190,7 +206,12 @@ class ZarrScanSource(ScanSource):
             np.dtype(translation.dtype),
             translation.shape,
         )
-        super().__init__(path, cxi.read_metadata(root, path, frame_shape), np.dtype(frames.dtype))
+        super().__init__(
+            path,
+            cxi.read_metadata(root, path, frame_shape),
+            np.dtype(frames.dtype),
+            choose_convention(positions, cxi.writer_convention(root, self._translation_path, path)),
+        )
         state = self.progress()
         self._stored = (
             zarr_stored_rows(lambda: self._frames, path, "detector data"),

@@ -14,6 +14,7 @@ import torch
 
 from ptycl.config import PrepSettings
 from ptycl.errors import ScanError
+from ptycl.io.positions import ConventionSetting
 from ptycl.io.records import ObjectImage, ScanMetadata
 from ptycl.io.source import open_scan
 from ptycl.model.ptychonn import PtychoNN
@@ -72,10 +73,12 @@ def infer_scan(
     device: torch.device,
     batch_size: int = 256,
     support: np.ndarray | None = None,
+    positions_setting: ConventionSetting = "auto",
 ) -> ScanPrediction:
-    """Infer every frame of a finished scan, reading and preparing batch by batch."""
+    """Infer every frame of a finished scan, reading and preparing batch by batch;
+    ``positions_setting``: what its translations mean (``ptycl.io.positions``)."""
     amplitude, phase, positions = [], [], []
-    with open_scan(path) as source:
+    with open_scan(path, positions=positions_setting) as source:
         metadata, truth = source.metadata, source.label()
         if problem := input_size_problem(metadata.geometry.frame_shape, prep.input_size):
             raise ScanError(path, problem)

@@ -1,10 +1,16 @@
 """Reconstructions on disk: a CXI file (or a Zarr group with the same tree) and a PNG.
 
-The file holds what ptychography readers look for in a CXI reconstruction: the complex object
-in ``/entry_1/image_1/data`` with ``x_pixel_size``/``y_pixel_size`` (and ptycl's ``center_m``),
-the probe positions as ``/entry_1/sample_1/geometry_1/translation``, the energy, detector
-distance and pixel sizes, plus ptycl's ``covered`` mask and stitching ``weight`` beside the
-image. Written aside and renamed into place, so a reader never sees half a reconstruction.
+The file follows the CXI product layout that ptychodus 1.7 reads and writes
+(``io.ptychodus_product``): the complex object in ``/entry_1/image_2`` with its pixel size and
+centre, the probe in ``/entry_1/image_1``, the probe positions as the translation (marked
+``probe``, as ptychodus means it), the energy and detector geometry; in HDF5 ptychodus's own
+product layout shares the same arrays, so either of its readers opens the file. ptycl's
+``covered`` mask and stitching ``weight`` sit beside the object. Written aside and renamed
+into place, so a reader never sees half a reconstruction.
+
+The model does not reconstruct a probe: the file carries the label's probe where the scan's
+label has one on the object's grid, else the model's illuminated support as a stand-in
+(marked so in the probe's ``ptycl_probe`` attribute).
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ import zarr
 from ptycl import __version__
 from ptycl.errors import OutputError
 from ptycl.io import cxi
-from ptycl.io.object_image import write_object_image
+from ptycl.io.object_image import put_array
+from ptycl.io.ptychodus_product import ProductContents, write_product
 from ptycl.outputs import replacing
 from ptycl.recon.infer import ScanPrediction
 from ptycl.recon.stitch import StitchedObject
@@ -29,27 +36,39 @@ from ptycl.recon.stitch import StitchedObject
 ReconFormat = Literal["hdf5", "zarr"]
 
 
-def _put(group: h5py.Group | zarr.Group, name: str, data: np.ndarray) -> None:
-    if isinstance(group, h5py.Group):
-        group.create_dataset(name, data=data)
-    else:
-        group.create_array(name, data=np.asarray(data), compressors=None)
+def _probe(prediction: ScanPrediction, stitched: StitchedObject) -> tuple[np.ndarray, str]:
+    """The probe to write beside the object, and what it is."""
+    truth = prediction.truth
+    if truth is not None and truth.probe is not None and truth.pixel_m == stitched.image.pixel_m:
+        return truth.probe, "the label's probe"
+    shape = prediction.amplitude.shape[1:]
+    support = np.ones(shape) if prediction.support is None else prediction.support
+    return support.astype(np.complex64), "stand-in: the model's illuminated support"
 
 
 def _fill(
     root: h5py.Group | zarr.Group, prediction: ScanPrediction, stitched: StitchedObject, source: str
 ) -> None:
     geometry = prediction.metadata.geometry
-    write_object_image(root, stitched.image)
-    image = root[cxi.IMAGE]
-    _put(image, "covered", stitched.covered.astype(np.uint8))
-    _put(image, "weight", stitched.weight.astype(np.float32))
-    _put(root, cxi.TRANSLATION, cxi.translation_from_positions(prediction.positions_m))
-    _put(root, cxi.ENERGY, np.float64(geometry.energy_j))
-    _put(root, cxi.DISTANCE, np.float64(geometry.distance_m))
-    _put(root, cxi.Y_PIXEL_SIZE, np.float64(geometry.detector_pixel_m[0]))
-    _put(root, cxi.X_PIXEL_SIZE, np.float64(geometry.detector_pixel_m[1]))
-    _put(root, cxi.CXI_VERSION_PATH, np.int64(cxi.CXI_VERSION))
+    probe, probe_kind = _probe(prediction, stitched)
+    write_product(
+        root,
+        ProductContents(
+            image=stitched.image,
+            probe=probe,
+            positions_m=prediction.positions_m,
+            energy_j=geometry.energy_j,
+            distance_m=geometry.distance_m,
+            name=prediction.metadata.scan_id,
+        ),
+    )
+    root[f"{cxi.IMAGE}/{cxi.IMAGE_DATA}"].attrs["ptycl_probe"] = probe_kind
+    image = root[cxi.PRODUCT_OBJECT]
+    put_array(image, "covered", stitched.covered.astype(np.uint8))
+    put_array(image, "weight", stitched.weight.astype(np.float32))
+    put_array(root, cxi.Y_PIXEL_SIZE, np.float64(geometry.detector_pixel_m[0]))
+    put_array(root, cxi.X_PIXEL_SIZE, np.float64(geometry.detector_pixel_m[1]))
+    put_array(root, cxi.CXI_VERSION_PATH, np.int64(cxi.CXI_VERSION))
     root[cxi.ENTRY].attrs.update(
         {
             "program": "ptycl",

@@ -24,6 +24,7 @@ from ptycl.config import PrepSettings
 from ptycl.errors import ScanError
 from ptycl.io.object_image import label_path_for, read_object_image
 from ptycl.io.records import ObjectImage, ScanMetadata
+from ptycl.io.positions import ConventionSetting
 from ptycl.io.source import ScanSource, open_scan
 from ptycl.prep.frames import input_size_problem, prepare_frames
 from ptycl.stream.segments import holdout_rows, segment_bounds, segment_seed
@@ -66,6 +67,7 @@ class ScanFollower:
         prep: PrepSettings,
         expected_frame_shape: tuple[int, int] | None = None,
         max_frames_per_poll: int = 512,
+        positions: ConventionSetting = "auto",
     ) -> None:
         self.path = Path(path)
         self.prep = prep
@@ -73,7 +75,7 @@ class ScanFollower:
         self.frames_read = 0
         self.complete = False
         # Opening raises ScanError for a file that is not (yet) a readable scan.
-        self._source: ScanSource | None = open_scan(self.path)
+        self._source: ScanSource | None = open_scan(self.path, positions=positions)
         try:
             self.metadata: ScanMetadata = self._source.metadata
             self.frame_shape = self.metadata.geometry.frame_shape

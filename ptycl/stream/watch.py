@@ -435,6 +435,7 @@ class Watcher:
                     self.config.prep,
                     self.ledger.frame_shape,
                     max_frames_per_poll=max(512, 2 * self.settings.segment_frames),
+                    positions=self.config.io.position_convention,
                 )
             except UnusableScan as exc:
                 self._quarantine(name, exc.problem)
@@ -862,7 +863,12 @@ class Watcher:
         record = self.ledger.scans[name]
         path = self.directory / name
         try:
-            follower = ScanFollower(path, self.config.prep, self.ledger.frame_shape)
+            follower = ScanFollower(
+                path,
+                self.config.prep,
+                self.ledger.frame_shape,
+                positions=self.config.io.position_convention,
+            )
             buffer = ScanBuffer(
                 path,
                 follower.metadata,

@@ -177,7 +177,12 @@ def run_continual(
         for path in paths:
             scan, problem = None, None
             try:
-                scan = load_scan(path, config.prep, seed=config.run.seed + len(scans))
+                scan = load_scan(
+                    path,
+                    config.prep,
+                    seed=config.run.seed + len(scans),
+                    positions=config.io.position_convention,
+                )
             except ScanError as exc:
                 problem = str(exc)
             # A scan one rank cannot read is skipped by all, with that rank's reason.

@@ -15,6 +15,7 @@ import torch
 
 from ptycl.config import PrepSettings
 from ptycl.errors import ScanError
+from ptycl.io.positions import ConventionSetting
 from ptycl.io.records import ObjectImage, ScanMetadata
 from ptycl.io.source import open_scan
 from ptycl.prep.frames import input_size_problem, prepare_frames
@@ -120,9 +121,16 @@ def scan_tensors(
     )
 
 
-def load_scan(path: Path, prep: PrepSettings, seed: int, batch_frames: int = 512) -> ScanTensors:
-    """Read a finished scan with its label into memory (a scan at 64² is a few MB)."""
-    with open_scan(path) as source:
+def load_scan(
+    path: Path,
+    prep: PrepSettings,
+    seed: int,
+    batch_frames: int = 512,
+    positions: ConventionSetting = "auto",
+) -> ScanTensors:
+    """Read a finished scan with its label into memory (a scan at 64² is a few MB);
+    ``positions``: what its translations mean (``ptycl.io.positions``)."""
+    with open_scan(path, positions=positions) as source:
         metadata = source.metadata
         truth = source.label()
         if truth is None:

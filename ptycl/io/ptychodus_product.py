@@ -1,0 +1,321 @@
+"""ptychodus 1.7's product files: its own HDF5 layout, its CXI layout and its NPZ archive.
+
+A product is a reconstruction: the object, the probe and the probe positions.
+
+- HDF5 (``ptychodus.api.io.save_product``): root attributes (``photon_energy_eV``,
+  ``detector_object_distance_m``, ...), ``object`` (layers, y, x) with attributes
+  ``center_x_m``, ``center_y_m``, ``pixel_width_m``, ``pixel_height_m``; ``probe``
+  (OPR modes, modes, y, x) with its pixel sizes; ``probe_position_x_m``, ``_y_m`` and
+  ``probe_position_indexes``.
+- CXI (``ptychodus.plugins.cxi_file``): the probe in ``/entry_1/image_1``, the object in
+  ``/entry_1/image_2``, their pixel sizes and the object's centre under ``/entry_1/ptychodus``,
+  the probe positions (x, y, z) in ``/entry_1/sample_1/geometry_1/translation``.
+- NPZ: the HDF5 layout's names as keys, the object's and probe's attributes as keys of their
+  own, prefixed ``object_`` and ``probe_``.
+
+ptychodus centres an image at index (N - 1) / 2, ptycl at N // 2 (``records.center_from_middle``).
+A multi-layer object is read as the product of its layers (the projected transmission, as
+ptychodus flattens it); of a probe, its first mode of its first OPR component.
+
+The writer puts both the HDF5 and the CXI layout into one file, sharing the arrays through
+hard links, so that either of ptychodus's product readers opens it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ptycl.errors import ScanError
+from ptycl.io import cxi
+from ptycl.io.object_image import Group, complex_image_array, put_array, write_image_group
+from ptycl.io.positions import CONVENTION_ATTR, PTYCL_RECONSTRUCTIONS, PositionConvention
+from ptycl.io.records import EV_J, ObjectImage, center_from_middle
+
+# The HDF5 layout's names (ptychodus.api.io.ProductFileKeys)
+OBJECT = "object"
+PROBE = "probe"
+POSITION_X = "probe_position_x_m"
+POSITION_Y = "probe_position_y_m"
+POSITION_INDEXES = "probe_position_indexes"
+CENTER_X, CENTER_Y = "center_x_m", "center_y_m"
+PIXEL_WIDTH, PIXEL_HEIGHT = "pixel_width_m", "pixel_height_m"
+PHOTON_ENERGY_EV = "photon_energy_eV"
+DISTANCE = "detector_object_distance_m"
+LAYER_SPACING = "object_layer_spacing_m"
+# The CXI layout's extension group
+EXTRAS = cxi.PTYCHODUS_GROUP
+CXI_OBJECT_PIXEL = (f"{EXTRAS}/object_pixel_height_m", f"{EXTRAS}/object_pixel_width_m")
+CXI_OBJECT_CENTER = (f"{EXTRAS}/object_center_y_m", f"{EXTRAS}/object_center_x_m")
+CXI_PROBE_PIXEL = (f"{EXTRAS}/probe_pixel_height_m", f"{EXTRAS}/probe_pixel_width_m")
+CXI_POSITION_INDEXES = f"{EXTRAS}/probe_position_indexes"
+PROBE_GROUP = cxi.IMAGE  # image_1
+
+
+@dataclass(frozen=True)
+class Product:
+    """A reconstruction as ptycl uses it."""
+
+    image: ObjectImage  # centre at index N // 2; the probe when it shares the object's grid
+    positions_m: np.ndarray | None  # (N, 2) (y, x) probe positions it was reconstructed with
+    layout: str  # which layout it was read from, for messages
+    notes: tuple[str, ...] = ()  # what was done to read it (layers multiplied, probe dropped)
+
+
+def is_hdf5_product(f: h5py.File) -> bool:
+    return OBJECT in f and POSITION_X in f
+
+
+def is_cxi_product(f: h5py.File) -> bool:
+    return f"{cxi.PRODUCT_OBJECT}/{cxi.IMAGE_DATA}" in f
+
+
+def _flatten_layers(values: np.ndarray, notes: list[str]) -> np.ndarray:
+    if values.ndim == 3 and values.shape[0] > 1:
+        notes.append(f"{values.shape[0]} object layers multiplied into one")
+    return np.prod(values.reshape(-1, *values.shape[-2:]), axis=0)
+
+
+def _probe_on_grid(
+    probe: np.ndarray | None,
+    probe_pixel_m: tuple[float, float] | None,
+    pixel_m: tuple[float, float],
+    notes: list[str],
+) -> np.ndarray | None:
+    """The probe's first mode, where it shares the object's pixel grid."""
+    if probe is None:
+        return None
+    if probe_pixel_m is not None and not np.allclose(probe_pixel_m, pixel_m, rtol=1e-6):
+        notes.append("probe left out: its pixel differs from the object's")
+        return None
+    return probe.reshape(-1, *probe.shape[-2:])[0].astype(np.complex64)
+
+
+def _number(value: object, what: str, path: Path) -> float:
+    number = float(np.asarray(value).reshape(-1)[0]) if np.size(value) == 1 else np.nan
+    if not np.isfinite(number):
+        raise ScanError(path, f"{what} is not a finite number")
+    return number
+
+
+def _product(
+    values: np.ndarray,
+    pixel_m: tuple[float, float],
+    middle_m: tuple[float, float],
+    probe: np.ndarray | None,
+    probe_pixel_m: tuple[float, float] | None,
+    positions_m: np.ndarray | None,
+    layout: str,
+    path: Path,
+) -> Product:
+    notes: list[str] = []
+    if min(pixel_m) <= 0:
+        raise ScanError(path, f"{layout}: object pixel size {pixel_m} is not positive")
+    values = _flatten_layers(values, notes).astype(np.complex64)
+    image = ObjectImage(
+        values=values,
+        pixel_m=pixel_m,
+        center_m=center_from_middle(middle_m, values.shape, pixel_m),
+        probe=_probe_on_grid(probe, probe_pixel_m, pixel_m, notes),
+    )
+    if positions_m is not None and not np.isfinite(positions_m).all():
+        raise ScanError(path, f"{layout}: probe positions are not all finite")
+    return Product(image, positions_m, layout, tuple(notes))
+
+
+def _positions(x_m: np.ndarray, y_m: np.ndarray, path: Path, layout: str) -> np.ndarray:
+    x_m, y_m = np.asarray(x_m, np.float64).reshape(-1), np.asarray(y_m, np.float64).reshape(-1)
+    if len(x_m) != len(y_m):
+        raise ScanError(path, f"{layout}: {len(x_m)} x positions but {len(y_m)} y positions")
+    return np.stack([y_m, x_m], axis=1)
+
+
+def _vector(f: h5py.File, member: str, path: Path, max_rows: int = 1 << 24) -> np.ndarray:
+    node = f[member]
+    if not isinstance(node, h5py.Dataset) or node.ndim != 1 or node.shape[0] > max_rows:
+        raise ScanError(path, f"/{member} must be a 1-D array of at most {max_rows} numbers")
+    if node.dtype.kind not in "iuf":
+        raise ScanError(path, f"/{member} is {node.dtype}, not numbers")
+    return np.asarray(node[()], dtype=np.float64)
+
+
+def read_hdf5_product(f: h5py.File, path: Path) -> Product:
+    layout = "ptychodus product (HDF5)"
+    attrs = cxi.attributes(f[OBJECT], path)
+    missing = [k for k in (CENTER_X, CENTER_Y, PIXEL_WIDTH, PIXEL_HEIGHT) if k not in attrs]
+    if missing:
+        raise ScanError(path, f"{layout}: /{OBJECT} lacks the attributes {', '.join(missing)}")
+    values = complex_image_array(f, OBJECT, "object", path, leading_axes=1)
+    pixel_m = (
+        _number(attrs[PIXEL_HEIGHT], "object pixel height", path),
+        _number(attrs[PIXEL_WIDTH], "object pixel width", path),
+    )
+    middle_m = (
+        _number(attrs[CENTER_Y], "object centre y", path),
+        _number(attrs[CENTER_X], "object centre x", path),
+    )
+    probe = probe_pixel_m = None
+    if PROBE in f:
+        probe = complex_image_array(f, PROBE, "probe", path, leading_axes=2)
+        probe_attrs = cxi.attributes(f[PROBE], path)
+        probe_pixel_m = (
+            _number(probe_attrs.get(PIXEL_HEIGHT, pixel_m[0]), "probe pixel height", path),
+            _number(probe_attrs.get(PIXEL_WIDTH, pixel_m[1]), "probe pixel width", path),
+        )
+    positions = _positions(
+        _vector(f, POSITION_X, path), _vector(f, POSITION_Y, path), path, layout
+    )
+    return _product(values, pixel_m, middle_m, probe, probe_pixel_m, positions, layout, path)
+
+
+def _optional_pair(f: h5py.File, members: tuple[str, str], path: Path) -> tuple[float, float] | None:
+    if not all(member in f for member in members):
+        return None
+    return (
+        _number(f[members[0]][()], f"/{members[0]}", path),
+        _number(f[members[1]][()], f"/{members[1]}", path),
+    )
+
+
+def read_cxi_product(f: h5py.File, path: Path) -> Product:
+    """The CXI layout, as ptychodus writes it (and ptycl's reconstructions, which carry the
+    pixel sizes in the image groups too)."""
+    layout = "CXI product (object in image_2, probe in image_1)"
+    values = complex_image_array(
+        f, f"{cxi.PRODUCT_OBJECT}/{cxi.IMAGE_DATA}", "object", path, leading_axes=1
+    )
+    pixel_m = _optional_pair(f, CXI_OBJECT_PIXEL, path)
+    if pixel_m is None:
+        size_member = f"{cxi.PRODUCT_OBJECT}/{cxi.IMAGE_SIZE}"
+        if size_member not in f:
+            raise ScanError(path, f"{layout}: no object pixel size (/{CXI_OBJECT_PIXEL[1]} or /{size_member})")
+        extent = _vector(f, size_member, path, max_rows=3)
+        pixel_m = (extent[1] / values.shape[-2], extent[0] / values.shape[-1])
+    middle_m = _optional_pair(f, CXI_OBJECT_CENTER, path)
+    notes = []
+    if middle_m is None:
+        middle_m = (0.0, 0.0)
+        notes.append("no object centre in the file: taken as the origin")
+    probe = probe_pixel_m = None
+    if f"{PROBE_GROUP}/{cxi.IMAGE_DATA}" in f:
+        probe = complex_image_array(f, f"{PROBE_GROUP}/{cxi.IMAGE_DATA}", "probe", path, 2)
+        probe_pixel_m = _optional_pair(f, CXI_PROBE_PIXEL, path)
+    positions = None
+    translation = next((m for m in cxi.TRANSLATION_CANDIDATES if m in f), None)
+    if translation is not None:
+        convention = cxi.writer_convention(f, translation, path) or PositionConvention(
+            "probe", "a CXI product, as ptychodus writes it"
+        )
+        node = f[translation]
+        if node.ndim != 2 or node.shape[1] < 2 or node.shape[0] > 1 << 24:
+            raise ScanError(path, f"/{translation} must be (N, 3), found {node.shape}")
+        positions = convention.positions_from_translation(node[()])
+    product = _product(values, pixel_m, middle_m, probe, probe_pixel_m, positions, layout, path)
+    return Product(product.image, product.positions_m, layout, (*notes, *product.notes))
+
+
+def read_npz_product(archive: np.lib.npyio.NpzFile, path: Path) -> Product:
+    layout = "ptychodus product (NPZ)"
+    values = np.asarray(archive[OBJECT])
+    if values.dtype.kind != "c" or not 2 <= values.ndim <= 3:
+        raise ScanError(path, f"{layout}: object must be 2-D or 3-D complex, found {values.dtype}{values.shape}")
+    pixel_m = (
+        _number(archive[f"object_{PIXEL_HEIGHT}"], "object pixel height", path),
+        _number(archive[f"object_{PIXEL_WIDTH}"], "object pixel width", path),
+    )
+    middle_m = (
+        _number(archive[f"object_{CENTER_Y}"], "object centre y", path),
+        _number(archive[f"object_{CENTER_X}"], "object centre x", path),
+    )
+    probe = probe_pixel_m = None
+    if PROBE in archive:
+        probe = np.asarray(archive[PROBE])
+        if probe.dtype.kind != "c" or probe.ndim < 2:
+            probe = None
+        elif f"probe_{PIXEL_WIDTH}" in archive:
+            probe_pixel_m = (
+                _number(archive[f"probe_{PIXEL_HEIGHT}"], "probe pixel height", path),
+                _number(archive[f"probe_{PIXEL_WIDTH}"], "probe pixel width", path),
+            )
+    positions = None
+    if POSITION_X in archive and POSITION_Y in archive:
+        positions = _positions(archive[POSITION_X], archive[POSITION_Y], path, layout)
+    return _product(values, pixel_m, middle_m, probe, probe_pixel_m, positions, layout, path)
+
+
+def is_npz_product(archive: np.lib.npyio.NpzFile) -> bool:
+    keys = (PIXEL_WIDTH, PIXEL_HEIGHT, CENTER_X, CENTER_Y)
+    return OBJECT in archive and all(f"object_{key}" in archive for key in keys)
+
+
+@dataclass(frozen=True)
+class ProductContents:
+    """What ptycl writes as a product: the object (with ptycl's centre), the probe on its
+    grid, the positions, and the geometry ptychodus's readers require."""
+
+    image: ObjectImage
+    probe: np.ndarray  # (h, w) complex, on the image's pixel grid
+    positions_m: np.ndarray  # (N, 2) (y, x)
+    energy_j: float
+    distance_m: float
+    name: str
+
+
+def write_product(f: Group, product: ProductContents) -> None:
+    """The CXI product layout into an open HDF5 file or Zarr group, and in HDF5 ptychodus's
+    own product layout beside it (sharing the arrays through hard links)."""
+    image = product.image
+    pixel_m = image.pixel_m
+    middle_m = image.middle_m
+    positions = np.asarray(product.positions_m, dtype=np.float64).reshape(-1, 2)
+    indexes = np.arange(len(positions), dtype=np.int64)
+
+    # CXI layout: the object in image_2, the probe in image_1
+    write_image_group(f.require_group(cxi.PRODUCT_OBJECT), image.values, pixel_m, image.center_m)
+    probe_group = f.require_group(PROBE_GROUP)
+    write_image_group(probe_group, product.probe[None, None], pixel_m, (0.0, 0.0))
+    probe_group[cxi.IMAGE_DATA].attrs["axes"] = "coherent:incoherent:y:x"
+    put_array(f, cxi.TRANSLATION, PTYCL_RECONSTRUCTIONS.translation_from_positions(positions))
+    f[cxi.TRANSLATION].attrs.update({"units": "m", CONVENTION_ATTR: PTYCL_RECONSTRUCTIONS.kind})
+    for member, value in (
+        (cxi.ENERGY, product.energy_j),
+        (cxi.DISTANCE, product.distance_m),
+        (CXI_OBJECT_PIXEL[0], pixel_m[0]),
+        (CXI_OBJECT_PIXEL[1], pixel_m[1]),
+        (CXI_OBJECT_CENTER[0], middle_m[0]),
+        (CXI_OBJECT_CENTER[1], middle_m[1]),
+        (CXI_PROBE_PIXEL[0], pixel_m[0]),
+        (CXI_PROBE_PIXEL[1], pixel_m[1]),
+    ):
+        put_array(f, member, np.float64(value))
+    put_array(f, CXI_POSITION_INDEXES, indexes)
+    if not isinstance(f, h5py.Group):
+        return  # Zarr has no hard links; ptychodus reads HDF5 only
+
+    # HDF5 layout: the same arrays under the names ptychodus's own reader looks for
+    f.attrs.update(
+        {
+            "name": product.name,
+            "comments": "written by ptycl",
+            DISTANCE: product.distance_m,
+            PHOTON_ENERGY_EV: product.energy_j / EV_J,
+        }
+    )
+    f[OBJECT] = f[f"{cxi.PRODUCT_OBJECT}/{cxi.IMAGE_DATA}"]  # a hard link: one array
+    f[OBJECT].attrs.update(
+        {
+            CENTER_X: middle_m[1],
+            CENTER_Y: middle_m[0],
+            PIXEL_WIDTH: pixel_m[1],
+            PIXEL_HEIGHT: pixel_m[0],
+        }
+    )
+    f[PROBE] = f[f"{PROBE_GROUP}/{cxi.IMAGE_DATA}"]
+    f[PROBE].attrs.update({PIXEL_WIDTH: pixel_m[1], PIXEL_HEIGHT: pixel_m[0]})
+    f[POSITION_INDEXES] = indexes
+    f[POSITION_X] = positions[:, 1]
+    f[POSITION_Y] = positions[:, 0]
+    f[LAYER_SPACING] = np.zeros(0, dtype=np.float64)

@@ -1,0 +1,1 @@
+"""Labels for scans: object images cut into the model's training targets."""
