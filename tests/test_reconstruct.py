@@ -68,17 +68,17 @@ def test_reconstruct_scores_a_scan_as_the_run_evaluated_it(tmp_path, frame_size,
     assert main(["reconstruct", str(scans), "--run", str(run_dir), "--out", str(out)]) == 0
     for scan_id in report.scan_ids:
         with h5py.File(out / f"{scan_id}.recon.h5") as written:
-            image = written["entry_1/image_1/data"][()]
+            image = written["entry_1/image_2/data"][()]
             assert image.dtype == np.complex64 and image.ndim == 2
             assert np.isfinite(image).all()
             # CXI's description of a real-space image: its (x, y) extent in metres.
-            assert written["entry_1/image_1/data_space"][()] == b"real"
+            assert written["entry_1/image_2/data_space"][()] == b"real"
             pixel = (
-                written["entry_1/image_1/y_pixel_size"][()],
-                written["entry_1/image_1/x_pixel_size"][()],
+                written["entry_1/image_2/y_pixel_size"][()],
+                written["entry_1/image_2/x_pixel_size"][()],
             )
             np.testing.assert_allclose(
-                written["entry_1/image_1/image_size"][()],
+                written["entry_1/image_2/image_size"][()],
                 [image.shape[1] * pixel[1], image.shape[0] * pixel[0]],
                 rtol=1e-12,
             )

@@ -162,6 +162,12 @@ def read_object_image_from(root: Group, path: str | Path) -> ObjectImage:
     layout, ``object_group``); ``path`` names the file in errors."""
     path = Path(path)
     group = object_group(root)
+    if group == cxi.PRODUCT_OBJECT and f"{group}/{cxi.IMAGE_X_PIXEL_SIZE}" not in root:
+        # a ptychodus CXI product: its geometry sits elsewhere (imported here, as that module
+        # builds on this one)
+        from ptycl.io.ptychodus_product import read_cxi_product
+
+        return read_cxi_product(root, path).image
     try:
         values = complex_image_array(root, f"{group}/{cxi.IMAGE_DATA}", "object image", path)
         pixel_m = _pixel(root, group, path)

@@ -20,6 +20,15 @@ from ptycl.io.source import open_scan
 from ptycl.label.from_reconstruction import PlainGeometry, label_from_reconstruction
 
 
+def _pair(text: str) -> tuple[float, float]:
+    """``"Y,X"`` -> (y, x): one argument, so that a negative number is not taken for an option."""
+    try:
+        y, x = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected Y,X in metres, got {text!r}") from None
+    return y, x
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scan", type=Path, help="the scan file or Zarr group to label")
     parser.add_argument(
@@ -46,9 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--center",
-        type=float,
-        nargs=2,
-        metavar=("Y", "X"),
+        type=_pair,
+        metavar="Y,X",
         help="a plain array's centre in metres (default: the middle of the scan path)",
     )
     parser.add_argument(
@@ -65,7 +73,7 @@ def main(args: argparse.Namespace) -> int:
         raise ScanError(args.reconstruction, "--pixel-size takes one size or two (Y X)")
     geometry = PlainGeometry(
         pixel_m=None if pixel is None else (pixel[0], pixel[-1]),
-        center_m=None if args.center is None else tuple(args.center),
+        center_m=args.center,
         center_index=args.center_index,
     )
     with open_scan(args.scan, positions=args.positions) as scan:
