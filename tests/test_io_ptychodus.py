@@ -10,6 +10,8 @@ in ptychodus with the same positions and the same object pixel under each of the
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from ptychodus.api.io import load_product
@@ -154,3 +156,33 @@ def test_round_trip_ptychodus_product_to_ptycl_reconstruction_and_back(scene_fil
         assert probe.shape[-2:] == (64, 64) and np.abs(probe).max() > 0
         assert product.metadata.photon_energy_eV == pytest.approx(8800.0)
         assert product.metadata.detector_distance_m == pytest.approx(2.0)
+
+
+def test_info_says_the_convention_and_prints_json_and_the_path_plot(scene_files, tmp_path, capsys):
+    scene, paths = scene_files
+    assert main(["info", str(paths["scan"])]) == 0
+    line = capsys.readouterr().out
+    assert "translation read as the probe position: written by ptychodus" in line
+    y, x = scene.positions_yx_m.T * 1e6
+    assert f"y {y.min():.4g}..{y.max():.4g} um, x {x.min():.4g}..{x.max():.4g} um" in line
+
+    plots = tmp_path / "plots"
+    assert main(["info", str(paths["scan"]), "--json", "--plot", str(plots)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["frames"] == len(scene.frames) and report["frame_shape"] == [64, 64]
+    assert report["dtype"] == "uint32" and report["energy_ev"] == pytest.approx(8800.0)
+    assert report["distance_m"] == 2.0 and report["detector_pixel_m"] == [75e-6, 75e-6]
+    assert report["position_convention"] == "probe"
+    np.testing.assert_array_equal(np.array(report["positions_m"]), scene.positions_yx_m)
+    label = report["label"]
+    assert label["shape"] == [151, 160] and label["probe_shape"] == [64, 64]
+    assert label["pixel_m"][0] == pytest.approx(scene.geometry.pixel_height_m, rel=1e-12)
+    # the centre pixel (H // 2, W // 2) of an even width sits half a pixel past the middle
+    assert label["center_m"][1] == pytest.approx(
+        scene.geometry.center_x_m + scene.geometry.pixel_width_m / 2, rel=1e-12
+    )
+    assert (plots / "scan0001.path.png").stat().st_size > 10_000
+
+    assert main(["info", str(paths["diffraction"]), "--json"]) == 1
+    problem = json.loads(capsys.readouterr().out)
+    assert problem["path"] == str(paths["diffraction"]) and "translation" in problem["error"]

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from ptycl.eval.image_metrics import on_same_grid, wrapped_phase_difference
 from ptycl.io.records import ObjectImage
+from ptycl.io.scan_plot import image_extent_um
 from ptycl.outputs import replacing
 
 ANNOTATE_UP_TO = 20  # annotate error-matrix cells with their values up to this many scans
@@ -145,7 +146,7 @@ def plot_reconstruction(
     columns = 1 if truth is None else 3
     fig = Figure(figsize=(4.2 * columns, 7.5), layout="constrained")
     axes = fig.subplots(2, columns, squeeze=False)
-    extent = _extent_um(predicted)
+    extent = image_extent_um(predicted)
     # Prediction and truth share colour limits, set by the truth where there is one: fixed
     # limits (0-1, -pi-pi) showed a sample's 0.1-1.5 rad of phase contrast as one flat colour.
     reference = truth if truth is not None else predicted
@@ -231,18 +232,6 @@ def plot_cost_per_scan(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return save_figure(fig, path)
-
-
-def _extent_um(image: ObjectImage) -> tuple[float, float, float, float]:
-    """imshow extent (left, right, bottom, top) in µm: row r sits at
-    center_y + (r - H // 2) * pixel_y, drawn top-down like the array."""
-    h, w = image.values.shape
-    (py, px), (cy, cx) = image.pixel_m, image.center_m
-    left = cx + (-(w // 2) - 0.5) * px
-    right = cx + (w - w // 2 - 0.5) * px
-    top = cy + (-(h // 2) - 0.5) * py
-    bottom = cy + (h - h // 2 - 0.5) * py
-    return tuple(v * 1e6 for v in (left, right, bottom, top))
 
 
 def _tick_positions(n: int) -> list[int]:

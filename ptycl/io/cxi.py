@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import h5py
+import hdf5plugin  # noqa: F401  (registers the filters detectors write: bitshuffle, LZ4, Blosc, Zstd)
 import numpy as np
 import zarr
 
