@@ -31,15 +31,17 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from math import prod
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 import zarr
-from zarr.abc.store import ByteRequest
+from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import LocalStore
 
 from ptycl.errors import ScanError
+from ptycl.io.compressed_chunks import chunk_framing_check
 
 MAX_FRAME_PIXELS = 1 << 26  # 8192 x 8192: larger than any ptychography detector
 MAX_IMAGE_PIXELS = 1 << 26  # an object image (label, reconstruction)
@@ -436,15 +438,25 @@ def hdf5_stored_rows(dataset: h5py.Dataset, path: Path, what: str) -> StoredRows
         # Why not a look-up per chunk: get_chunk_info_by_coord walks the whole index for each
         # chunk, and read_direct_chunk reads the chunk, which h5py's cache rarely still holds
         # when the read follows, so every frame was read twice (ingest at 0.55x a raw read).
-        stored: set[tuple[int, ...]] = set()
+        stored: dict[tuple[int, ...], Any] = {}  # origin -> chunk_iter's record
+        # bitshuffle chunks (Eiger data) have their framing walked first: see compressed_chunks
+        framing = chunk_framing_check(dataset)
+
+        def note(chunk: Any) -> None:  # a callback returning anything else stops the walk
+            stored[tuple(chunk.chunk_offset)] = chunk
 
         def probe(origin: tuple[int, ...]) -> str | None:
             if origin not in stored:
                 try:
-                    dataset.id.chunk_iter(lambda chunk: stored.add(tuple(chunk.chunk_offset)))
+                    dataset.id.chunk_iter(note)
                 except HDF5_ERRORS as exc:
                     return str(exc)
-            return None if origin in stored else "chunk storage is not allocated"
+            if origin not in stored:
+                return "chunk storage is not allocated"
+            damage = None if framing is None else framing(stored[origin])
+            if damage is not None:
+                raise ScanError(path, f"{what}: the chunk at {origin} is damaged ({damage})")
+            return None
 
         return _chunked_rows(path, what, dataset.shape, chunks, dataset.dtype.itemsize, probe)
     if layout == h5py.h5d.CONTIGUOUS and plist.get_external_count() == 0:
@@ -470,12 +482,16 @@ def _chunked_rows(
     chunks: tuple[int, ...],
     itemsize: int,
     probe: Callable[[tuple[int, ...]], str | None],
+    decoded: tuple[int, ...] | None = None,
 ) -> StoredRows:
-    """StoredRows over a chunk grid, once the grid is known to be one a reader can afford."""
+    """StoredRows over a chunk grid, once the grid is known to be one a reader can afford;
+    ``decoded``: the chunks decoded whole, where smaller than the grid's (a shard's inner
+    chunks)."""
     if len(chunks) != len(shape) or min(chunks) < 1:
         raise ScanError(path, f"{what} has chunks of {chunks} for a shape {shape}")
-    if prod(chunks) * itemsize > MAX_CHUNK_BYTES:
-        raise ScanError(path, f"{what} has chunks of {chunks}, more than {MAX_CHUNK_BYTES} bytes")
+    decoded = decoded or chunks
+    if prod(decoded) * itemsize > MAX_CHUNK_BYTES:
+        raise ScanError(path, f"{what} has chunks of {decoded}, more than {MAX_CHUNK_BYTES} bytes")
     per_row = prod(-(-n // c) for n, c in zip(shape[1:], chunks[1:], strict=True))
     if per_row > MAX_CHUNKS_PER_FRAME:
         raise ScanError(path, f"{what} is cut into {per_row} chunks per frame; too fine to read")
@@ -524,6 +540,17 @@ class StoredRows:
 # -- Zarr ------------------------------------------------------------------------------------
 
 
+def _requested_bytes(size: int, byte_range: ByteRequest | None) -> int:
+    """How many bytes of a file of ``size`` bytes a read of ``byte_range`` returns."""
+    if byte_range is None:
+        return size
+    if isinstance(byte_range, RangeByteRequest):
+        return max(0, min(byte_range.end, size) - byte_range.start)
+    if isinstance(byte_range, OffsetByteRequest):
+        return max(0, size - byte_range.offset)
+    return min(byte_range.suffix, size)
+
+
 class ContainedStore(LocalStore):
     """A read-only Zarr store that reads only regular files inside its root, of bounded size.
 
@@ -547,7 +574,7 @@ class ContainedStore(LocalStore):
                 return False  # nothing there to read
         return False
 
-    def _check(self, key: str) -> None:
+    def _check(self, key: str, byte_range: ByteRequest | None = None) -> None:
         path = self.root / key
         if self._leads_outside(key):
             raise ScanError(
@@ -561,8 +588,9 @@ class ContainedStore(LocalStore):
         if not stat.S_ISREG(info.st_mode):
             raise ScanError(self.root, f"{key} is not a regular file; refusing to read it")
         limit = MAX_METADATA_BYTES if key.endswith("zarr.json") else MAX_CHUNK_BYTES
-        if info.st_size > limit:
-            raise ScanError(self.root, f"{key} holds {info.st_size} bytes, more than {limit}")
+        wanted = _requested_bytes(info.st_size, byte_range)  # a shard is read in parts
+        if wanted > limit:
+            raise ScanError(self.root, f"{key}: {wanted} bytes asked at once, more than {limit}")
 
     async def get(
         self,
@@ -570,15 +598,15 @@ class ContainedStore(LocalStore):
         prototype: BufferPrototype | None = None,
         byte_range: ByteRequest | None = None,
     ) -> Buffer | None:
-        self._check(key)
+        self._check(key, byte_range)
         return await super().get(key, prototype, byte_range)
 
     async def get_partial_values(
         self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
     ) -> list[Buffer | None]:
         key_ranges = list(key_ranges)
-        for key, _ in key_ranges:
-            self._check(key)
+        for key, byte_range in key_ranges:
+            self._check(key, byte_range)
         return await super().get_partial_values(prototype, key_ranges)
 
     def get_sync(
@@ -588,7 +616,7 @@ class ContainedStore(LocalStore):
         prototype: BufferPrototype | None = None,
         byte_range: ByteRequest | None = None,
     ) -> Buffer | None:
-        self._check(key)
+        self._check(key, byte_range)
         return super().get_sync(key, prototype=prototype, byte_range=byte_range)
 
 
@@ -598,7 +626,7 @@ def zarr_stored_rows(array: Callable[[], zarr.Array], path: Path, what: str) -> 
     every chunk, even one equal to the fill value."""
     current = array()
     shape = tuple(current.shape)
-    chunks = tuple(current.metadata.chunk_grid.chunk_shape)
+    chunks = tuple(current.metadata.chunk_grid.chunk_shape)  # shards, in a sharded array
 
     def probe(origin: tuple[int, ...]) -> str | None:
         latest = array()
@@ -606,7 +634,8 @@ def zarr_stored_rows(array: Callable[[], zarr.Array], path: Path, what: str) -> 
         key = f"{latest.path}/{latest.metadata.encode_chunk_key(coords)}"
         return None if (Path(latest.store.root) / key).exists() else f"no chunk {key}"
 
-    return _chunked_rows(path, what, shape, chunks, np.dtype(current.dtype).itemsize, probe)
+    itemsize = np.dtype(current.dtype).itemsize
+    return _chunked_rows(path, what, shape, chunks, itemsize, probe, tuple(current.chunks))
 
 
 def check_zarr_stored(array: zarr.Array, path: Path, what: str) -> None:
