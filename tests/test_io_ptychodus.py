@@ -20,6 +20,9 @@ from ptychodus.plugins.cxi_file import CXIProductFileIO
 from ptycl.cli import main
 from ptycl.io.object_image import label_path_for, read_object_image
 from ptycl.io.source import open_scan
+from ptycl.recon.consistency import check_positions
+from ptycl.recon.infer import ScanPrediction
+from ptycl.recon.run import warn_if_the_other_convention_fits
 from ptycl.recon.stitch import CanvasGrid, stitch_patches
 from tests.conftest import TINY
 from tests.helpers_ptychodus import make_scene, write_scene
@@ -186,3 +189,25 @@ def test_info_says_the_convention_and_prints_json_and_the_path_plot(scene_files,
     assert main(["info", str(paths["diffraction"]), "--json"]) == 1
     problem = json.loads(capsys.readouterr().out)
     assert problem["path"] == str(paths["diffraction"]) and "translation" in problem["error"]
+
+
+def test_reconstruct_says_when_the_negated_positions_are_more_self_consistent(scene_files, caplog):
+    """Patches as a perfect model predicts them: at the positions as read they agree where they
+    overlap; read with the other convention (here: forced) the check names it."""
+    scene, paths = scene_files
+    amplitude = np.abs(scene.true_patches()).astype(np.float32)
+    pixel = (scene.geometry.pixel_height_m, scene.geometry.pixel_width_m)
+    for setting, warned in (("auto", False), ("sample", True)):
+        with open_scan(paths["scan"], positions=setting) as scan:
+            positions = scan.read(np.arange(len(scene.frames))).positions_m
+            convention = scan.position_convention
+        check = check_positions(amplitude, positions, pixel)
+        assert check.other_fits_better is warned
+        prediction = ScanPrediction(
+            scan.metadata, amplitude, np.zeros_like(amplitude), positions, pixel, None,
+            position_convention=convention,
+        )
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="ptycl.recon"):
+            warn_if_the_other_convention_fits(prediction)
+        assert ("rerun with --positions probe" in caplog.text) is warned

@@ -14,7 +14,7 @@ import torch
 
 from ptycl.config import PrepSettings
 from ptycl.errors import ScanError
-from ptycl.io.positions import ConventionSetting
+from ptycl.io.positions import ConventionSetting, PositionConvention
 from ptycl.io.records import ObjectImage, ScanMetadata
 from ptycl.io.source import open_scan
 from ptycl.model.ptychonn import PtychoNN
@@ -52,6 +52,8 @@ class ScanPrediction:
     # its phase referenced to the scanned area (``prepare_label``).
     truth: ObjectImage | None
     support: np.ndarray | None = None  # (S, S) bool: the patch pixels the model learned
+    # how the scan's translations were read (ptycl.io.positions)
+    position_convention: PositionConvention | None = None
 
     def stitch(self, canvas: CanvasGrid | ObjectImage | None = None) -> StitchedObject:
         """Stitch on ``canvas`` (e.g. the truth's grid), or on the grid covering the scan;
@@ -80,6 +82,7 @@ def infer_scan(
     amplitude, phase, positions = [], [], []
     with open_scan(path, positions=positions_setting) as source:
         metadata, truth = source.metadata, source.label()
+        convention = source.position_convention
         if problem := input_size_problem(metadata.geometry.frame_shape, prep.input_size):
             raise ScanError(path, problem)
         for batch in source.batches(batch_size):
@@ -103,4 +106,5 @@ def infer_scan(
         label_pixel_m(metadata.geometry, prep.input_size, prep.resize),
         truth,
         support,
+        convention,
     )

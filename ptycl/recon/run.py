@@ -1,11 +1,15 @@
 """Reconstruct scans with a trained model: batched inference, stitching, CXI file + PNG.
 
     ptycl reconstruct SCAN [SCAN ...] --run runs/continual-64 [--out DIR] [--format zarr]
+                     [--positions auto|probe|sample]
 
 The model and its preparation settings come from the run directory (its ``config.yaml`` and
 latest checkpoint). Each scan gives ``<scan id>.recon.h5`` (or ``.recon.zarr``) and a PNG of
 amplitude and phase, beside the truth and with its errors when the scan carries a label.
-A bad scan is reported in one line and the others go on.
+The file opens in ptychodus 1.7 (``recon.output``). Where the predicted patches agree with
+each other clearly better at the negated positions than at the positions as read, a warning
+says so and names the other convention (``recon.consistency``). A bad scan is reported in one
+line and the others go on.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from ptycl.config import load_config
 from ptycl.errors import ScanError
 from ptycl.eval.image_metrics import object_errors
 from ptycl.eval.plots import plot_reconstruction
+from ptycl.io.positions import CONVENTION_SETTINGS
 from ptycl.io.source import expand_scan_paths
 from ptycl.logs import progress, setup_logging
 from ptycl.model.ptychonn import build_model
-from ptycl.recon.infer import infer_scan
+from ptycl.recon.consistency import check_positions
+from ptycl.recon.infer import ScanPrediction, infer_scan
 from ptycl.recon.output import write_reconstruction
 from ptycl.train.checkpoint import load_checkpoint
 from ptycl.train.trainer import resolve_device
@@ -50,7 +56,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--format", choices=["hdf5", "zarr"], default="hdf5", help="reconstruction file format"
     )
     parser.add_argument("--batch-size", type=int, default=256, help="frames per inference batch")
+    parser.add_argument(
+        "--positions",
+        choices=CONVENTION_SETTINGS,
+        default=None,
+        help="what the scans' translations mean (default: the run's io.position_convention)",
+    )
     add_override_argument(parser, "of the run's config, e.g. --set train.device=cpu")
+
+
+def warn_if_the_other_convention_fits(prediction: ScanPrediction) -> None:
+    window = "tukey" if prediction.support is None else prediction.support
+    check = check_positions(prediction.amplitude, prediction.positions_m, prediction.pixel_m, window)
+    convention = prediction.position_convention
+    if check.other_fits_better and convention is not None:
+        other = "sample" if convention.kind == "probe" else "probe"
+        log.warning(
+            "%s: the predicted patches agree with each other at the negated positions "
+            "(disagreement %.3g) far better than as read (%.3g, %s): the translations "
+            "probably mean the %s; rerun with --positions %s",
+            prediction.metadata.scan_id,
+            check.negated,
+            check.as_read,
+            convention.describe(),
+            other,
+            other,
+        )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -67,12 +98,21 @@ def main(args: argparse.Namespace) -> int:
     failed = 0
     for path in progress(scans, desc="reconstruct"):
         try:
-            prediction = infer_scan(model, path, config.prep, device, args.batch_size, support)
+            prediction = infer_scan(
+                model,
+                path,
+                config.prep,
+                device,
+                args.batch_size,
+                support,
+                args.positions or config.io.position_convention,
+            )
         except ScanError as exc:
             log.error("%s", exc)
             failed += 1
             continue
         scan_id = prediction.metadata.scan_id
+        warn_if_the_other_convention_fits(prediction)
         suffix = ".recon.h5" if args.format == "hdf5" else ".recon.zarr"
         stitched = prediction.stitch()
         written = write_reconstruction(
