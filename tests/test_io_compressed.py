@@ -43,7 +43,7 @@ def _compress_frames(path: Path, frames: np.ndarray, compression: dict, external
     """Replace the scan's detector data by ``frames`` under ``compression``, one chunk per
     frame; with ``external``, in that file beside it, reached by an external link as an Eiger
     master file reaches its data files."""
-    n, height, width = frames.shape
+    _n, height, width = frames.shape
     with h5py.File(path, "a") as f:
         del f[cxi.DETECTOR_DATA]
         target = f
@@ -81,9 +81,7 @@ def test_eiger_layout_master_with_bitshuffle_lz4_data_file(tmp_path):
     frames = _detector_counts(12, (32, 32), seed=1)
     _compress_frames(path, frames, FILTERS["bitshuffle-lz4"], external="scan_data_000001.h5")
     with open_scan(path) as source:
-        np.testing.assert_array_equal(
-            np.concatenate([b.frames for b in source.batches(5)]), frames
-        )
+        np.testing.assert_array_equal(np.concatenate([b.frames for b in source.batches(5)]), frames)
 
 
 def _bitshuffle_scan(tmp_path: Path) -> tuple[Path, bytes]:
@@ -128,8 +126,12 @@ def test_compressed_scan_inflating_to_gigabytes_is_read_in_bounded_batches(tmp_p
     with h5py.File(path, "a") as f:
         del f[cxi.DETECTOR_DATA]
         data = f.create_dataset(
-            cxi.DETECTOR_DATA, shape=(48, 2048, 2048), dtype=np.uint32, chunks=(1, 2048, 2048),
-            fillvalue=0, **hdf5plugin.Zstd(),
+            cxi.DETECTOR_DATA,
+            shape=(48, 2048, 2048),
+            dtype=np.uint32,
+            chunks=(1, 2048, 2048),
+            fillvalue=0,
+            **hdf5plugin.Zstd(),
         )
         for i in range(48):
             data[i] = 0  # every chunk stored, compressed to almost nothing
@@ -150,7 +152,10 @@ def test_compressed_chunks_too_large_to_decode_are_refused(tmp_path):
         del f[cxi.DETECTOR_DATA]
         del f[cxi.MASK]
         f.create_dataset(
-            cxi.DETECTOR_DATA, shape=(17, 2048, 2048), dtype=np.uint32, chunks=(17, 2048, 2048),
+            cxi.DETECTOR_DATA,
+            shape=(17, 2048, 2048),
+            dtype=np.uint32,
+            chunks=(17, 2048, 2048),
             **hdf5plugin.Zstd(),
         )
         f[cxi.DETECTOR_DATA][0] = 0
@@ -176,7 +181,10 @@ def test_zarr_v3_codecs_and_sharding_read_back(tmp_path, codecs):
     root = zarr.open_group(path, mode="r+")
     del root[cxi.DETECTOR_DATA]
     root.create_array(
-        cxi.DETECTOR_DATA, data=frames, chunks=(1, 32, 32), **codecs,
+        cxi.DETECTOR_DATA,
+        data=frames,
+        chunks=(1, 32, 32),
+        **codecs,
         config={"write_empty_chunks": True},
     )
     with open_scan(path) as source:

@@ -55,10 +55,14 @@ def test_positions_read_are_the_writers_sign_and_axes(scene_files):
 
 
 @pytest.mark.parametrize("product", ["h5", "cxi", "npz"])
-def test_label_from_each_ptychodus_product_puts_the_true_patches_back(scene_files, product, tmp_path):
+def test_label_from_each_ptychodus_product_puts_the_true_patches_back(
+    scene_files, product, tmp_path
+):
     scene, paths = scene_files
     out = tmp_path / "scan0001.label.h5"
-    assert main(["label", str(paths["scan"]), "--from", str(paths[product]), "--out", str(out)]) == 0
+    assert (
+        main(["label", str(paths["scan"]), "--from", str(paths[product]), "--out", str(out)]) == 0
+    )
     label = read_object_image(out)
     np.testing.assert_array_equal(label.values, scene.object_array)
     with open_scan(paths["scan"]) as scan:
@@ -84,10 +88,19 @@ def test_label_from_each_ptychodus_product_puts_the_true_patches_back(scene_file
 
 
 def test_label_refuses_a_reconstruction_of_the_negated_scan(scene_files, tmp_path, capsys):
-    scene, paths = scene_files
+    _scene, paths = scene_files
     out = tmp_path / "x.label.h5"
     code = main(
-        ["label", str(paths["scan"]), "--from", str(paths["h5"]), "--out", str(out), "--positions", "sample"]
+        [
+            "label",
+            str(paths["scan"]),
+            "--from",
+            str(paths["h5"]),
+            "--out",
+            str(out),
+            "--positions",
+            "sample",
+        ]
     )
     assert code == 2 and not out.exists()
     error = capsys.readouterr().err.strip()
@@ -112,13 +125,32 @@ def test_plain_array_label_with_its_pixel_and_centre(scene_files, tmp_path):
     middle = (scene.geometry.center_y_m, scene.geometry.center_x_m)
     code = main(
         [
-            "label", str(paths["scan"]), "--from", str(array), "--out", str(tmp_path / "a.label.h5"),
-            "--pixel-size", str(pixel), f"--center={middle[0]},{middle[1]}",
+            "label",
+            str(paths["scan"]),
+            "--from",
+            str(array),
+            "--out",
+            str(tmp_path / "a.label.h5"),
+            "--pixel-size",
+            str(pixel),
+            f"--center={middle[0]},{middle[1]}",
         ]
     )
     assert code == 0
     from_array = read_object_image(tmp_path / "a.label.h5")
-    assert main(["label", str(paths["scan"]), "--from", str(paths["h5"]), "--out", str(tmp_path / "b.label.h5")]) == 0
+    assert (
+        main(
+            [
+                "label",
+                str(paths["scan"]),
+                "--from",
+                str(paths["h5"]),
+                "--out",
+                str(tmp_path / "b.label.h5"),
+            ]
+        )
+        == 0
+    )
     from_product = read_object_image(tmp_path / "b.label.h5")
     np.testing.assert_allclose(from_array.center_m, from_product.center_m, rtol=0, atol=1e-15)
     assert from_array.pixel_m == from_product.pixel_m
@@ -145,16 +177,24 @@ def test_round_trip_ptychodus_product_to_ptycl_reconstruction_and_back(scene_fil
 
     for product in (load_product(written), CXIProductFileIO().read(written)):
         points = product.probe_positions
-        np.testing.assert_allclose(points.get_coordinates_x_m(), scene.positions_yx_m[:, 1], rtol=0, atol=1e-15)
-        np.testing.assert_allclose(points.get_coordinates_y_m(), scene.positions_yx_m[:, 0], rtol=0, atol=1e-15)
+        np.testing.assert_allclose(
+            points.get_coordinates_x_m(), scene.positions_yx_m[:, 1], rtol=0, atol=1e-15
+        )
+        np.testing.assert_allclose(
+            points.get_coordinates_y_m(), scene.positions_yx_m[:, 0], rtol=0, atol=1e-15
+        )
         geometry = product.object_.get_geometry()
         assert geometry.pixel_width_m == pytest.approx(scene.geometry.pixel_width_m, rel=1e-12)
         assert geometry.pixel_height_m == pytest.approx(scene.geometry.pixel_height_m, rel=1e-12)
         np.testing.assert_array_equal(product.object_.get_array()[0], ours.values)
         # the same object pixel under every position, in ptychodus's geometry and in ptycl's
         rows, cols = ours.pixel_coordinates(scene.positions_yx_m).T
-        np.testing.assert_allclose(geometry.map_probe_positions_to_object_y_px(points), rows, atol=1e-6)
-        np.testing.assert_allclose(geometry.map_probe_positions_to_object_x_px(points), cols, atol=1e-6)
+        np.testing.assert_allclose(
+            geometry.map_probe_positions_to_object_y_px(points), rows, atol=1e-6
+        )
+        np.testing.assert_allclose(
+            geometry.map_probe_positions_to_object_x_px(points), cols, atol=1e-6
+        )
         probe = product.probes.get_array()
         assert probe.shape[-2:] == (64, 64) and np.abs(probe).max() > 0
         assert product.metadata.photon_energy_eV == pytest.approx(8800.0)
@@ -204,7 +244,12 @@ def test_reconstruct_says_when_the_negated_positions_are_more_self_consistent(sc
         check = check_positions(amplitude, positions, pixel)
         assert check.other_fits_better is warned
         prediction = ScanPrediction(
-            scan.metadata, amplitude, np.zeros_like(amplitude), positions, pixel, None,
+            scan.metadata,
+            amplitude,
+            np.zeros_like(amplitude),
+            positions,
+            pixel,
+            None,
             position_convention=convention,
         )
         caplog.clear()

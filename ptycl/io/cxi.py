@@ -79,6 +79,24 @@ IMAGE_PROBE = "probe"  # optional (h, w) complex illumination on the image's pix
 # The CXI product layout (ptychodus's, and ptycl's reconstructions): the probe is image_1,
 # the object image_2.
 PRODUCT_OBJECT = "entry_1/image_2"
+# Marks ptychodus leaves in its CXI files: its extension group, and its name as the program.
+PTYCHODUS_GROUP = "entry_1/ptychodus"
+PROCESS_PROGRAM = "entry_1/process_1/program"
+# Where its extension group keeps the images' geometry: (y, x) pairs; the object's centre is
+# that of its middle pixel, index (N - 1) / 2.
+PRODUCT_OBJECT_PIXEL = (
+    f"{PTYCHODUS_GROUP}/object_pixel_height_m",
+    f"{PTYCHODUS_GROUP}/object_pixel_width_m",
+)
+PRODUCT_OBJECT_CENTER = (
+    f"{PTYCHODUS_GROUP}/object_center_y_m",
+    f"{PTYCHODUS_GROUP}/object_center_x_m",
+)
+PRODUCT_PROBE_PIXEL = (
+    f"{PTYCHODUS_GROUP}/probe_pixel_height_m",
+    f"{PTYCHODUS_GROUP}/probe_pixel_width_m",
+)
+PRODUCT_POSITION_INDEXES = f"{PTYCHODUS_GROUP}/probe_position_indexes"
 
 # Streaming state written by ptycl; a file without it (a foreign CXI file) is finished.
 STREAM = "entry_1/ptycl_stream"
@@ -89,10 +107,6 @@ ZARR_COMMITTED_ATTR = "ptycl_committed_frames"
 ZARR_COMPLETE_ATTR = "ptycl_complete"
 
 MASK_BAD_PIXEL = 1  # CXI mask bit 0: invalid pixel
-
-# Marks ptychodus leaves in its CXI files: its extension group, and its name as the program.
-PTYCHODUS_GROUP = "entry_1/ptychodus"
-PROCESS_PROGRAM = "entry_1/process_1/program"
 
 
 def mask_to_cxi(mask: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ from ptycl.io.guards import (
     check_zarr_stored,
     storage_errors,
 )
-from ptycl.io.records import ObjectImage
+from ptycl.io.records import ObjectImage, center_from_middle
 
 Group = h5py.Group | zarr.Group
 LABEL_SUFFIX = ".label.h5"
@@ -122,23 +122,60 @@ def complex_image_array(
     return np.asarray(node[...])
 
 
-def _center(root: Group, group: str, path: str | Path) -> tuple[float, float]:
+def _finite_pair(root: Group, members: tuple[str, str], path: Path) -> tuple[float, float]:
+    values = []
+    for member in members:
+        node = root[member]
+        if not hasattr(node, "shape") or prod(node.shape) != 1 or node.dtype.kind not in "iuf":
+            raise ScanError(path, f"/{member} must be one number")
+        values.append(float(np.asarray(node[()]).reshape(-1)[0]))
+    if not np.isfinite(values).all():
+        raise ScanError(path, f"/{members[0]} or /{members[1]} is not finite")
+    return values[0], values[1]
+
+
+def _center(
+    root: Group, group: str, shape: tuple[int, ...], pixel_m: tuple[float, float], path: Path
+) -> tuple[float, float]:
+    """ptycl's ``center_m``; else a CXI product's centre of the middle pixel, converted; else
+    the origin."""
     member = f"{group}/{cxi.IMAGE_CENTER}"
-    if member not in root:
-        return (0.0, 0.0)
-    node = root[member]
-    if not hasattr(node, "shape") or tuple(node.shape) != (2,) or node.dtype.kind not in "iuf":
-        raise ScanError(path, f"/{member} must be two numbers (y, x)")
-    y, x = np.asarray(node[...], dtype=np.float64)
-    if not (np.isfinite(y) and np.isfinite(x)):
-        raise ScanError(path, f"/{member} is not finite")
-    return float(y), float(x)
+    if member in root:
+        node = root[member]
+        if not hasattr(node, "shape") or tuple(node.shape) != (2,) or node.dtype.kind not in "iuf":
+            raise ScanError(path, f"/{member} must be two numbers (y, x)")
+        y, x = np.asarray(node[...], dtype=np.float64)
+        if not (np.isfinite(y) and np.isfinite(x)):
+            raise ScanError(path, f"/{member} is not finite")
+        return float(y), float(x)
+    if group == cxi.PRODUCT_OBJECT and all(m in root for m in cxi.PRODUCT_OBJECT_CENTER):
+        return center_from_middle(
+            _finite_pair(root, cxi.PRODUCT_OBJECT_CENTER, path), shape, pixel_m
+        )
+    return (0.0, 0.0)
 
 
-def _pixel(root: Group, group: str, path: Path) -> tuple[float, float]:
+def _pixel(
+    root: Group, group: str, shape: tuple[int, ...], path: Path, elsewhere: tuple[str, str]
+) -> tuple[float, float]:
+    """The image group's pixel sizes; else those a CXI product keeps ``elsewhere``; else its
+    CXI ``image_size`` (x, y) over its shape."""
+    own = (f"{group}/{cxi.IMAGE_Y_PIXEL_SIZE}", f"{group}/{cxi.IMAGE_X_PIXEL_SIZE}")
+    extent_member = f"{group}/{cxi.IMAGE_SIZE}"
+    if own[1] not in root and all(member in root for member in elsewhere):
+        own = elsewhere
+    elif own[1] not in root and extent_member in root:
+        node = root[extent_member]
+        if not hasattr(node, "shape") or len(node.shape) != 1 or not 2 <= node.shape[0] <= 3:
+            raise ScanError(path, f"/{extent_member} must be 2 or 3 numbers")
+        extent = np.asarray(node[()], dtype=np.float64)
+        pixel = (float(extent[1] / shape[-2]), float(extent[0] / shape[-1]))
+        if not (np.isfinite(pixel).all() and min(pixel) > 0):
+            raise ScanError(path, f"/{extent_member} gives pixels of {pixel} m")
+        return pixel
     return (
-        cxi.positive_scalar(root, f"{group}/{cxi.IMAGE_Y_PIXEL_SIZE}", "pixel height", path),
-        cxi.positive_scalar(root, f"{group}/{cxi.IMAGE_X_PIXEL_SIZE}", "pixel width", path),
+        cxi.positive_scalar(root, own[0], "pixel height", path),
+        cxi.positive_scalar(root, own[1], "pixel width", path),
     )
 
 
@@ -149,29 +186,29 @@ def _probe(root: Group, group: str, pixel_m: tuple[float, float], path: Path) ->
         member = f"{cxi.IMAGE}/{cxi.IMAGE_PROBE}"
         return complex_image_array(root, member, "probe", path) if member in root else None
     member = f"{cxi.IMAGE}/{cxi.IMAGE_DATA}"
-    if member not in root or f"{cxi.IMAGE}/{cxi.IMAGE_X_PIXEL_SIZE}" not in root:
-        return None
-    if not np.allclose(_pixel(root, cxi.IMAGE, path), pixel_m, rtol=1e-6):
+    if member not in root:
         return None
     modes = complex_image_array(root, member, "probe", path, leading_axes=2)
+    probe_pixel = _pixel(root, cxi.IMAGE, modes.shape, path, cxi.PRODUCT_PROBE_PIXEL)
+    if not np.allclose(probe_pixel, pixel_m, rtol=1e-6):
+        return None
     return modes.reshape(-1, *modes.shape[-2:])[0]
 
 
 def read_object_image_from(root: Group, path: str | Path) -> ObjectImage:
-    """The object image of an open file (a label, or a reconstruction in the CXI product
-    layout, ``object_group``); ``path`` names the file in errors."""
+    """The object image of an open file: a label, or a reconstruction in the CXI product layout
+    (``object_group``; ptychodus's own, whose geometry sits under ``/entry_1/ptychodus`` and
+    whose layers are multiplied into one); ``path`` names the file in errors."""
     path = Path(path)
     group = object_group(root)
-    if group == cxi.PRODUCT_OBJECT and f"{group}/{cxi.IMAGE_X_PIXEL_SIZE}" not in root:
-        # a ptychodus CXI product: its geometry sits elsewhere (imported here, as that module
-        # builds on this one)
-        from ptycl.io.ptychodus_product import read_cxi_product
-
-        return read_cxi_product(root, path).image
+    layers = 1 if group == cxi.PRODUCT_OBJECT else 0
     try:
-        values = complex_image_array(root, f"{group}/{cxi.IMAGE_DATA}", "object image", path)
-        pixel_m = _pixel(root, group, path)
-        center_m = _center(root, group, path)
+        values = complex_image_array(
+            root, f"{group}/{cxi.IMAGE_DATA}", "object image", path, leading_axes=layers
+        )
+        values = np.prod(values.reshape(-1, *values.shape[-2:]), axis=0)
+        pixel_m = _pixel(root, group, values.shape, path, cxi.PRODUCT_OBJECT_PIXEL)
+        center_m = _center(root, group, values.shape, pixel_m, path)
         probe = _probe(root, group, pixel_m, path)
     except (*HDF5_ERRORS, *ZARR_ERRORS) as exc:
         raise ScanError(path, f"object image unreadable ({exc})") from None

@@ -31,7 +31,13 @@ import numpy as np
 
 from ptycl.errors import ScanError
 from ptycl.io import cxi
-from ptycl.io.object_image import Group, complex_image_array, put_array, write_image_group
+from ptycl.io.object_image import (
+    Group,
+    complex_image_array,
+    put_array,
+    read_object_image_from,
+    write_image_group,
+)
 from ptycl.io.positions import CONVENTION_ATTR, PTYCL_RECONSTRUCTIONS, PositionConvention
 from ptycl.io.records import EV_J, ObjectImage, center_from_middle
 
@@ -46,13 +52,7 @@ PIXEL_WIDTH, PIXEL_HEIGHT = "pixel_width_m", "pixel_height_m"
 PHOTON_ENERGY_EV = "photon_energy_eV"
 DISTANCE = "detector_object_distance_m"
 LAYER_SPACING = "object_layer_spacing_m"
-# The CXI layout's extension group
-EXTRAS = cxi.PTYCHODUS_GROUP
-CXI_OBJECT_PIXEL = (f"{EXTRAS}/object_pixel_height_m", f"{EXTRAS}/object_pixel_width_m")
-CXI_OBJECT_CENTER = (f"{EXTRAS}/object_center_y_m", f"{EXTRAS}/object_center_x_m")
-CXI_PROBE_PIXEL = (f"{EXTRAS}/probe_pixel_height_m", f"{EXTRAS}/probe_pixel_width_m")
-CXI_POSITION_INDEXES = f"{EXTRAS}/probe_position_indexes"
-PROBE_GROUP = cxi.IMAGE  # image_1
+PROBE_GROUP = cxi.IMAGE  # image_1 of the CXI layout
 
 
 @dataclass(frozen=True)
@@ -165,44 +165,21 @@ def read_hdf5_product(f: h5py.File, path: Path) -> Product:
             _number(probe_attrs.get(PIXEL_HEIGHT, pixel_m[0]), "probe pixel height", path),
             _number(probe_attrs.get(PIXEL_WIDTH, pixel_m[1]), "probe pixel width", path),
         )
-    positions = _positions(
-        _vector(f, POSITION_X, path), _vector(f, POSITION_Y, path), path, layout
-    )
+    positions = _positions(_vector(f, POSITION_X, path), _vector(f, POSITION_Y, path), path, layout)
     return _product(values, pixel_m, middle_m, probe, probe_pixel_m, positions, layout, path)
 
 
-def _optional_pair(f: h5py.File, members: tuple[str, str], path: Path) -> tuple[float, float] | None:
-    if not all(member in f for member in members):
-        return None
-    return (
-        _number(f[members[0]][()], f"/{members[0]}", path),
-        _number(f[members[1]][()], f"/{members[1]}", path),
-    )
-
-
 def read_cxi_product(f: h5py.File, path: Path) -> Product:
-    """The CXI layout, as ptychodus writes it (and ptycl's reconstructions, which carry the
-    pixel sizes in the image groups too)."""
+    """The CXI layout, as ptychodus writes it and ptycl's reconstructions too (the object
+    image as ``object_image`` reads it, the positions from the translation)."""
     layout = "CXI product (object in image_2, probe in image_1)"
-    values = complex_image_array(
-        f, f"{cxi.PRODUCT_OBJECT}/{cxi.IMAGE_DATA}", "object", path, leading_axes=1
-    )
-    pixel_m = _optional_pair(f, CXI_OBJECT_PIXEL, path)
-    if pixel_m is None:
-        size_member = f"{cxi.PRODUCT_OBJECT}/{cxi.IMAGE_SIZE}"
-        if size_member not in f:
-            raise ScanError(path, f"{layout}: no object pixel size (/{CXI_OBJECT_PIXEL[1]} or /{size_member})")
-        extent = _vector(f, size_member, path, max_rows=3)
-        pixel_m = (extent[1] / values.shape[-2], extent[0] / values.shape[-1])
-    middle_m = _optional_pair(f, CXI_OBJECT_CENTER, path)
     notes = []
-    if middle_m is None:
-        middle_m = (0.0, 0.0)
-        notes.append("no object centre in the file: taken as the origin")
-    probe = probe_pixel_m = None
-    if f"{PROBE_GROUP}/{cxi.IMAGE_DATA}" in f:
-        probe = complex_image_array(f, f"{PROBE_GROUP}/{cxi.IMAGE_DATA}", "probe", path, 2)
-        probe_pixel_m = _optional_pair(f, CXI_PROBE_PIXEL, path)
+    if not all(member in f for member in cxi.PRODUCT_OBJECT_CENTER):
+        if f"{cxi.PRODUCT_OBJECT}/{cxi.IMAGE_CENTER}" not in f:
+            notes.append("no object centre in the file: taken as the origin")
+    image = read_object_image_from(f, path)
+    if f"{PROBE_GROUP}/{cxi.IMAGE_DATA}" in f and image.probe is None:
+        notes.append("probe left out: its pixel differs from the object's")
     positions = None
     translation = next((m for m in cxi.TRANSLATION_CANDIDATES if m in f), None)
     if translation is not None:
@@ -213,15 +190,18 @@ def read_cxi_product(f: h5py.File, path: Path) -> Product:
         if node.ndim != 2 or node.shape[1] < 2 or node.shape[0] > 1 << 24:
             raise ScanError(path, f"/{translation} must be (N, 3), found {node.shape}")
         positions = convention.positions_from_translation(node[()])
-    product = _product(values, pixel_m, middle_m, probe, probe_pixel_m, positions, layout, path)
-    return Product(product.image, product.positions_m, layout, (*notes, *product.notes))
+        if not np.isfinite(positions).all():
+            raise ScanError(path, f"{layout}: probe positions are not all finite")
+    return Product(image, positions, layout, tuple(notes))
 
 
 def read_npz_product(archive: np.lib.npyio.NpzFile, path: Path) -> Product:
     layout = "ptychodus product (NPZ)"
     values = np.asarray(archive[OBJECT])
     if values.dtype.kind != "c" or not 2 <= values.ndim <= 3:
-        raise ScanError(path, f"{layout}: object must be 2-D or 3-D complex, found {values.dtype}{values.shape}")
+        raise ScanError(
+            path, f"{layout}: object must be 2-D or 3-D complex, found {values.dtype}{values.shape}"
+        )
     pixel_m = (
         _number(archive[f"object_{PIXEL_HEIGHT}"], "object pixel height", path),
         _number(archive[f"object_{PIXEL_WIDTH}"], "object pixel width", path),
@@ -283,15 +263,15 @@ def write_product(f: Group, product: ProductContents) -> None:
     for member, value in (
         (cxi.ENERGY, product.energy_j),
         (cxi.DISTANCE, product.distance_m),
-        (CXI_OBJECT_PIXEL[0], pixel_m[0]),
-        (CXI_OBJECT_PIXEL[1], pixel_m[1]),
-        (CXI_OBJECT_CENTER[0], middle_m[0]),
-        (CXI_OBJECT_CENTER[1], middle_m[1]),
-        (CXI_PROBE_PIXEL[0], pixel_m[0]),
-        (CXI_PROBE_PIXEL[1], pixel_m[1]),
+        (cxi.PRODUCT_OBJECT_PIXEL[0], pixel_m[0]),
+        (cxi.PRODUCT_OBJECT_PIXEL[1], pixel_m[1]),
+        (cxi.PRODUCT_OBJECT_CENTER[0], middle_m[0]),
+        (cxi.PRODUCT_OBJECT_CENTER[1], middle_m[1]),
+        (cxi.PRODUCT_PROBE_PIXEL[0], pixel_m[0]),
+        (cxi.PRODUCT_PROBE_PIXEL[1], pixel_m[1]),
     ):
         put_array(f, member, np.float64(value))
-    put_array(f, CXI_POSITION_INDEXES, indexes)
+    put_array(f, cxi.PRODUCT_POSITION_INDEXES, indexes)
     if not isinstance(f, h5py.Group):
         return  # Zarr has no hard links; ptychodus reads HDF5 only
 

@@ -252,4 +252,3 @@ def label_from_reconstruction(
     image, notes = align_frames(product, positions, scan)
     check_coverage(image, positions, Path(spec))
     return LabelResult(image, f"{product.layout} {spec}", (*product.notes, *notes))
-

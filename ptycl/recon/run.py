@@ -67,7 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def warn_if_the_other_convention_fits(prediction: ScanPrediction) -> None:
     window = "tukey" if prediction.support is None else prediction.support
-    check = check_positions(prediction.amplitude, prediction.positions_m, prediction.pixel_m, window)
+    check = check_positions(
+        prediction.amplitude, prediction.positions_m, prediction.pixel_m, window
+    )
     convention = prediction.position_convention
     if check.other_fits_better and convention is not None:
         other = "sample" if convention.kind == "probe" else "probe"

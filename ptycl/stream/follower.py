@@ -23,8 +23,8 @@ import numpy as np
 from ptycl.config import PrepSettings
 from ptycl.errors import ScanError
 from ptycl.io.object_image import label_path_for, read_object_image
-from ptycl.io.records import ObjectImage, ScanMetadata
 from ptycl.io.positions import ConventionSetting
+from ptycl.io.records import ObjectImage, ScanMetadata
 from ptycl.io.source import ScanSource, open_scan
 from ptycl.prep.frames import input_size_problem, prepare_frames
 from ptycl.stream.segments import holdout_rows, segment_bounds, segment_seed
