@@ -22,6 +22,7 @@ from ptycl.io.object_image import label_path_for, read_object_image
 from ptycl.io.source import open_scan
 from ptycl.recon.consistency import check_positions
 from ptycl.recon.infer import ScanPrediction
+from ptycl.recon.output import write_reconstruction
 from ptycl.recon.run import warn_if_the_other_convention_fits
 from ptycl.recon.stitch import CanvasGrid, stitch_patches
 from tests.conftest import TINY
@@ -256,3 +257,23 @@ def test_reconstruct_says_when_the_negated_positions_are_more_self_consistent(sc
         with caplog.at_level("WARNING", logger="ptycl.recon"):
             warn_if_the_other_convention_fits(prediction)
         assert ("rerun with --positions probe" in caplog.text) is warned
+
+
+@pytest.mark.parametrize("fmt", ["hdf5", "zarr"])
+def test_reconstruction_file_reads_back_in_ptycl_with_its_geometry(scene_files, tmp_path, fmt):
+    scene, paths = scene_files
+    patches = scene.true_patches()
+    pixel = (scene.geometry.pixel_height_m, scene.geometry.pixel_width_m)
+    with open_scan(paths["scan"]) as scan:
+        metadata = scan.metadata
+    prediction = ScanPrediction(
+        metadata, np.abs(patches), np.angle(patches), scene.positions_yx_m, pixel, None
+    )
+    stitched = prediction.stitch()
+    path = write_reconstruction(
+        tmp_path / f"r.recon.{'h5' if fmt == 'hdf5' else 'zarr'}", prediction, stitched, fmt
+    )
+    back = read_object_image(path)
+    np.testing.assert_array_equal(back.values, stitched.image.values)
+    assert back.pixel_m == stitched.image.pixel_m and back.center_m == stitched.image.center_m
+    assert back.probe is not None and back.probe.shape == (64, 64)  # the stand-in support
