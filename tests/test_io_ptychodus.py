@@ -10,7 +10,9 @@ in ptychodus with the same positions and the same object pixel under each of the
 
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 
 import numpy as np
 import pytest
@@ -277,3 +279,20 @@ def test_reconstruction_file_reads_back_in_ptycl_with_its_geometry(scene_files, 
     np.testing.assert_array_equal(back.values, stitched.image.values)
     assert back.pixel_m == stitched.image.pixel_m and back.center_m == stitched.image.center_m
     assert back.probe is not None and back.probe.shape == (64, 64)  # the stand-in support
+
+
+def test_npz_members_are_checked_before_they_are_inflated(scene_files, tmp_path, capsys):
+    """An .npz member may declare any size (and compress a huge one to almost nothing): its
+    .npy header is read first. This one declares 2^28 complex values and holds none."""
+    _, paths = scene_files
+    bomb = tmp_path / "bomb.npz"
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<c8", "fortran_order": False, "shape": (1 << 14, 1 << 14)}
+    )
+    with zipfile.ZipFile(bomb, "w") as archive:
+        archive.writestr("object.npy", header.getvalue())
+    out = tmp_path / "x.h5"
+    assert main(["label", str(paths["scan"]), "--from", str(bomb), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "larger than ptycl reads" in error and "bomb.npz" in error and not out.exists()

@@ -24,6 +24,7 @@ hard links, so that either of ptychodus's product readers opens it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from math import prod
 from pathlib import Path
 
 import h5py
@@ -31,6 +32,7 @@ import numpy as np
 
 from ptycl.errors import ScanError
 from ptycl.io import cxi
+from ptycl.io.guards import MAX_IMAGE_PIXELS
 from ptycl.io.object_image import (
     Group,
     complex_image_array,
@@ -195,9 +197,31 @@ def read_cxi_product(f: h5py.File, path: Path) -> Product:
     return Product(image, positions, layout, tuple(notes))
 
 
+def npz_header(archive: np.lib.npyio.NpzFile, key: str) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and type an archive member declares, read from its .npy header alone."""
+    with archive.zip.open(f"{key}.npy") as member:
+        version = np.lib.format.read_magic(member)
+        read = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, _, dtype = read(member)
+    return tuple(shape), np.dtype(dtype)
+
+
+def npz_array(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
+    """A member of bounded size: an archive's members are compressed and may declare any
+    size, so the header is checked before the member is inflated."""
+    shape, dtype = npz_header(archive, key)
+    if prod(shape) > MAX_IMAGE_PIXELS:
+        raise ScanError(path, f"{key} declares {dtype}{shape}, larger than ptycl reads")
+    return np.asarray(archive[key])
+
+
 def read_npz_product(archive: np.lib.npyio.NpzFile, path: Path) -> Product:
     layout = "ptychodus product (NPZ)"
-    values = np.asarray(archive[OBJECT])
+    values = npz_array(archive, OBJECT, path)
     if values.dtype.kind != "c" or not 2 <= values.ndim <= 3:
         raise ScanError(
             path, f"{layout}: object must be 2-D or 3-D complex, found {values.dtype}{values.shape}"
@@ -212,7 +236,7 @@ def read_npz_product(archive: np.lib.npyio.NpzFile, path: Path) -> Product:
     )
     probe = probe_pixel_m = None
     if PROBE in archive:
-        probe = np.asarray(archive[PROBE])
+        probe = npz_array(archive, PROBE, path)
         if probe.dtype.kind != "c" or probe.ndim < 2:
             probe = None
         elif f"probe_{PIXEL_WIDTH}" in archive:

@@ -85,7 +85,7 @@ def _plain(
         center = center_from_middle(named, values.shape, pixel_m)
     else:
         center = named
-    image = ObjectImage(values.astype(np.complex64), pixel_m, center)
+    image = ObjectImage(np.asarray(values, dtype=np.complex64), pixel_m, center)
     return products.Product(image, None, "plain array", tuple(notes))
 
 
@@ -130,10 +130,10 @@ def _from_npz(
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise ScanError(path, f"not a readable NPZ archive ({exc})") from None
-    with archive:
+    with archive, storage_errors(path, "NPZ archive unreadable", (OSError, ValueError, KeyError)):
         if products.is_npz_product(archive):
             return products.read_npz_product(archive, path)
-        complex_keys = [k for k in archive.files if archive[k].dtype.kind == "c"]
+        complex_keys = [k for k in archive.files if products.npz_header(archive, k)[1].kind == "c"]
         key = products.OBJECT if products.OBJECT in complex_keys else None
         if key is None and len(complex_keys) == 1:
             key = complex_keys[0]
@@ -144,7 +144,8 @@ def _from_npz(
                 f"({', '.join(complex_keys) or 'none'}), keys {', '.join(archive.files)}; "
                 "name the object 'object'",
             )
-        return _plain(np.asarray(archive[key]), f"{path}[{key}]", geometry, scan, positions)
+        values = products.npz_array(archive, key, path)
+        return _plain(values, f"{path}[{key}]", geometry, scan, positions)
 
 
 def read_reconstruction(
@@ -160,7 +161,7 @@ def read_reconstruction(
             values = np.load(path, allow_pickle=False, mmap_mode="r")
         except (OSError, ValueError) as exc:
             raise ScanError(path, f"not a readable .npy array ({exc})") from None
-        return _plain(np.asarray(values), str(path), geometry, scan, positions)
+        return _plain(values, str(path), geometry, scan, positions)
     if suffix == ".npz":
         return _from_npz(path, geometry, scan, positions)
     return _from_hdf5(path, member, geometry, scan, positions)

@@ -79,6 +79,7 @@ def main(args: argparse.Namespace) -> int:
     with open_scan(args.scan, positions=args.positions) as scan:
         result = label_from_reconstruction(scan, args.reconstruction, geometry)
         convention = scan.position_convention
+        shadowed = args.out is None and scan.label_in_file() is not None
     out = args.out or label_path_for(args.scan)
     write_object_image(out, result.image)
     image = result.image
@@ -92,4 +93,6 @@ def main(args: argparse.Namespace) -> int:
     )
     for note in result.notes:
         print(f"  {note}")
+    if shadowed:
+        print("  the scan holds an object image of its own, which ptycl uses before this label")
     return 0
