@@ -103,7 +103,10 @@ def make_scene(seed: int = 0, shape: tuple[int, int] = (151, 160), step_px: int 
     x_m = geometry.center_x_m + pixel * (cols - (width - 1) / 2)
     y_m = geometry.center_y_m + pixel * (rows - (height - 1) / 2)
     positions = ProbePositionSequence(
-        [ProbePosition(i, float(x), float(y)) for i, (x, y) in enumerate(zip(x_m, y_m, strict=False))]
+        [
+            ProbePosition(i, float(x), float(y))
+            for i, (x, y) in enumerate(zip(x_m, y_m, strict=True))
+        ]
     )
     # ptychodus's own mapping of its positions to object pixels: whole pixels by construction
     mapped_cols = geometry.map_probe_positions_to_object_x_px(positions)
