@@ -34,7 +34,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": (
         "ptycl.train.run",
         "main",
-        "continual training over a sequence of scans (incremental, cumulative, er, der, derpp)",
+        "continual training over a sequence of scans, with a strategy of ptycl.train.strategies",
     ),
     "reconstruct": (
         "ptycl.recon.run",

@@ -107,11 +107,11 @@ from ptycl.stream.status import StatusLine, StatusSnapshot, WatchCounters
 from ptycl.train.checkpoint import RunCheckpoints
 from ptycl.train.distributed import Distributed, init_distributed
 from ptycl.train.report import RunReport, write_report
+from ptycl.train.strategies import STRATEGIES, strategy_named
 from ptycl.train.trainer import ContinualTrainer, StreamPosition
 
 log = logging.getLogger("ptycl.stream")
 
-WATCH_STRATEGIES = ("incremental", "er", "der", "derpp")
 RETRY_OPEN_S = 0.5  # a scan that cannot be opened yet is tried again after this long
 LEDGER_JSON = "ledger.json"
 STATUS_JSON = "status.json"
@@ -204,12 +204,13 @@ class Watcher:
                 "'balanced' keeps a slot for every scan, and a watched stream has no last "
                 "scan: use 'reservoir' or 'loss_aware'",
             )
-        if config.train.strategy not in WATCH_STRATEGIES:
+        if strategy_named(config.train.strategy).keeps_every_scan:
+            bounded = [name for name, s in STRATEGIES.items() if not s.keeps_every_scan]
             raise ConfigError(
                 "<config>",
                 "train.strategy",
                 f"{config.train.strategy!r} retrains on every scan seen, a cost without bound; "
-                f"watch mode trains with one of {', '.join(WATCH_STRATEGIES)}",
+                f"watch mode trains with one of {', '.join(bounded)}",
             )
         directory = Path(directory)
         if not directory.is_dir():

@@ -34,13 +34,12 @@ from ptycl.rehearsal.local_store import LocalReservoirStore, samples_per_rank_fo
 from ptycl.rehearsal.samples import ReplaySamples
 from ptycl.rehearsal.store import RehearsalStore
 from ptycl.train.distributed import Distributed, resolve_device
-from ptycl.train.losses import der_distance, per_sample_task_loss, task_loss
+from ptycl.train.losses import per_sample_task_loss
 from ptycl.train.scan_data import ScanTensors
 from ptycl.train.schedule import learning_rate, plan_scan
+from ptycl.train.strategies import ReplayTerms, strategy_named
 
 log = logging.getLogger("ptycl.train")
-
-REPLAY_STRATEGIES = ("er", "der", "derpp")
 
 # The settings that decide what the trainer learns: a checkpoint saves them and a resume must
 # bring the same, or it would continue another run than the one saved (the batches, learning
@@ -128,7 +127,7 @@ class TrainerState:
 def build_store(config: Config, dist: Distributed) -> RehearsalStore | None:
     """The rehearsal store of a replay strategy: one process's, or the global one over
     ``dist.comm`` (capacities are per rank, see ``StoreSettings``); None without replay."""
-    if config.train.strategy not in REPLAY_STRATEGIES:
+    if strategy_named(config.train.strategy).draws == 0:
         return None
     settings = config.train.store
     frame_shape = (config.prep.input_size, config.prep.input_size)
@@ -156,7 +155,7 @@ def build_store(config: Config, dist: Distributed) -> RehearsalStore | None:
 
 def _check_batches_cover_ranks(config: Config, dist: Distributed) -> None:
     sizes = {"train.batch_size": config.train.batch_size}
-    if config.train.strategy in REPLAY_STRATEGIES:
+    if strategy_named(config.train.strategy).draws:
         sizes["train.replay_batch_size"] = config.train.replay_batch_size
     for key, size in sizes.items():
         if size < dist.world_size:
@@ -174,6 +173,7 @@ class ContinualTrainer:
     ) -> None:
         self.config = config
         self.settings = config.train
+        self.strategy = strategy_named(config.train.strategy)
         self.dist = dist
         self.device = dist.device
         # ``model`` is the module itself (evaluation, checkpoints, reconstruction use it);
@@ -188,8 +188,7 @@ class ContinualTrainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.settings.lr)
         self.store = store
         self.state = TrainerState()
-        # The cumulative strategy retrains on every scan seen: it keeps them all (the cost
-        # the rehearsal strategies avoid).
+        # Every scan seen, for a strategy that retrains on them all (the cost rehearsal avoids).
         self.pool: list[ScanTensors] = []
         # The field of view the model learns: the first scan's illuminated support, kept for
         # the whole run (one beamline set-up per run) and saved with the model, so replayed
@@ -217,9 +216,7 @@ class ContinualTrainer:
     # -- the stream -----------------------------------------------------------------------
 
     def steps_for_scan(self, scan_index: int) -> int:
-        if self.settings.strategy == "cumulative":
-            return self.settings.steps_per_scan * (scan_index + 1)
-        return self.settings.steps_per_scan
+        return self.strategy.steps_for_scan(self.settings.steps_per_scan, scan_index)
 
     def arrived(self, scan: ScanTensors) -> None:
         """A scan joined the stream (also called for the scans before a resume point)."""
@@ -229,7 +226,7 @@ class ContinualTrainer:
         # and fits on the next scan, not on NaN.
         if not self.model.input_fitted and len(scan.train_rows) >= 2:
             self.model.fit_input_statistics(scan.inputs[scan.train_rows])
-        if self.settings.strategy == "cumulative":
+        if self.strategy.keeps_every_scan:
             self.pool.append(scan)
 
     def train_scan(
@@ -314,7 +311,7 @@ class ContinualTrainer:
     def _training_rows(
         self, scan: ScanTensors, scan_index: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        scans = self.pool if self.settings.strategy == "cumulative" else [scan]
+        scans = self.pool if self.strategy.keeps_every_scan else [scan]
         first_index = scan_index - len(scans) + 1
         inputs = torch.cat([s.inputs[s.train_rows] for s in scans])
         labels = torch.cat([s.labels[s.train_rows] for s in scans])
@@ -343,16 +340,15 @@ class ContinualTrainer:
         one for both). The new batch keeps its own forward: merged with the draws into one
         batch of 64, the activations at 128² outgrow the CPU's caches (0.75).
         """
-        kind, strategy = self.settings.loss, self.settings.strategy
-        support = self.support
+        settings = self.settings
+        terms = ReplayTerms(settings.loss, settings.alpha, settings.beta, self.support)
         predicted = self.replica(inputs.to(self.device, non_blocking=True))
         per_sample = per_sample_task_loss(
-            predicted, labels.to(self.device, non_blocking=True), kind, support
+            predicted, labels.to(self.device, non_blocking=True), settings.loss, self.support
         )
         loss = per_sample.mean() * self._weight(len(inputs), self.settings.batch_size)
         samples = self.settings.batch_size
-        draws = self._draw_replay() if strategy in REPLAY_STRATEGIES else []
-        # (index of the draw, the draw): index 0 is ER's and DER's draw, 1 DER++'s second
+        draws = self._draw_replay()
         drawn = [(index, draw) for index, draw in enumerate(draws) if draw is not None]
         if drawn:
             together = self.replica(torch.cat([draw.inputs for _, draw in drawn])).stacked()
@@ -362,12 +358,7 @@ class ContinualTrainer:
             ):
                 output = ModelOutput.from_stacked(values)
                 samples += drawn_total
-                if strategy == "er":
-                    term = task_loss(output, draw.labels, kind, support)
-                elif index == 0:  # der and derpp: match the outputs stored at insertion
-                    term = self.settings.alpha * der_distance(output, draw.outputs, kind, support)
-                else:  # derpp's second draw: the stored labels
-                    term = self.settings.beta * task_loss(output, draw.labels, kind, support)
+                term = self.strategy.replay_term(index, output, draw, terms)
                 loss = loss + term * self._weight(len(draw), drawn_total)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # under DDP, also averages the gradients over the ranks
@@ -375,13 +366,12 @@ class ContinualTrainer:
         return samples, predicted.stacked().detach().cpu(), per_sample.detach().cpu()
 
     def _draw_replay(self) -> list[ReplaySamples | None]:
-        """This rank's share of each replay draw of the step (derpp draws twice), on the
+        """This rank's share of each of the strategy's replay draws of the step, on the
         device; None for a draw from an empty store. Collective under MPI, as each draw is."""
         if self.store is None:
             return []
         share = self.dist.share_sizes(self.settings.replay_batch_size)[self.dist.rank]
-        count = 2 if self.settings.strategy == "derpp" else 1
-        draws = [self.store.draw(share) for _ in range(count)]
+        draws = [self.store.draw(share) for _ in range(self.strategy.draws)]
         return [None if d is None else d.to(self.device, torch.float32) for d in draws]
 
     def _replay_drawn_total(self) -> int:
