@@ -41,9 +41,9 @@ from ptycl.bench.timing import interleaved_rounds
 from ptycl.config import Config, SimulateSettings
 from ptycl.model.ptychonn import build_model
 from ptycl.outputs import write_text
+from ptycl.parallel import resolve_device
 from ptycl.recon.infer import ScanPrediction, infer_scan, predict
 from ptycl.simulate.run import simulate_scans
-from ptycl.train.distributed import resolve_device
 
 log = logging.getLogger("ptycl.bench")
 

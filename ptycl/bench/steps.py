@@ -55,10 +55,10 @@ from ptycl.bench.settings import with_settings
 from ptycl.bench.timing import interleaved_rounds
 from ptycl.config import Config
 from ptycl.io.records import EV_J, ObjectImage, ScanGeometry, ScanMetadata
+from ptycl.parallel import Distributed, init_distributed
+from ptycl.prep.scan_data import ScanTensors
 from ptycl.rehearsal.samples import ReplaySamples
 from ptycl.rehearsal.store import RehearsalStore
-from ptycl.train.distributed import Distributed, init_distributed
-from ptycl.train.scan_data import ScanTensors
 from ptycl.train.trainer import ContinualTrainer, StreamPosition
 
 MODULE = "ptycl.bench.steps"  # what mpiexec runs on each rank (``rank_main`` below)

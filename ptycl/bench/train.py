@@ -33,7 +33,7 @@ from ptycl.bench.steps import (
 from ptycl.bench.tables import markdown_table
 from ptycl.config import Config
 from ptycl.outputs import write_text
-from ptycl.train.distributed import Distributed, resolve_device
+from ptycl.parallel import Distributed, resolve_device
 
 log = logging.getLogger("ptycl.bench")
 

@@ -613,3 +613,24 @@ def check_zarr_stored(array: zarr.Array, path: Path, what: str) -> None:
     """Refuse to read a whole array whose chunks are not all in its store."""
     if array.shape:  # a 0-d array is one chunk; a wrong fill value is the caller's to check
         zarr_stored_rows(lambda: array, path, what).require(array.shape[0])
+
+
+def check_frames(frames: np.ndarray, path: str | Path, indices: np.ndarray | None = None) -> None:
+    """Raise ScanError naming the first frame holding NaN, Inf or negative counts.
+
+    Unsigned integer frames cannot hold any of these and are not scanned.
+    """
+    if frames.dtype.kind == "u" or frames.size == 0:
+        return
+    flat = frames.reshape(len(frames), -1)
+    for problem, bad in (
+        ("NaN or infinite", ~np.isfinite(flat).all(axis=1) if frames.dtype.kind == "f" else None),
+        ("negative", (flat < 0).any(axis=1)),
+    ):
+        if bad is not None and bad.any():
+            first = int(np.argmax(bad))
+            frame = int(indices[first]) if indices is not None else first
+            raise ScanError(
+                path,
+                f"frame {frame} has {problem} counts ({int(bad.sum())} bad frame(s) in this read)",
+            )

@@ -24,10 +24,7 @@ import numpy as np
 
 from ptycl.errors import ScanError
 from ptycl.io import cxi
-from ptycl.io.guards import hdf5_stored_rows, storage_errors
-from ptycl.io.object_image import has_object_image, read_object_image_from, write_object_image
-from ptycl.io.records import ObjectImage, ScanMetadata
-from ptycl.io.source import (
+from ptycl.io.base import (
     ScanSource,
     StreamingScanWriter,
     StreamProgress,
@@ -35,6 +32,9 @@ from ptycl.io.source import (
     check_scan_shape,
     committed_progress,
 )
+from ptycl.io.guards import hdf5_stored_rows, storage_errors
+from ptycl.io.object_image import has_object_image, read_object_image_from, write_object_image
+from ptycl.io.records import ObjectImage, ScanMetadata
 
 LIBVER = ("v110", "v110")
 TRANSLATION_CHUNK_ROWS = 1024

@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from ptycl.train.scan_data import split_rows
+from ptycl.prep.scan_data import split_rows
 
 
 def cumulative_steps(frames: int, steps_per_scan: int, nominal_frames: int) -> int:

@@ -57,7 +57,7 @@ in the same file, so they are replaced together by one atomic rename), the repor
 ledger's JSON copy, and exits 0. ``--resume`` reloads them, finishes the interrupted segment
 from the step it stopped at, and carries on: no frame is trained on twice, none is skipped.
 
-MPI (``mpiexec -n N``; ``ptycl.train.distributed``): rank 0 watches the directory, reads the
+MPI (``mpiexec -n N``; ``ptycl.parallel``): rank 0 watches the directory, reads the
 files and makes every decision (open, quarantine, label ready, which segment to train); it
 broadcasts them with the prepared frames once per loop, so every rank holds the same scans and
 ledger, and all ranks train each segment together, each on its share of every batch
@@ -68,7 +68,6 @@ file system differs from node to node.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import time
@@ -79,15 +78,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ptycl.cli import add_config_arguments
-from ptycl.config import Config, dump_config, load_config
+from ptycl.config import Config, dump_config
 from ptycl.errors import ConfigError, OutputError, ScanError
 from ptycl.eval.evaluate import ErrorMatrices, EvaluationScan
 from ptycl.io.object_image import label_path_for
 from ptycl.io.records import ObjectImage, ScanMetadata
-from ptycl.logs import setup_logging
 from ptycl.outputs import write_text
+from ptycl.parallel import Distributed
 from ptycl.prep.patches import label_pixel_m
+from ptycl.prep.reader import UnusableScan
 from ptycl.recon.infer import ScanPrediction, predict
 from ptycl.recon.output import write_reconstruction
 from ptycl.stream.discovery import (
@@ -98,14 +97,13 @@ from ptycl.stream.discovery import (
     signature,
 )
 from ptycl.stream.evaluation_set import EvaluationReservoir
-from ptycl.stream.follower import ScanBuffer, ScanFollower, UnusableScan, read_label_file
+from ptycl.stream.follower import ScanBuffer, ScanFollower, read_label_file
 from ptycl.stream.ledger import Ledger
 from ptycl.stream.quarantine import QUARANTINE_LIST, quarantine
 from ptycl.stream.report_cadence import ReportCadence
 from ptycl.stream.segments import segment_steps
 from ptycl.stream.status import StatusLine, StatusSnapshot, WatchCounters
 from ptycl.train.checkpoint import RunCheckpoints
-from ptycl.train.distributed import Distributed, init_distributed
 from ptycl.train.report import RunReport, write_report
 from ptycl.train.strategies import STRATEGIES, strategy_named
 from ptycl.train.trainer import ContinualTrainer, StreamPosition
@@ -115,21 +113,6 @@ log = logging.getLogger("ptycl.stream")
 RETRY_OPEN_S = 0.5  # a scan that cannot be opened yet is tried again after this long
 LEDGER_JSON = "ledger.json"
 STATUS_JSON = "status.json"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("directory", type=Path, help="the directory the scans are written to")
-    add_config_arguments(parser)
-    parser.add_argument(
-        "--polling",
-        action="store_true",
-        help="poll the directory instead of inotify (NFS, Lustre, GPFS): watch.polling=true",
-    )
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue from the run's checkpoint and ledger (run.output_dir)",
-    )
 
 
 class SegmentTrainer(ContinualTrainer):
@@ -943,19 +926,3 @@ def _merge_costs(trainer: ContinualTrainer) -> None:
 def run_watch(directory: Path, config: Config, dist: Distributed, resume: bool = False) -> None:
     """Watch ``directory`` until SIGINT/SIGTERM (collective: every rank of a job calls it)."""
     Watcher(directory, config, dist).run(resume=resume)
-
-
-def main(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.overrides)
-    if args.polling:
-        config = config.model_copy(
-            update={"watch": config.watch.model_copy(update={"polling": True})}
-        )
-    dist = init_distributed(config.train.device)
-    setup_logging(config.run.log_level, dist.rank)
-    try:
-        with dist.fail_fast():
-            run_watch(args.directory, config, dist, resume=args.resume)
-    finally:
-        dist.close()
-    return 0

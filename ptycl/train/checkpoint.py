@@ -57,7 +57,7 @@ from typing import Any, BinaryIO, NamedTuple
 import torch
 
 from ptycl.errors import CheckpointError
-from ptycl.train.distributed import Distributed
+from ptycl.parallel import Distributed
 
 log = logging.getLogger("ptycl.train.checkpoint")
 

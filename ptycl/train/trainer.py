@@ -7,7 +7,7 @@ attribute (model, optimiser, store, history), nothing lives in module globals. A
     (+ replay draws -> forward -> ER / DER / DER++ terms)
     -> backward -> optimiser step -> offer the new batch (with its pre-step outputs) to the store
 
-Data-parallel (``Distributed`` with world_size > 1, see ``ptycl.train.distributed``): every
+Data-parallel (``Distributed`` with world_size > 1, see ``ptycl.parallel``): every
 rank follows the same plan of batches (a function of the run seed), takes its contiguous share
 of each step's ``batch_size`` rows and of each ``replay_batch_size`` draw, and trains a
 ``DistributedDataParallel`` replica; each rank's loss is weighted so that DDP's average of the
@@ -30,12 +30,12 @@ from torch.nn.parallel import DistributedDataParallel
 from ptycl.config import Config
 from ptycl.errors import ConfigError
 from ptycl.model.ptychonn import ModelOutput, PtychoNN, build_model
+from ptycl.parallel import Distributed, resolve_device
+from ptycl.prep.scan_data import ScanTensors
 from ptycl.rehearsal.local_store import LocalReservoirStore, samples_per_rank_for_bytes
 from ptycl.rehearsal.samples import ReplaySamples
 from ptycl.rehearsal.store import RehearsalStore
-from ptycl.train.distributed import Distributed, resolve_device
 from ptycl.train.losses import per_sample_task_loss
-from ptycl.train.scan_data import ScanTensors
 from ptycl.train.schedule import learning_rate, plan_scan
 from ptycl.train.strategies import ReplayTerms, strategy_named
 
