@@ -131,8 +131,7 @@ class TrainSettings(Section):
     lr_min: Annotated[float, Field(ge=0.0)] = 1e-4
     schedule: Literal["cosine", "cyclic", "constant"] = "cosine"
     # Adam's moment estimates: started afresh when a new scan begins training, or carried over
-    # from the scans before. Carried, they kept a continual run from learning later scans:
-    # see ``ContinualTrainer._begin_task``.
+    # from the scans before (they kept a continual run from learning later scans).
     optimizer_state: Literal["fresh_per_scan", "carried"] = "fresh_per_scan"
     loss: Literal["mae", "mse"] = "mae"
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -100,7 +100,7 @@ def _layer(module: str) -> int:
     best = None
     for index, layer in enumerate(LAYERS):
         for entry in layer:
-            if module == entry or module.startswith(entry + ".") and entry != "ptycl":
+            if module == entry or (module.startswith(entry + ".") and entry != "ptycl"):
                 if best is None or len(entry) > best[1]:
                     best = (index, len(entry))
     if best is None:

@@ -1,16 +1,6 @@
 """HDF5 scans in the CXI layout: a SWMR streaming writer, a finished-scan writer, a reader.
 
-Streaming: every dataset and attribute exists before ``swmr_mode`` is switched on (SWMR
-cannot create objects), then per batch of frames: resize + write + flush the frames, the same
-for the translations, and last the committed count. Completion is a pre-created scalar
-dataset set to 1 at the end. Files use ``libver=("v110", "v110")`` so that HDF5 1.10+ reads
-them. A reader opens a file a SWMR writer holds with ``swmr=True`` and refreshes each dataset
-before reading up to the smallest of the committed count and the datasets' lengths; a
-finished file opens normally (``guards._being_written_with_swmr`` says why).
-
-Known limit: HDF5 shares a file opened twice in one process, and refreshing a dataset through
-one handle breaks it for the other; keep one ScanSource per *growing* file per process
-(finished files, which are never refreshed, may be opened any number of times).
+Design notes: docs/design.md.
 """
 
 from __future__ import annotations

@@ -2,15 +2,7 @@
 (``ScanBuffer``): prepared frames, positions, the label once known, and from them the
 training segments and the evaluation set.
 
-Reading goes through ``ptycl.io.source`` and so obeys the readers' rules: only frames below
-the committed count the writer publishes after each frame are read (a half-written frame is
-never seen), and the scan is complete only when the writer says so. Frames are prepared
-(resize, normalise) as they are read and kept in memory with their positions (a scan of 450
-64² frames is 7 MB), because training segments, evaluation, the reconstruction and a late
-label all need them; the buffer is dropped once the scan is trained or reconstructed.
-
-One ``ScanSource`` per growing file per process (see ``ptycl.io.hdf5_scan``): the follower
-closes its source as soon as the scan is complete.
+Design notes: docs/design.md.
 """
 
 from __future__ import annotations

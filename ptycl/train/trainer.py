@@ -1,19 +1,6 @@
 """The continual trainer: one model, one optimiser, one store, a stream of scans.
 
-Built from the one ``Config`` by ``ContinualTrainer.build``; every component is an explicit
-attribute (model, optimiser, store, history), nothing lives in module globals. A step is
-
-    new batch -> forward -> task loss
-    (+ replay draws -> forward -> ER / DER / DER++ terms)
-    -> backward -> optimiser step -> offer the new batch (with its pre-step outputs) to the store
-
-Data-parallel (``Distributed`` with world_size > 1, see ``ptycl.parallel``): every
-rank follows the same plan of batches (a function of the run seed), takes its contiguous share
-of each step's ``batch_size`` rows and of each ``replay_batch_size`` draw, and trains a
-``DistributedDataParallel`` replica; each rank's loss is weighted so that DDP's average of the
-ranks' gradients is the gradient of the loss over the whole global batch, so N ranks take the
-steps one rank would. The store is the global ``DistributedRehearsalStore``: every rank offers
-its share every step (zero rows included) and draws from all ranks' shards.
+Design notes: docs/design.md.
 """
 
 from __future__ import annotations
@@ -294,15 +281,9 @@ class ContinualTrainer:
         its moment estimates (a watched scan's later segments, and scans written at the same
         time and trained in turn, keep theirs).
 
-        Why: carried over, they cost the model its ability to learn. Measured on
-        configs/continual-64.yaml with plain fine-tuning at 600 steps a scan (width 8): after
-        scans 0-3 the model could no longer learn scan 4. Its outputs collapsed onto one patch
-        (spread over frames 0.026 -> 0.002 rad) at 0.182 rad, the constant patch's error. The
-        same weights with a fresh Adam reached 0.172, a fresh model 0.153. Over the sequence,
-        fresh moments took scans 3, 4 and 5 to 0.054, 0.163 and 0.082 rad, where carried ones
-        left them at 0.103, 0.181 and 0.106 (constant patches: 0.113, 0.182, 0.115). Adam's
-        second moments decay over ~1/(1 - 0.999) = 1000 steps, longer than a scan's budget, so
-        the previous scans' gradient sizes set each weight's step size on the new one.
+        Why: Adam's second moments decay over ~1/(1 - 0.999) = 1000 steps, longer than a scan's
+        budget, so carried over, the previous scans' gradient sizes set each weight's step on
+        the new one and the model stops learning (docs/results-continual.md).
         """
         if self.settings.optimizer_state == "fresh_per_scan":
             self.optimizer.state.clear()  # Adam fills it again at its next step
@@ -333,12 +314,10 @@ class ContinualTrainer:
         of the ranks' gradients is the gradient of each term's mean over all ranks' samples
         (with one process the weights are 1).
 
-        DER++'s two replay draws go through the model in one forward: GroupNorm normalises
-        each sample alone, so a sample's output does not depend on what shares its batch, and
-        on a CPU a batch of 16 costs more per sample than one of 32 (the ``train`` bench:
-        DER++ at 0.93 of incremental's samples/s at 64² with a forward per draw, 1.04 with
-        one for both). The new batch keeps its own forward: merged with the draws into one
-        batch of 64, the activations at 128² outgrow the CPU's caches (0.75).
+        The replay draws go through the model in one forward: GroupNorm normalises each sample
+        alone, so a sample's output does not depend on what shares its batch, and a larger
+        batch costs less per sample. The new batch keeps its own forward: merged with the
+        draws, the activations at 128² outgrow a CPU's caches (docs/performance.md).
         """
         settings = self.settings
         terms = ReplayTerms(settings.loss, settings.alpha, settings.beta, self.support)
