@@ -20,12 +20,12 @@ from ptychodus.api.io import load_product
 from ptychodus.plugins.cxi_file import CXIProductFileIO
 
 from ptycl.cli import main
+from ptycl.commands.reconstruct import warn_if_the_other_convention_fits
 from ptycl.io.object_image import label_path_for, read_object_image
 from ptycl.io.source import open_scan
 from ptycl.recon.consistency import check_positions
 from ptycl.recon.infer import ScanPrediction
 from ptycl.recon.output import write_reconstruction
-from ptycl.recon.run import warn_if_the_other_convention_fits
 from ptycl.recon.stitch import CanvasGrid, stitch_patches
 from tests.conftest import TINY
 from tests.helpers_ptychodus import make_scene, write_scene

@@ -21,6 +21,14 @@ from zarr.storage import LocalStore
 
 from ptycl.errors import ScanError
 from ptycl.io import cxi
+from ptycl.io.base import (
+    ScanSource,
+    StreamingScanWriter,
+    StreamProgress,
+    check_array_shapes,
+    check_scan_shape,
+    committed_progress,
+)
 from ptycl.io.guards import ZARR_ERRORS, ContainedStore, storage_errors, zarr_stored_rows
 from ptycl.io.object_image import has_object_image, read_object_image_from, write_object_image
 from ptycl.io.positions import (
@@ -30,14 +38,6 @@ from ptycl.io.positions import (
     choose_convention,
 )
 from ptycl.io.records import ObjectImage, ScanMetadata
-from ptycl.io.source import (
-    ScanSource,
-    StreamingScanWriter,
-    StreamProgress,
-    check_array_shapes,
-    check_scan_shape,
-    committed_progress,
-)
 
 TRANSLATION_CHUNK_ROWS = 1024
 # zarr leaves out a chunk equal to the fill value unless told otherwise; a reader then cannot
