@@ -16,7 +16,10 @@ import zipfile
 
 import numpy as np
 import pytest
-from ptychodus.api.io import load_product
+from ptychodus.api.io import load_product, save_product
+from ptychodus.api.object import Object, ObjectCenter
+from ptychodus.api.probe_positions import ProbePosition, ProbePositionSequence
+from ptychodus.api.product import Product
 from ptychodus.plugins.cxi_file import CXIProductFileIO
 
 from ptycl.cli import main
@@ -296,3 +299,41 @@ def test_npz_members_are_checked_before_they_are_inflated(scene_files, tmp_path,
     assert main(["label", str(paths["scan"]), "--from", str(bomb), "--out", str(out)]) == 2
     error = capsys.readouterr().err
     assert "larger than ptycl reads" in error and "bomb.npz" in error and not out.exists()
+
+
+def test_label_from_a_reconstruction_in_another_frame_is_moved_into_the_scans(
+    scene_files, tmp_path
+):
+    """A reconstruction whose positions and object centre share an offset from the scan's
+    (another stage origin): the label's centre moves so each position keeps its pixel."""
+    scene, paths = scene_files
+    shift_x, shift_y = 7.5e-6, -3.25e-6
+    product = scene.product
+    shifted = Product(
+        metadata=product.metadata,
+        probe_positions=ProbePositionSequence(
+            [
+                ProbePosition(p.index, p.x_m + shift_x, p.y_m + shift_y)
+                for p in product.probe_positions
+            ]
+        ),
+        probes=product.probes,
+        object_=Object(
+            product.object_.get_array(),
+            product.object_.get_pixel_geometry(),
+            ObjectCenter(scene.geometry.center_x_m + shift_x, scene.geometry.center_y_m + shift_y),
+        ),
+        losses=[],
+    )
+    save_product(tmp_path / "shifted.h5", shifted)
+    out = tmp_path / "shifted.label.h5"
+    assert (
+        main(
+            ["label", str(paths["scan"]), "--from", str(tmp_path / "shifted.h5"), "--out", str(out)]
+        )
+        == 0
+    )
+    label = read_object_image(out)
+    rows, cols = label.pixel_coordinates(scene.positions_yx_m).T
+    np.testing.assert_allclose(rows, scene.rows_px, atol=1e-6)
+    np.testing.assert_allclose(cols, scene.cols_px, atol=1e-6)
