@@ -162,6 +162,7 @@ def test_plain_array_label_with_its_pixel_and_centre(scene_files, tmp_path):
     assert from_array.pixel_m == from_product.pixel_m
 
 
+@pytest.mark.slow  # trains a tiny model (docs/formats.md, "Measured")
 def test_round_trip_ptychodus_product_to_ptycl_reconstruction_and_back(scene_files, tmp_path):
     """ptychodus writes a product -> ptycl label --from -> ptycl train, reconstruct ->
     ptychodus's two product readers read the result with the same geometry."""
