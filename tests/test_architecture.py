@@ -23,6 +23,7 @@ LAYERS: list[set[str]] = [
     {"ptycl.model", "ptycl.simulate", "ptycl.rehearsal"},
     {"ptycl.recon"},
     {"ptycl.eval"},
+    {"ptycl.lifecycle"},
     {"ptycl.train"},
     {"ptycl.stream"},
     {"ptycl.bench"},
