@@ -50,15 +50,6 @@ LEDGER_JSON = "ledger.json"
 STATUS_JSON = "status.json"
 
 
-class SegmentTrainer(ContinualTrainer):
-    """The continual trainer with a step budget set per call: one segment's share."""
-
-    segment_steps = 0
-
-    def steps_for_scan(self, scan_index: int) -> int:
-        return self.segment_steps
-
-
 # -- what rank 0 decides, and every rank applies ---------------------------------------------
 
 
@@ -141,7 +132,7 @@ class Watcher:
         self.lifecycle = RunLifecycle(config, dist, "ptycl watch")
         self.output_dir = self.lifecycle.output_dir
         self.checkpoint_dir = self.lifecycle.checkpoint_dir
-        self.trainer = SegmentTrainer.build(config, dist)
+        self.trainer = ContinualTrainer.build(config, dist)
         self.matrices = ErrorMatrices()
         self.ledger = Ledger(segment_frames=self.settings.segment_frames)
         # which earlier trained scans each new row evaluates (every rank keeps it, in step)
@@ -640,9 +631,12 @@ class Watcher:
                 position = trainer.state.position
                 trainer.state.position = StreamPosition(record.task, 0, position.global_step)
                 self.ledger.in_progress = (name, index)
-            trainer.segment_steps = steps
             finished = trainer.train_scan(
-                segment, record.task, should_stop=self._should_stop, on_step=self._on_step
+                segment,
+                record.task,
+                steps=steps,  # the segment's share of the scan's budget
+                should_stop=self._should_stop,
+                on_step=self._on_step,
             )
             if not finished:
                 return False  # stopping: the shutdown checkpoints mid-segment

@@ -165,17 +165,20 @@ class ContinualTrainer:
         self,
         scan: ScanTensors,
         scan_index: int,
+        steps: int | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         on_step: Callable[[StreamPosition], None] | None = None,
     ) -> bool:
         """Train on one scan from the current position; False if stopped before its end.
 
-        The scan must have been passed to ``arrived`` first. Collective in a data-parallel
+        ``steps``: the scan's budget, the strategy's (``steps_for_scan``) when None. The scan
+        must have been passed to ``arrived`` first. Collective in a data-parallel
         job: every rank trains the same scan from the same position, and ``should_stop`` must
         answer the same on every rank (``Distributed.any``).
         """
         inputs, labels, scan_of_row = self._training_rows(scan, scan_index)
-        steps = self.steps_for_scan(scan_index)
+        if steps is None:
+            steps = self.steps_for_scan(scan_index)
         plan = plan_scan(
             len(inputs), steps, self.settings.batch_size, self.config.run.seed, scan_index
         )
