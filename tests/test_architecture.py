@@ -47,7 +47,6 @@ SIZE_ALLOWED: set[str] = {
     "ptycl.eval.plots.plot_reconstruction",
     # Benchmark suites written as one measurement script each.
     "ptycl.bench.infer.run",
-    "ptycl.bench.ingest.run",
     "ptycl.bench.store._transport_comparison",
     "ptycl.bench.store.step_time_part",
     "ptycl.bench.store.run",

@@ -182,13 +182,7 @@ class ContinualTrainer:
         plan = plan_scan(
             len(inputs), steps, self.settings.batch_size, self.config.run.seed, scan_index
         )
-        position = self.state.position
-        if position.scan_index != scan_index or position.step_in_scan == 0:
-            self.state.position = position = StreamPosition(scan_index, 0, position.global_step)
-            costs = self.state.costs
-            # A run stopped before this scan's first step left its entry, empty, behind.
-            if not costs or costs[-1].scan_id != scan.scan_id or costs[-1].steps:
-                costs.append(ScanCost(scan.scan_id))
+        position = self._position_in(scan, scan_index)
         cost = self.state.costs[-1]
         if scan_index > self.state.newest_task:
             self._begin_task(scan_index)
@@ -223,6 +217,18 @@ class ContinualTrainer:
             if on_step is not None:
                 on_step(position)
         return True
+
+    def _position_in(self, scan: ScanTensors, scan_index: int) -> StreamPosition:
+        """Where training on ``scan`` goes on: its first step unless stopped inside it, with
+        its cost entry last in ``state.costs``."""
+        position = self.state.position
+        if position.scan_index != scan_index or position.step_in_scan == 0:
+            self.state.position = position = StreamPosition(scan_index, 0, position.global_step)
+            costs = self.state.costs
+            # A run stopped before this scan's first step left its entry, empty, behind.
+            if not costs or costs[-1].scan_id != scan.scan_id or costs[-1].steps:
+                costs.append(ScanCost(scan.scan_id))
+        return position
 
     def _begin_task(self, scan_index: int) -> None:
         """A new scan starts training: under ``optimizer_state: fresh_per_scan`` Adam forgets
