@@ -38,8 +38,8 @@ SIZE_ALLOWED: set[str] = {
     # The watcher: intake, the replicated state machine, training, evaluation and checkpoints
     # in one class; splitting it into a WatchedScan record, intake and evaluation is pending.
     "ptycl.stream.watch.Watcher",
-    # The run lifecycle of `ptycl train` (signals, resume, checkpoints, report) in one body,
-    # to be shared with the watcher as ptycl/lifecycle/.
+    # `ptycl train`'s loop over the scans (resume checks, skipping bad scans, evaluation after
+    # each) in one body of closures; to become a class with a method per part.
     "ptycl.train.run.run_continual",
     # The global store's collective steps (offer, draw, restore) share one class's state.
     "ptycl.rehearsal.distributed_store.DistributedRehearsalStore",
