@@ -15,12 +15,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Bottom to top; a name is a module of ptycl or a package (all its modules).
 LAYERS: list[set[str]] = [
-    {"ptycl", "ptycl.errors"},
+    {"ptycl", "ptycl.errors", "ptycl.strict_yaml"},
     {"ptycl.config", "ptycl.outputs", "ptycl.logs", "ptycl.parallel"},
     {"ptycl.kernels"},
     {"ptycl.io"},
     {"ptycl.prep"},
-    {"ptycl.model", "ptycl.simulate", "ptycl.rehearsal"},
+    {"ptycl.model", "ptycl.simulate", "ptycl.label", "ptycl.rehearsal"},
     {"ptycl.recon"},
     {"ptycl.eval"},
     {"ptycl.lifecycle"},
