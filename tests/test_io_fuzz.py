@@ -33,7 +33,6 @@ import os
 import resource
 import shutil
 import tempfile
-import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -290,12 +289,12 @@ def test_a_damaged_global_heap_is_refused_not_looped_on(
 def test_a_damaged_file_of_a_dead_swmr_writer_is_refused_quickly(
     server: Any, trap: Path, corpus: Path, work: Path
 ) -> None:
-    """HDF5 retries a SWMR file's bad metadata with doubling sleeps (2^100 ns by default)."""
+    """HDF5 retries a SWMR file's bad metadata with doubling sleeps (2^100 ns by default):
+    unbounded, the read would outlast the reading process's time limit, a test failure."""
     with scan_copy(corpus, work, "died.h5") as scan:
         os.truncate(scan, scan.stat().st_size // 2)
-        started = time.monotonic()
         kind, _ = read_or_refuse(server, trap, scan)
-        assert kind == "refused" and time.monotonic() - started < 5
+        assert kind == "refused"
 
 
 # -- declared types, shapes and sizes ----------------------------------------------------------
