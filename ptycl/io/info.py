@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ptycl.errors import ScanError
+from ptycl.errors import ScanError, printable
 from ptycl.io.object_image import label_path_for
 from ptycl.io.records import EV_J
 from ptycl.io.source import ScanSource, expand_scan_paths, open_scan
@@ -67,7 +67,8 @@ def main(args: argparse.Namespace) -> int:
     bad = 0
     for path in expand_scan_paths(args.paths):
         try:
-            print(summary_line(path), flush=True)
+            # Escaped: a newline in a name (or an attribute) must not split or forge a line.
+            print(printable(summary_line(path)), flush=True)
         except ScanError as exc:
             print(f"{exc}", flush=True)
             bad += 1

@@ -9,6 +9,7 @@ bookkeeping, validation and batching live here once.
 
 from __future__ import annotations
 
+import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
@@ -22,7 +23,14 @@ import numpy as np
 
 from ptycl.errors import ScanError
 from ptycl.io.cxi import positions_from_translation, translation_from_positions
-from ptycl.io.guards import HDF5_ERRORS, MAX_READ_BYTES, ZARR_ERRORS, check_frame_shape
+from ptycl.io.guards import (
+    HDF5_ERRORS,
+    MAX_READ_BYTES,
+    ZARR_ERRORS,
+    check_frame_shape,
+    require_no_link,
+    untrusted,
+)
 from ptycl.io.object_image import (
     LABEL_SUFFIX,
     label_path_for,
@@ -70,11 +78,13 @@ def name_kind(name: str) -> NameKind | None:
 
 def expand_scan_paths(paths: Iterable[Path]) -> list[Path]:
     """Scans in the order given, where a directory that is not a Zarr group stands for the
-    scans in it (``name_kind``), in name order."""
+    scans in it (``name_kind``), in name order. A directory named as a scan (``x.h5``) is
+    that scan, refused as such when opened, not an empty list of scans."""
     scans: list[Path] = []
     for path in paths:
-        is_group = path.suffix.lower() == ZARR_SUFFIX or (path / "zarr.json").exists()
-        if path.is_dir() and not is_group:
+        named_as_scan = path.suffix.lower() in (ZARR_SUFFIX, *HDF5_SUFFIXES)
+        is_scan = named_as_scan or (path / "zarr.json").exists()
+        if path.is_dir() and not is_scan:
             scans += sorted(entry for entry in path.iterdir() if name_kind(entry.name) == "scan")
         else:
             scans.append(path)
@@ -121,7 +131,8 @@ class ScanSource(ABC):
 
     # -- the public reader ----------------------------------------------------------------
     def progress(self) -> StreamProgress:
-        state = self._poll()
+        with untrusted(self.path, "streaming state unreadable"):
+            state = self._poll()
         self._committed = state.committed_frames
         return state
 
@@ -206,7 +217,7 @@ class ScanSource(ABC):
         if in_file is not None:
             return in_file
         separate = label_path_for(self.path)
-        return read_object_image(separate) if separate.exists() else None
+        return read_object_image(separate) if os.path.lexists(separate) else None
 
     def __enter__(self) -> Self:
         return self
@@ -219,13 +230,15 @@ class ScanSource(ABC):
     # -- shared checks ------------------------------------------------------------------
     @contextmanager
     def _reading(self) -> Iterator[None]:
-        """Storage errors while reading frames (a torn chunk, a cut file) become ScanErrors."""
-        try:
-            yield
-        except (*HDF5_ERRORS, *ZARR_ERRORS) as exc:
-            raise ScanError(
-                self.path, f"frames unreadable, file truncated or corrupt ({exc})"
-            ) from None
+        """Storage errors while reading frames (a torn chunk, a cut file) become ScanErrors,
+        and so does anything else a hostile file raises."""
+        with untrusted(self.path, "frames unreadable"):
+            try:
+                yield
+            except (*HDF5_ERRORS, *ZARR_ERRORS) as exc:
+                raise ScanError(
+                    self.path, f"frames unreadable, file truncated or corrupt ({exc})"
+                ) from None
 
     def _batch(
         self, indices: np.ndarray, frames: np.ndarray, translation: np.ndarray
@@ -310,11 +323,12 @@ def open_scan(path: str | Path, expected_frame_shape: tuple[int, int] | None = N
     from ptycl.io.zarr_scan import ZarrScanSource
 
     path = Path(path)
+    require_no_link(path)
     if not path.exists():
         raise ScanError(path, "no such file or directory")
-    if scan_format_of(path) == "hdf5":
-        return HDF5ScanSource(path, expected_frame_shape)
-    return ZarrScanSource(path, expected_frame_shape)
+    backend = HDF5ScanSource if scan_format_of(path) == "hdf5" else ZarrScanSource
+    with untrusted(path, "unreadable scan"):
+        return backend(path, expected_frame_shape)
 
 
 class StreamingScanWriter(ABC):

@@ -21,7 +21,7 @@ from zarr.storage import LocalStore
 
 from ptycl.errors import ScanError
 from ptycl.io import cxi
-from ptycl.io.guards import ZARR_ERRORS, ContainedStore, storage_errors, zarr_stored_rows
+from ptycl.io.guards import ZARR_ERRORS, ContainedStore, storage_errors, untrusted, zarr_stored_rows
 from ptycl.io.object_image import has_object_image, read_object_image_from, write_object_image
 from ptycl.io.records import ObjectImage, ScanMetadata
 from ptycl.io.source import (
@@ -135,12 +135,16 @@ def write_zarr_scan(
     """A finished scan, built aside and renamed into place, so it is complete on arrival."""
     if len(frames) != len(positions_m):
         raise ValueError(f"{path}: {len(frames)} frames but {len(positions_m)} positions")
-    partial = _build_aside(
-        path, metadata, frames, cxi.translation_from_positions(positions_m), label
-    )
-    zarr.open_group(LocalStore(partial), mode="r+").attrs[cxi.ZARR_COMPLETE_ATTR] = True
-    _make_room(path)
-    os.rename(partial, path)
+    try:
+        partial = _build_aside(
+            path, metadata, frames, cxi.translation_from_positions(positions_m), label
+        )
+        zarr.open_group(LocalStore(partial), mode="r+").attrs[cxi.ZARR_COMPLETE_ATTR] = True
+        _make_room(path)
+        os.rename(partial, path)
+    except BaseException:
+        shutil.rmtree(_partial_path(path), ignore_errors=True)  # nothing left behind
+        raise
 
 
 class ZarrStreamingWriter(StreamingScanWriter):
@@ -240,7 +244,10 @@ class ZarrScanSource(ScanSource):
         return self._frames.oindex[indices], self._translation.oindex[indices]
 
     def label_in_file(self) -> ObjectImage | None:
-        with storage_errors(self.path, "object image unreadable", ZARR_ERRORS):
+        with (
+            untrusted(self.path, "object image unreadable"),
+            storage_errors(self.path, "object image unreadable", ZARR_ERRORS),
+        ):
             root = self._open_root(self.path)
             return read_object_image_from(root, self.path) if has_object_image(root) else None
 

@@ -25,6 +25,7 @@ from ptycl.errors import ScanError
 from ptycl.io.object_image import label_path_for, read_object_image
 from ptycl.io.records import ObjectImage, ScanMetadata
 from ptycl.io.source import ScanSource, open_scan
+from ptycl.prep.frame_screen import FrameScreen
 from ptycl.prep.frames import input_size_problem, prepare_frames
 from ptycl.stream.segments import holdout_rows, segment_bounds, segment_seed
 from ptycl.train.scan_data import PreparedLabel, ScanTensors, prepare_label, scan_tensors
@@ -71,11 +72,13 @@ class ScanFollower:
         self.prep = prep
         self.max_frames_per_poll = max_frames_per_poll
         self.frames_read = 0
+        self.frames_kept = 0  # of frames_read: those a detector can have recorded
         self.complete = False
         # Opening raises ScanError for a file that is not (yet) a readable scan.
         self._source: ScanSource | None = open_scan(self.path)
         try:
             self.metadata: ScanMetadata = self._source.metadata
+            self.screen = FrameScreen(self.metadata.mask)
             self.frame_shape = self.metadata.geometry.frame_shape
             if expected_frame_shape is not None and self.frame_shape != tuple(expected_frame_shape):
                 raise UnusableScan(
@@ -113,18 +116,26 @@ class ScanFollower:
         new = None
         if stop > self.frames_read:
             batch = self._source.read(np.arange(self.frames_read, stop))
-            try:
-                prepared = prepare_frames(
-                    batch.frames, self.prep.input_size, self.prep.resize, mask=self.metadata.mask
-                )
-            except ValueError as exc:
-                raise ScanError(self.path, f"frames cannot be prepared: {exc}") from None
-            new = (prepared, batch.positions_m)
+            keep = self.screen.keep(batch.frames)
+            if keep.any():
+                try:
+                    prepared = prepare_frames(
+                        batch.frames[keep],
+                        self.prep.input_size,
+                        self.prep.resize,
+                        mask=self.metadata.mask,
+                    )
+                except ValueError as exc:
+                    raise ScanError(self.path, f"frames cannot be prepared: {exc}") from None
+                new = (prepared, batch.positions_m[keep])
             self.frames_read = stop
+            self.frames_kept += int(keep.sum())
             self.last_arrival = time.monotonic()
         if state.complete and self.frames_read == state.committed_frames:
             if self.frames_read == 0:
                 raise UnusableScan(self.path, "the writer marked the scan complete with no frame")
+            if self.frames_kept == 0:
+                raise UnusableScan(self.path, f"no usable frame: {self.screen.summary()}")
             self.complete = True
             self.close()
         return new

@@ -72,7 +72,7 @@ import argparse
 import logging
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,9 +84,9 @@ from ptycl.config import Config, dump_config, load_config
 from ptycl.errors import ConfigError, OutputError, ScanError
 from ptycl.eval.evaluate import ErrorMatrices, EvaluationScan
 from ptycl.io.object_image import label_path_for
-from ptycl.io.records import ObjectImage, ScanMetadata
+from ptycl.io.records import ObjectImage, ScanMetadata, distinct_scan_id
 from ptycl.logs import setup_logging
-from ptycl.outputs import write_text
+from ptycl.outputs import prepare_output_dir, write_text
 from ptycl.prep.patches import label_pixel_m
 from ptycl.recon.infer import ScanPrediction, predict
 from ptycl.recon.output import write_reconstruction
@@ -99,6 +99,7 @@ from ptycl.stream.discovery import (
 )
 from ptycl.stream.evaluation_set import EvaluationReservoir
 from ptycl.stream.follower import ScanBuffer, ScanFollower, UnusableScan, read_label_file
+from ptycl.stream.interruptible import Interruptible, StopRequested
 from ptycl.stream.ledger import Ledger
 from ptycl.stream.quarantine import QUARANTINE_LIST, quarantine
 from ptycl.stream.report_cadence import ReportCadence
@@ -156,6 +157,7 @@ class Frames:
     inputs: np.ndarray  # (n, S, S) float32 prepared
     positions_m: np.ndarray  # (n, 2)
     complete: bool  # the writer marked the scan complete and these are its last frames
+    skipped: int = 0  # frames of the scan so far that no detector records, left out
 
 
 @dataclass(frozen=True)
@@ -231,6 +233,7 @@ class Watcher:
         self.evaluation_set = EvaluationReservoir(self.settings.evaluation_scans, config.run.seed)
         self.buffers: dict[str, ScanBuffer] = {}  # every rank: scans being followed / trained
         self.stop_signal: str | None = None
+        self.file_reads = Interruptible()  # where a stop signal cuts rank 0's reading short
         # rank 0 only: the directory, the files, the clocks, evaluation and outputs
         self.discovery: ScanDiscovery | None = None
         self.candidates: dict[str, Candidate] = {}
@@ -259,7 +262,7 @@ class Watcher:
         }
         try:
             if self.main:
-                self.output_dir.mkdir(parents=True, exist_ok=True)
+                prepare_output_dir(self.output_dir)
             if resume:
                 self._resume()
             elif self.main and (self.checkpoint_dir / "latest.pt").exists():
@@ -307,6 +310,7 @@ class Watcher:
 
     def _signalled(self, signum: int) -> None:
         self.stop_signal = signal.Signals(signum).name
+        self.file_reads.interrupt()  # a file being read now is read again after a resume
 
     def _meet_and_check_stop(self) -> bool:
         """Collective, at the top of every loop: under MPI the other ranks wait for rank 0
@@ -409,12 +413,16 @@ class Watcher:
         """Rank 0: look at the directory and the files; return this loop's decisions."""
         assert self.discovery is not None
         now = time.monotonic()
-        for sighting in self.discovery.poll():
-            self._sighted(sighting, now)
-        self._open_candidates(now)
-        self._read_followers(now)
-        self._check_labels(now)
-        self._reconstruct_unlabelled(now)
+        try:
+            for sighting in self.discovery.poll():
+                self._sighted(sighting, now)
+            self._open_candidates(now)
+            self._read_followers(now)
+            self._check_labels(now)
+            self._reconstruct_unlabelled(now)
+        except StopRequested:  # what was decided before goes to the ranks; then the loop stops
+            tick, self.tick = self.tick, Tick()
+            return tick
         tick, self.tick = self.tick, Tick()
         tick.train = self._next_segment()
         if tick.train is None:
@@ -430,12 +438,13 @@ class Watcher:
                 del self.candidates[name]
                 continue
             try:
-                follower = ScanFollower(
-                    candidate.path,
-                    self.config.prep,
-                    self.ledger.frame_shape,
-                    max_frames_per_poll=max(512, 2 * self.settings.segment_frames),
-                )
+                with self.file_reads.section():
+                    follower = ScanFollower(
+                        candidate.path,
+                        self.config.prep,
+                        self.ledger.frame_shape,
+                        max_frames_per_poll=max(512, 2 * self.settings.segment_frames),
+                    )
             except UnusableScan as exc:
                 self._quarantine(name, exc.problem)
                 continue
@@ -472,7 +481,8 @@ class Watcher:
         for name, follower in list(self.followers.items()):
             started = time.perf_counter()
             try:
-                new = follower.poll()
+                with self.file_reads.section():
+                    new = follower.poll()
             except ScanError as exc:
                 self._quarantine(name, exc.problem)
                 continue
@@ -487,11 +497,14 @@ class Watcher:
             if new is not None or follower.complete:
                 inputs, positions = new if new is not None else self._no_frames()
                 self.counters.frames_read += len(inputs)
-                self._do(Frames(name, inputs, positions, follower.complete))
+                skipped = follower.screen.total_skipped
+                self._do(Frames(name, inputs, positions, follower.complete, skipped))
             if follower.complete:
                 del self.followers[name]
                 self.complete_since[name] = now
                 log.info("%s: complete, %d frames", name, follower.frames_read)
+                if follower.screen.total_skipped:
+                    log.warning("%s: %s", name, follower.screen.summary())
             elif stall is not None and now - follower.last_arrival > stall:
                 self._quarantine(
                     name,
@@ -533,7 +546,8 @@ class Watcher:
             if candidate.next_try > now:
                 continue
             try:
-                found = read_label_file(self.directory / name)
+                with self.file_reads.section():
+                    found = read_label_file(self.directory / name)
             except ScanError as exc:
                 if candidate.unchanged_for(now) >= self.settings.unreadable_after_s:
                     del self.label_candidates[name]
@@ -670,12 +684,13 @@ class Watcher:
         ledger = self.ledger
         if isinstance(action, Opened):
             if ledger.record(action.name) is None:
-                ledger.add(action.name, action.metadata.scan_id)
+                scan_id = distinct_scan_id(action.metadata.scan_id, action.name, ledger.scan_ids())
+                ledger.add(action.name, scan_id)
             if ledger.frame_shape is None:
                 ledger.frame_shape = tuple(action.metadata.geometry.frame_shape)
             self.buffers[action.name] = ScanBuffer(
                 self.directory / action.name,
-                action.metadata,
+                replace(action.metadata, scan_id=ledger.scans[action.name].scan_id),
                 self.config.prep,
                 self.settings.segment_frames,
                 self.config.run.seed,
@@ -685,6 +700,7 @@ class Watcher:
             buffer.append(action.inputs, action.positions_m)
             record = ledger.scans[action.name]
             record.frames_read = len(buffer)
+            record.frames_skipped = action.skipped
             if action.complete:
                 buffer.complete = True
                 record.frames_total = len(buffer)

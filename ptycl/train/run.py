@@ -34,19 +34,20 @@ import argparse
 import logging
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from ptycl.cli import add_config_arguments
 from ptycl.config import Config, dump_config, load_config
-from ptycl.errors import CheckpointError, ConfigError, ScanError
+from ptycl.errors import CheckpointError, ConfigError, ScanError, printable
 from ptycl.eval.evaluate import ErrorMatrices, stitch_scan
 from ptycl.eval.plots import plot_reconstruction
+from ptycl.io.records import ScanMetadata, distinct_scan_id
 from ptycl.io.source import expand_scan_paths
 from ptycl.logs import setup_logging
-from ptycl.outputs import write_text
+from ptycl.outputs import prepare_output_dir, write_text
 from ptycl.prep.frames import input_size_problem
 from ptycl.train.checkpoint import RunCheckpoints
 from ptycl.train.distributed import Distributed, init_distributed, resolve_device
@@ -119,7 +120,7 @@ def run_continual(
     output_dir = config.run.output_dir
     checkpoint_dir = output_dir / "checkpoints"
     if dist.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
+        prepare_output_dir(output_dir)
     trainer = ContinualTrainer.build(config, dist)
     matrices = ErrorMatrices()
     rejected: list[str] = []
@@ -188,6 +189,7 @@ def run_continual(
                         log.error("skipping scan: %s", problem)
                     rejected.append(problem)
                 continue
+            scan.metadata = _told_apart(scan.metadata, path, {s.scan_id for s in scans})
             task = len(scans)
             if resume:
                 _check_resumed_scan(scan.scan_id, task, trainer, matrices, checkpoint_dir)
@@ -246,6 +248,20 @@ def run_continual(
         if stopped is None:  # a stopped run is to resume, and soon: no plots to draw
             _plot_reconstructions(trainer, scans, output_dir / "plots")
     return report
+
+
+def _told_apart(metadata: ScanMetadata, path: Path, taken: set[str]) -> ScanMetadata:
+    """A scan whose id an earlier scan of the run holds (a copy) gets an id of its own."""
+    scan_id = distinct_scan_id(metadata.scan_id, path.name, taken)
+    if scan_id == metadata.scan_id:
+        return metadata
+    log.warning(
+        "%s: scan id %s is an earlier scan's too (a copy?); called %s in this run",
+        printable(path),
+        printable(metadata.scan_id),
+        printable(scan_id),
+    )
+    return replace(metadata, scan_id=scan_id)
 
 
 def _check_store_holds_every_scan(

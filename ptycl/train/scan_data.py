@@ -17,6 +17,7 @@ from ptycl.config import PrepSettings
 from ptycl.errors import ScanError
 from ptycl.io.records import ObjectImage, ScanMetadata
 from ptycl.io.source import open_scan
+from ptycl.prep.frame_screen import FrameScreen
 from ptycl.prep.frames import input_size_problem, prepare_frames
 from ptycl.prep.patches import (
     illuminated_support,
@@ -132,13 +133,19 @@ def load_scan(path: Path, prep: PrepSettings, seed: int, batch_frames: int = 512
         if problem := input_size_problem(metadata.geometry.frame_shape, prep.input_size):
             raise ScanError(path, problem)
         inputs, positions = [], []
+        screen = FrameScreen(metadata.mask)
         for batch in source.batches(batch_frames):
+            keep = screen.keep(batch.frames)
             inputs.append(
-                prepare_frames(batch.frames, prep.input_size, prep.resize, mask=metadata.mask)
+                prepare_frames(batch.frames[keep], prep.input_size, prep.resize, mask=metadata.mask)
             )
-            positions.append(batch.positions_m)
+            positions.append(batch.positions_m[keep])
     if not inputs:
         raise ScanError(path, "the scan has no frames")
+    if screen.total_skipped:
+        if not any(len(i) for i in inputs):
+            raise ScanError(path, f"no usable frame: {screen.summary()}")
+        log.warning("%s: %s", path, screen.summary())
     inputs_np = np.concatenate(inputs)
     positions_m = np.concatenate(positions)
     label = prepare_label(truth, metadata, prep, positions_m, path)
