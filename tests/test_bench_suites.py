@@ -117,6 +117,7 @@ def test_scale_limits_name_oversubscription():
     assert "a core of its own" in scale.limits((1, 2, 4), cores=4)
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 @pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec (pip install 'ptycl[mpich]')")
 def test_scale_suite_efficiency(config, tmp_path):

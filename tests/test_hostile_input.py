@@ -70,6 +70,7 @@ def refused(path: Path) -> str:
 # -- files that brought the watcher down -----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_copies_of_a_scan_train_apart_and_the_run_writes_its_metrics(tiny_scans, tmp_path):
     """A copy keeps the scan id it was written with: the continual metrics crashed on the
     repeated id after training both, and no metrics.json was written."""

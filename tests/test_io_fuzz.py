@@ -256,6 +256,7 @@ def _victims(scan: Path) -> list[Path]:
     return [label] if label.exists() else [scan]  # separate.h5: damage its label
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=150)
 @given(seed=st.sampled_from(SEEDS), data=st.data())
 def test_cut_or_flipped_files_are_read_or_refused(
@@ -368,6 +369,7 @@ translation_shapes = st.one_of(
 )
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=60)
 @given(
     seed=st.sampled_from(["finished.h5", "finished.zarr"]),
@@ -523,6 +525,7 @@ def _edit_json(path: Path, edit: Callable[[dict[str, Any]], None]) -> None:
     path.write_text(json.dumps(document))
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=50)
 @given(
     seed=st.sampled_from(["finished.zarr", "died.zarr"]),
@@ -547,6 +550,7 @@ def test_zarr_array_metadata_that_lies(
         read_or_refuse(server, trap, scan)
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=40)
 @given(
     seed=st.sampled_from(["finished.zarr", "died.zarr"]),
@@ -753,6 +757,7 @@ def _nested(opener: str, closer: str, depth: int) -> str:
     return opener * depth + "0" + closer * depth
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=16)
 @given(
     seed=st.sampled_from(("finished.h5", "finished.zarr")),

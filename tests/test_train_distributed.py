@@ -37,6 +37,7 @@ TRAIN_CLI = Path(__file__).parent / "mpi_scripts" / "train_cli.py"
 
 pytestmark = [
     pytest.mark.mpi,
+    pytest.mark.slow,
     pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec (pip install 'ptycl[mpich]')"),
 ]
 
