@@ -224,12 +224,17 @@ def _corrupted_copy(tiny_scans: Path, target: Path, corrupt) -> Path:
     return target
 
 
+def _zero_frames(frames: np.ndarray) -> np.ndarray:
+    frames[[3, 17, 18]] = 0  # whole frames of zeros inside the scan
+    return frames
+
+
 def test_frames_no_detector_records_are_skipped_and_counted(tiny_scans, tmp_path):
     """A scan cut while its writer went on (frames of zeros) and 4 KiB of random bytes over
     it (counts of 4.29e9) were trained on without a word."""
 
     def corrupt(frames: np.ndarray) -> np.ndarray:
-        frames[[3, 17, 18]] = 0  # whole frames of zeros inside the scan
+        frames = _zero_frames(frames)
         noise = np.random.default_rng(1).integers(2**31, 2**32, 1024, dtype=np.uint64)
         frames[25].reshape(-1)[100:1124] = noise  # bytes written over it
         return frames
@@ -426,3 +431,43 @@ def test_simulate_onto_a_full_or_read_only_disk_is_one_line_and_leaves_nothing(s
         )
         assert problem in one_error_line(done)
     assert sorted(p.name for p in full.iterdir()) == ["filler"]  # no .partial left behind
+
+
+@pytest.mark.slow
+def test_the_watcher_goes_on_past_every_class_of_hostile_file(tiny_scans, tmp_path):
+    """One directory holding a scan and its copy (the same scan id), a deeply nested
+    zarr.json, a deeply nested HDF5 file, a scan that is a link, and a scan with frames of
+    zeros: the watcher trains the three good ones, sets the others aside in one line each,
+    and resumes past them."""
+    from tests.test_watch import _start_watcher, _states, _stop, _wait_for, _write_config
+
+    watched, output, log = tmp_path / "watched", tmp_path / "run", tmp_path / "watch.log"
+    watched.mkdir()
+    first = sorted(tiny_scans.glob("*.h5"))[0]
+    for name in ("a.h5", "b.h5"):
+        shutil.copy(first, watched / name)
+    _corrupted_copy(tiny_scans, watched / "torn.h5", _zero_frames)
+    nested = write_scan(watched / "nested.zarr", tiny_scan(n_frames=3, frame_shape=(64, 64)))
+    (nested / "zarr.json").write_text("[" * 100_000 + "]" * 100_000)
+    _scan_with(watched / "deep.h5", lambda f: _nest(f, 3000))
+    (watched / "link.h5").symlink_to(first)
+    config = _write_config(tmp_path, output)
+    good, bad = ("a.h5", "b.h5", "torn.h5"), ("nested.zarr", "deep.h5", "link.h5")
+    wanted = {**dict.fromkeys(good, "trained"), **dict.fromkeys(bad, "quarantined")}
+    watcher = _start_watcher(watched, config, log=log)
+    try:
+        _wait_for("every scan settled", lambda: _states(output) == wanted, watcher, log, 300)
+        _stop(watcher, log)
+        watcher = _start_watcher(watched, config, "--resume", log=log)
+        _wait_for("the resume", lambda: log.read_text().count("resumed:") == 1, watcher, log, 120)
+        _stop(watcher, log)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+    ledger = json.loads((output / "ledger.json").read_text())
+    records = {r["name"]: r for r in ledger["scans"]}
+    assert records["b.h5"]["scan_id"] == f"{records['a.h5']['scan_id']}@b.h5"
+    assert records["torn.h5"]["frames_skipped"] == 3
+    rows = (output / "quarantine.tsv").read_text().splitlines()
+    assert sorted(row.split("\t")[1] for row in rows) == sorted(bad)
+    assert "Traceback" not in log.read_text()
