@@ -29,12 +29,12 @@ from ptycl.io import cxi
 from ptycl.io.hdf5_walk import MAX_HDF5_DEPTH, MAX_HDF5_OBJECTS
 from ptycl.io.records import distinct_scan_id
 from ptycl.io.source import expand_scan_paths, open_scan, write_scan
+from ptycl.lifecycle.stop import StopRequested, StopSignals
 from ptycl.prep.frame_screen import BEYOND_RANGE, ZERO, FrameScreen
+from ptycl.prep.scan_data import load_scan
 from ptycl.stream.follower import ScanFollower
-from ptycl.stream.interruptible import Interruptible, StopRequested
 from ptycl.stream.quarantine import quarantine
 from ptycl.train.run import run_continual
-from ptycl.train.scan_data import load_scan
 from tests.conftest import tiny_config
 from tests.helpers_scans import tiny_scan
 
@@ -177,20 +177,21 @@ def test_a_gzip_bomb_is_refused_on_its_declared_size_before_decompression(tmp_pa
 
 def test_a_stop_signal_abandons_a_file_check_under_way():
     """The watcher's handler only set a flag, read between files: a check of minutes kept
-    SIGTERM waiting. Inside a section the same handler abandons the read at once."""
-    reads = Interruptible()
-    previous = signal.signal(signal.SIGTERM, lambda *_: reads.interrupt())
+    SIGTERM waiting. Inside ``abandonable()`` the same signal abandons the read at once."""
+    stop = StopSignals()
     timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM))
-    try:
-        timer.start()
-        with pytest.raises(StopRequested), reads.section():
-            for _ in range(6000):  # a read that would take a minute
-                time.sleep(0.01)
-        assert not reads.active
-        reads.interrupt()  # outside a section the signal only sets the watcher's flag
-    finally:
-        timer.cancel()
-        signal.signal(signal.SIGTERM, previous)
+    with stop:
+        try:
+            timer.start()
+            with pytest.raises(StopRequested), stop.abandonable():
+                for _ in range(6000):  # a read that would take a minute
+                    time.sleep(0.01)
+            assert stop.signalled == "SIGTERM"
+            os.kill(os.getpid(), signal.SIGUSR1)  # outside: the signal only sets the flag
+            time.sleep(0.05)
+            assert stop.signalled == "SIGUSR1"
+        finally:
+            timer.cancel()
 
 
 # -- files read from where they should not be ------------------------------------------------
