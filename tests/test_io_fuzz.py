@@ -443,9 +443,9 @@ def test_large_frames_come_in_smaller_batches(
     corpus: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Whatever batch a reader asks for, one read holds at most MAX_READ_BYTES of frames."""
-    from ptycl.io import source
+    from ptycl.io import base, source
 
-    monkeypatch.setattr(source, "MAX_READ_BYTES", 2 * 8 * 8 * 4)  # two 8x8 uint32 frames
+    monkeypatch.setattr(base, "MAX_READ_BYTES", 2 * 8 * 8 * 4)  # two 8x8 uint32 frames
     with source.open_scan(corpus / "finished.h5") as scan:
         assert [len(batch) for batch in scan.batches(4)] == [2, 2, 2]
 
