@@ -78,6 +78,7 @@ def test_suites_are_registered_with_quick_workloads():
     assert all(n >= infer.MIN_FRAMES for n in quick_infer.frames_per_call.values())
 
 
+@pytest.mark.slow
 def test_train_suite_rates_ratio_and_step_parts(config, tmp_path):
     work = StepWorkload(
         ("incremental", "derpp"), (64,), 4, 2, 1, 1, compiled_strategies=("incremental",)
