@@ -112,6 +112,27 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ptycl: interrupted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as exc:
+        if not _out_of_memory(exc):
+            raise
+        print(f"ptycl: error: {OUT_OF_MEMORY}", file=sys.stderr)
+        return 2
+
+
+# What to lower when a run does not fit: the settings that size its allocations.
+OUT_OF_MEMORY = (
+    "out of memory; lower train.batch_size, train.replay_batch_size, model.width or depth, "
+    "or the store's capacity (train.store.capacity_samples / capacity_bytes)"
+)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """A MemoryError, or torch's allocator failing (CPU or CUDA), which it raises as a
+    RuntimeError (torch.OutOfMemoryError is one), told by its message."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc)
+    return "can't allocate memory" in text or "out of memory" in text.lower()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ their values are parsed as YAML scalars.
 
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,13 +23,23 @@ from pydantic import (
 )
 
 from ptycl.errors import ConfigError
+from ptycl.strict_yaml import YamlInputError, load_yaml_text, read_yaml_file
+
+QUOTE = reprlib.Repr()  # how much of a refused value a message quotes
+QUOTE.maxlevel, QUOTE.maxstring, QUOTE.maxother, QUOTE.maxlist, QUOTE.maxdict = 2, 60, 60, 4, 4
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+# Seeds are offset per scan and segment and fed to numpy (non-negative) and torch (64 bits).
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+# Rows of one step: more than any memory holds at 64² (a bound, not advice)
+BatchSize = Annotated[int, Field(ge=1, le=1 << 16)]
 SampleFamily = Literal["manhattan", "particles", "siemens", "texture"]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No setting means anything at infinity or NaN (a learning rate of .inf trains weights to
+    # non-finite values without a word): refused with the rest.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DetectorSettings(Section):
@@ -60,7 +71,7 @@ class SimulateSettings(Section):
     detector: DetectorSettings = DetectorSettings()
     frame_rate_hz: PositiveFloat | None = None  # set: write in real time, frame by frame
     labels: Literal["in_scan", "separate", "none"] = "in_scan"
-    seed: Annotated[int, Field(ge=0)] = 0
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _probe_fits(self) -> SimulateSettings:
@@ -89,7 +100,9 @@ class PrepSettings(Section):
 
 
 class ModelSettings(Section):
-    width: PositiveInt = 32  # channels of the first encoder level, doubled at each level
+    # channels of the first encoder level, doubled at each level (the bound: 2^depth x it
+    # channels at the bottom is already more than a GPU holds the activations of)
+    width: Annotated[int, Field(ge=1, le=1024)] = 32
     depth: Annotated[int, Field(ge=2, le=5)] = 3  # pooling levels in the encoder
     # GroupNorm after every convolution ("none": the published network's plain conv-ReLU); see
     # ptycl.model.ptychonn for why it is on by default.
@@ -132,8 +145,8 @@ class TrainSettings(Section):
     # Both batch sizes count all MPI ranks together: under `mpiexec -n N` each rank takes its
     # share of every step's rows (and of every draw), so N ranks take the steps one process
     # would (each must be at least N).
-    batch_size: PositiveInt = 32
-    replay_batch_size: PositiveInt = 16  # per replay draw (a strategy may draw more than once)
+    batch_size: BatchSize = 32
+    replay_batch_size: BatchSize = 16  # per replay draw (a strategy may draw more than once)
     alpha: Annotated[float, Field(ge=0.0)] = 0.3  # DER logit-matching weight
     beta: Annotated[float, Field(ge=0.0)] = 0.5  # DER++ replayed-label weight
     lr: PositiveFloat = 1e-3
@@ -192,7 +205,7 @@ class WatchSettings(Section):
 class RunSettings(Section):
     name: str = "ptycl-run"
     output_dir: Path = Path("runs/ptycl-run")
-    seed: int = 0
+    seed: Seed = 0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
@@ -224,7 +237,9 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError("--set", text, "expected KEY=VALUE, e.g. train.alpha=0.3")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw else ""
+        value = load_yaml_text(raw) if raw else ""
+    except YamlInputError as exc:
+        raise ConfigError("--set", key, exc.problem) from None
     except yaml.YAMLError as exc:
         raise ConfigError(
             "--set", key, f"value is not valid YAML ({exc.__class__.__name__})"
@@ -239,7 +254,7 @@ def _first_error(exc: ValidationError) -> tuple[str, str]:
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
     elif "input" in err and err["type"] not in ("missing",):
-        msg = f"{msg} (got {err['input']!r})"
+        msg = f"{msg} (got {QUOTE.repr(err['input'])})"  # a glimpse, never a whole value
     return key, msg
 
 
@@ -249,11 +264,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     tree: dict[str, Any] = {}
     if path is not None:
         try:
-            text = Path(path).read_text()
+            loaded = read_yaml_file(Path(path))
         except OSError as exc:
             raise ConfigError(source, "<file>", exc.strerror or str(exc)) from None
-        try:
-            loaded = yaml.safe_load(text)
+        except YamlInputError as exc:
+            where = "<file>" if exc.line is None else f"line {exc.line}"
+            raise ConfigError(source, where, exc.problem) from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"line {mark.line + 1}" if mark else "<file>"

@@ -4,6 +4,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
+MAX_PROBLEM_CHARS = 400  # a message quotes a library or a file, never all of a hostile value
+
+
+def printable(text: str | Path) -> str:
+    """``text`` with control characters escaped (a newline in a file name as ``\\n``): a name
+    can neither split a line-oriented output nor forge a row of it."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def one_line(text: str, limit: int = MAX_PROBLEM_CHARS) -> str:
+    """``text`` on one line (whitespace runs squeezed, other control characters escaped),
+    cut to ``limit`` characters."""
+    line = printable(" ".join(str(text).split()))
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
 
 class PtyclError(Exception):
     """Base of every error ptycl raises deliberately (the CLI prints these as one line)."""
@@ -16,8 +34,8 @@ class ConfigError(PtyclError):
     """
 
     def __init__(self, source: str, key: str, problem: str) -> None:
-        self.source, self.key, self.problem = source, key, problem
-        super().__init__(f"{source}: {key}: {problem}")
+        self.source, self.key, self.problem = source, key, one_line(problem)
+        super().__init__(f"{printable(source)}: {one_line(key, 80)}: {self.problem}")
 
 
 class ScanError(PtyclError):
@@ -28,8 +46,8 @@ class ScanError(PtyclError):
 
     def __init__(self, path: str | Path, problem: str) -> None:
         # One line whatever the problem quotes (a library's message, a name from the file).
-        self.path, self.problem = str(path), " ".join(problem.split())
-        super().__init__(f"{self.path}: {self.problem}")
+        self.path, self.problem = str(path), one_line(problem)
+        super().__init__(f"{printable(self.path)}: {self.problem}")
 
 
 class CheckpointError(PtyclError):
@@ -37,7 +55,7 @@ class CheckpointError(PtyclError):
 
     def __init__(self, path: str | Path, problem: str) -> None:
         self.path, self.problem = str(path), problem
-        super().__init__(f"{self.path}: {problem}")
+        super().__init__(f"{printable(self.path)}: {problem}")
 
 
 class OutputError(PtyclError):
@@ -48,5 +66,9 @@ class OutputError(PtyclError):
     """
 
     def __init__(self, path: str | Path, problem: str) -> None:
-        self.path, self.problem = str(path), " ".join(problem.split())
-        super().__init__(f"{self.path}: {self.problem}")
+        self.path, self.problem = str(path), one_line(problem)
+        super().__init__(f"{printable(self.path)}: {self.problem}")
+
+
+class TrainingDiverged(PtyclError):
+    """A training step would have made the model's weights non-finite."""

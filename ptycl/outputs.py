@@ -10,6 +10,8 @@ permissions) removes the temporary and raises OutputError naming the output.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,3 +41,28 @@ def write_text(path: Path, text: str) -> Path:
     with replacing(path) as temporary:
         temporary.write_text(text)
     return Path(path)
+
+
+def prepare_output_dir(path: Path, what: str = "the run's outputs") -> Path:
+    """Create an output directory and prove it writable before any work is done: a run that
+    could not keep its outputs says so in one line at its start (a read-only mount, a path
+    under /proc, an existing file), not after hours of training."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise OutputError(path, f"cannot write {what} here ({exc.strerror or exc})") from None
+    return path
+
+
+def require_free_space(directory: Path, needed_bytes: int, what: str) -> None:
+    """Refuse to start writing ``what`` where it cannot fit: a file system filled up in the
+    middle of an HDF5 write leaves the library in states it does not always survive."""
+    free = shutil.disk_usage(directory).free
+    if free < needed_bytes:
+        raise OutputError(
+            directory,
+            f"{what} needs about {needed_bytes / 1e6:.1f} MB, {free / 1e6:.1f} MB are free",
+        )

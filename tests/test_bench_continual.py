@@ -16,6 +16,8 @@ import pytest
 from tests.conftest import TINY
 from tests.helpers_report import evaluated, read_matrices
 
+pytestmark = pytest.mark.slow  # five strategies trained to the end, twice, in subprocesses
+
 STEPS = 40  # long enough (cumulative: 40 + 80 + 120 steps) for a SIGTERM to land mid-run
 
 

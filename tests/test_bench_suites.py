@@ -1,10 +1,10 @@
 """The train, scale and infer benchmark suites, run on workloads smaller than their quick mode.
 
 A tiny model (width 4, depth 2) and one measured round of one step keep the whole file within
-about a minute on the 2-core CI machine; the figures are then noisy, so the checks are on
-structure and sanity: rates positive and finite, ratios what their parts give and in a
-plausible range, parts of a step adding up to it, efficiency exactly 1 at one rank, the
-markdown and PNG files written.
+about a minute on the 2-core CI machine; the figures are then noisy, and no test bounds a
+timing or a ratio of timings (benchmarks measure, tests check behaviour): rates positive and
+finite, ratios what their parts give, parts of a step adding up to it, efficiency exactly 1 at
+one rank, the markdown and PNG files written.
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ def test_suites_are_registered_with_quick_workloads():
     assert all(n >= infer.MIN_FRAMES for n in quick_infer.frames_per_call.values())
 
 
+@pytest.mark.slow
 def test_train_suite_rates_ratio_and_step_parts(config, tmp_path):
     work = StepWorkload(
         ("incremental", "derpp"), (64,), 4, 2, 1, 1, compiled_strategies=("incremental",)
@@ -108,7 +109,6 @@ def test_train_suite_rates_ratio_and_step_parts(config, tmp_path):
     (ratio,) = result["ratios"]
     expected = variants["derpp"]["samples_per_s"] / variants["incremental"]["samples_per_s"]
     assert ratio["derpp_over_incremental"] == pytest.approx(expected)
-    assert 0.05 < ratio["derpp_over_incremental"] < 20
     assert ratio["target"] == 0.95 and ratio["met"] == (expected >= 0.95)
 
 
@@ -118,6 +118,7 @@ def test_scale_limits_name_oversubscription():
     assert "a core of its own" in scale.limits((1, 2, 4), cores=4)
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 @pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec (pip install 'ptycl[mpich]')")
 def test_scale_suite_efficiency(config, tmp_path):
@@ -126,8 +127,10 @@ def test_scale_suite_efficiency(config, tmp_path):
     assert_outputs(result, tmp_path, "scale")
     assert result["cpu_count"] == os.cpu_count() and "cores" in result["limits"]
     assert result["efficiency"]["1"] == 1.0  # by definition, exactly
-    assert 0 < result["efficiency"]["2"] < 1.5
     points = {p["ranks"]: p for p in result["points"]}
+    assert result["efficiency"]["2"] == pytest.approx(
+        points[2]["samples_per_s"] / (2 * points[1]["samples_per_s"])
+    )
     assert (points[1]["batch_size"], points[2]["batch_size"]) == (2, 4)  # weak scaling
     for p in points.values():
         assert positive_finite(p["samples_per_s"])
@@ -150,8 +153,9 @@ def test_infer_suite_rates_and_target(config, tmp_path):
     assert figures["compiled_over_plain_inference"] == pytest.approx(
         figures["compiled_inference_frames_per_s"] / figures["inference_frames_per_s"]
     )
-    # end to end also reads, prepares and stitches: not much faster than inference alone
-    assert 0 < figures["end_to_end_over_inference"] < 2
+    assert figures["end_to_end_over_inference"] == pytest.approx(
+        figures["end_to_end_frames_per_s"] / figures["inference_frames_per_s"]
+    )
     target = result["target"]
     assert target["frames_per_s"] == 50_000 and target["measured_on"] == "cpu"
     assert target["met"] is None and "still to be measured" in target["status"]

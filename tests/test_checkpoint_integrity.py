@@ -229,6 +229,7 @@ def stopped_run(tiny_scans, tmp_path_factory) -> Path:
     return checkpoints
 
 
+@pytest.mark.slow
 def test_the_run_keeps_k_checkpoints(straight_run):
     checkpoints = straight_run / "checkpoints"
     # 6 + 3 checkpoints (every 3 steps, and at each scan's end), the last 3 kept.
@@ -239,6 +240,7 @@ def test_the_run_keeps_k_checkpoints(straight_run):
     assert load_checkpoint(checkpoints)["trainer"]["position"] == [3, 0, 18]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["truncate", "flip"])
 def test_resume_falls_back_past_a_damaged_checkpoint_and_ends_as_an_uninterrupted_run(
     straight_run, stopped_run, tiny_scans, tmp_path, warnings_seen, how

@@ -309,6 +309,7 @@ def assert_same_end(straight: Path, crashed: Path, ranks: int) -> None:
     assert (checkpoints / LATEST).readlink() == Path(f"checkpoint-{newest(checkpoints):06d}.pt")
 
 
+@pytest.mark.slow
 def test_killed_three_times_then_resumed_ends_as_an_uninterrupted_run(
     tiny_scans, tmp_path, one_thread
 ):
@@ -320,6 +321,7 @@ def test_killed_three_times_then_resumed_ends_as_an_uninterrupted_run(
     assert_same_end(straight, crashed, ranks=1)
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 @pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec (pip install 'ptycl[mpich]')")
 def test_mpi_job_killed_whole_then_resumed_ends_as_an_uninterrupted_run(tiny_scans, tmp_path):
@@ -348,6 +350,7 @@ def test_mpi_job_killed_whole_then_resumed_ends_as_an_uninterrupted_run(tiny_sca
     assert_same_end(straight, crashed, ranks=2)
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 @pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec (pip install 'ptycl[mpich]')")
 def test_mpi_job_with_one_rank_killed_ends_then_resumes_as_an_uninterrupted_run(

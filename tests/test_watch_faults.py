@@ -63,6 +63,7 @@ def test_discovery_watches_a_directory_again_once_it_is_back(tmp_path: Path, pol
         discovery.stop()
 
 
+@pytest.mark.slow
 def test_the_watched_directory_disappears_and_comes_back(tmp_path: Path) -> None:
     scans, output = tmp_path / "beamline", tmp_path / "run"
     scans.mkdir()
@@ -105,6 +106,7 @@ def _start_writer(path: Path) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_a_writer_killed_mid_scan_is_quarantined_as_stalled(tmp_path: Path) -> None:
     """Also: a scan longer than watch.max_frames_per_scan is quarantined once past it, as the
     watcher would otherwise hold all of its frames (the killed writers stay below it)."""
@@ -199,6 +201,7 @@ def _fill(directory: Path) -> None:
                     return
 
 
+@pytest.mark.slow
 def test_a_full_output_disk_stops_the_watcher_with_one_line_and_whole_files(
     tmp_path: Path, small_disk: Path
 ) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ptycl.errors import ScanError
+from ptycl.errors import ScanError, printable
 from ptycl.io.object_image import label_path_for
 from ptycl.io.positions import CONVENTION_SETTINGS, ConventionSetting, positions_extent_m
 from ptycl.io.records import EV_J, ObjectImage
@@ -173,7 +173,8 @@ def report(path: Path, args: argparse.Namespace) -> str:
         )
     if args.json:
         return json.dumps(summary_json(summary))
-    return summary_line(summary)
+    # Escaped: a newline in a name (or an attribute) must not split or forge a line.
+    return printable(summary_line(summary))
 
 
 def main(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ frame, and says the scan is complete only when the writer has said so. The backe
 
 from __future__ import annotations
 
+import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -26,6 +27,7 @@ from ptycl.io.guards import (
     ZARR_ERRORS,
     check_frame_shape,
     check_frames,
+    untrusted,
 )
 from ptycl.io.object_image import label_path_for, read_object_image
 from ptycl.io.positions import PTYCL_SCANS, PositionConvention
@@ -94,7 +96,8 @@ class ScanSource(Closes, ABC):
 
     # -- the public reader ----------------------------------------------------------------
     def progress(self) -> StreamProgress:
-        state = self._poll()
+        with untrusted(self.path, "streaming state unreadable"):
+            state = self._poll()
         self._committed = state.committed_frames
         return state
 
@@ -179,18 +182,20 @@ class ScanSource(Closes, ABC):
         if in_file is not None:
             return in_file
         separate = label_path_for(self.path)
-        return read_object_image(separate) if separate.exists() else None
+        return read_object_image(separate) if os.path.lexists(separate) else None
 
     # -- shared checks ------------------------------------------------------------------
     @contextmanager
     def _reading(self) -> Iterator[None]:
-        """Storage errors while reading frames (a torn chunk, a cut file) become ScanErrors."""
-        try:
-            yield
-        except (*HDF5_ERRORS, *ZARR_ERRORS) as exc:
-            raise ScanError(
-                self.path, f"frames unreadable, file truncated or corrupt ({exc})"
-            ) from None
+        """Storage errors while reading frames (a torn chunk, a cut file) become ScanErrors,
+        and so does anything else a hostile file raises."""
+        with untrusted(self.path, "frames unreadable"):
+            try:
+                yield
+            except (*HDF5_ERRORS, *ZARR_ERRORS) as exc:
+                raise ScanError(
+                    self.path, f"frames unreadable, file truncated or corrupt ({exc})"
+                ) from None
 
     def _batch(
         self, indices: np.ndarray, frames: np.ndarray, translation: np.ndarray

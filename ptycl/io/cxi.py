@@ -26,6 +26,7 @@ import zarr
 from ptycl.errors import ScanError
 from ptycl.io.guards import (
     HDF5_ERRORS,
+    check_attribute_count,
     check_hdf5_references,
     check_whole_read,
     open_hdf5_file,
@@ -164,6 +165,7 @@ def attributes(node: Root, path: Path) -> dict[str, Any]:
     (a damaged dataspace can claim any size). Zarr's sit in a size-checked zarr.json."""
     if isinstance(node, zarr.Group | zarr.Array):
         return node.attrs.asdict()
+    check_attribute_count(path, f"/{node.name.lstrip('/')}", len(node.attrs))
     for name in node.attrs:
         attr = node.attrs.get_id(name)
         check_whole_read(path, f"attribute {name!r}", attr.shape or (), attr.dtype)

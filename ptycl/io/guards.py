@@ -10,6 +10,7 @@ import functools
 import itertools
 import mmap
 import os
+import re
 import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -25,8 +26,9 @@ from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import LocalStore
 
-from ptycl.errors import ScanError
+from ptycl.errors import PtyclError, ScanError
 from ptycl.io.compressed_chunks import chunk_framing_check
+from ptycl.io.hdf5_walk import WalkBudget, walk_hdf5
 
 MAX_FRAME_PIXELS = 1 << 26  # 8192 x 8192: larger than any ptychography detector
 MAX_IMAGE_PIXELS = 1 << 26  # an object image (label, reconstruction)
@@ -34,7 +36,12 @@ MAX_CHUNK_BYTES = 1 << 28  # one chunk, as HDF5 or Zarr must hold it decompresse
 MAX_READ_BYTES = 1 << 28  # frames read at once (a batch, a watcher's poll)
 MAX_CHUNKS_PER_FRAME = 4096  # finer chunking costs more index lookups than pixels are worth
 MAX_METADATA_BYTES = 1 << 24  # a zarr.json document, an HDF5 attribute, a "scalar" dataset
-MAX_REFERENCE_DEPTH = 4  # file -> external link / VDS source -> ... (Eiger masters need 1)
+# Deflate peaks near 1032:1 (all zeros); real frames, sparse ones too, stay far below.
+MAX_COMPRESSION_RATIO = 1000
+MIN_BOMB_BYTES = 1 << 26  # data declaring less are read whatever their ratio
+MAX_ATTRIBUTES = 1024  # attributes of one object ptycl reads (it reads those of 3 groups)
+MAX_REFERENCE_DEPTH = 4
+MAX_JSON_DEPTH = 64  # arrays and objects in one another in a zarr.json (ptycl's nest 3 deep)  # file -> external link / VDS source -> ... (Eiger masters need 1)
 
 # What h5py raises when HDF5 cannot read a damaged file: OSError for failed reads, KeyError
 # and RuntimeError for objects and links it cannot open or check, ValueError and TypeError
@@ -57,13 +64,37 @@ def storage_errors(
         raise ScanError(path, f"{what} ({detail})") from None
 
 
+@contextmanager
+def untrusted(path: str | Path, what: str) -> Iterator[None]:
+    """Whatever else a hostile file makes the storage libraries (or ptycl) raise inside the
+    block (a RecursionError, a MemoryError, an OverflowError, ...) becomes one ScanError
+    naming ``path``: a file can be refused, never take the process reading it down."""
+    try:
+        yield
+    except PtyclError:
+        raise
+    except Exception as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ScanError(path, f"{what} ({exc.__class__.__name__}: {detail})") from None
+
+
 def is_inside(target: Path, directory: Path) -> bool:
     """Whether ``target``, symbolic links resolved, lies inside ``directory``."""
     return Path(os.path.realpath(target)).is_relative_to(os.path.realpath(directory))
 
 
+def require_no_link(path: Path) -> None:
+    """Refuse a scan or label that is itself a symbolic link, before anything opens it: only
+    files inside the scan's directory are read, and a link may lead anywhere."""
+    if os.path.islink(path):
+        raise ScanError(
+            path, "a symbolic link; ptycl reads scans and labels only as the files themselves"
+        )
+
+
 def require_regular_file(path: Path) -> None:
-    """Refuse anything but a regular file (after symbolic links) before opening it."""
+    """Refuse anything but a regular file (a link to one too) before opening it."""
+    require_no_link(path)
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -81,6 +112,13 @@ def check_frame_shape(path: Path, frame_shape: tuple[int, int]) -> None:
             path,
             f"frames of {height}x{width} pixels are larger than the {MAX_FRAME_PIXELS} pixels "
             "ptycl reads",
+        )
+
+
+def check_attribute_count(path: Path, what: str, count: int) -> None:
+    if count > MAX_ATTRIBUTES:
+        raise ScanError(
+            path, f"{what} has {count} attributes; ptycl reads at most {MAX_ATTRIBUTES}"
         )
 
 
@@ -183,6 +221,7 @@ class _ReferenceCheck:
         self.path = path  # the file the reader opened: errors name it
         self.scan_dir = scan_dir
         self.seen: set[str] = set()
+        self.budget = WalkBudget(path)  # shared by the files this one leads to
 
     def target(self, kind: str, name: str, found: Path | None, depth: int) -> None:
         """An HDF5 file a link or a mapping leads to: present, inside, and clean itself."""
@@ -211,26 +250,14 @@ class _ReferenceCheck:
     def file(self, f: h5py.File, depth: int = 0) -> None:
         self.seen.add(os.path.realpath(f.filename))
         here = Path(f.filename).parent
-        external: list[h5py.ExternalLink] = []
-        datasets: list[h5py.Dataset] = []
-
-        # Both visits walk hard links only: nothing outside this file is opened by them.
-        def note_link(_: str, link: object) -> None:
-            if isinstance(link, h5py.ExternalLink):
-                external.append(link)
-
-        def note_object(_: str, obj: object) -> None:
-            if isinstance(obj, h5py.Dataset):
-                datasets.append(obj)
-
-        f.visititems_links(note_link)
-        f.visititems(note_object)
-        for link in external:
-            found = _hdf5_search(link.filename, here, "HDF5_EXT_PREFIX")
-            self.target("external link", link.filename, found, depth)
+        members = walk_hdf5(f, self.budget)  # hard links only: nothing outside is opened
+        datasets = members.datasets
+        for filename in members.external_files:
+            found = _hdf5_search(filename, here, "HDF5_EXT_PREFIX")
+            self.target("external link", filename, found, depth)
         for dataset in datasets:
             self.dataset(dataset, here, depth)
-        extents = _raw_data_extents(datasets)
+        extents = _raw_data_extents(self.path, datasets)
         _check_raw_data_present(self.path, f, extents)
         _check_global_heaps(self.path, f, extents)
 
@@ -305,21 +332,40 @@ class _ReferenceCheck:
             )
 
 
-def _raw_data_extents(datasets: list[h5py.Dataset]) -> list[tuple[int, int]]:
-    """[start, stop) byte ranges of the file holding the datasets' raw data."""
+def _raw_data_extents(path: Path, datasets: list[h5py.Dataset]) -> list[tuple[int, int]]:
+    """[start, stop) byte ranges of the file holding the datasets' raw data (compression
+    bombs refused on the way)."""
     extents: list[tuple[int, int]] = []
     for dataset in datasets:
         plist = dataset.id.get_create_plist()
         layout = plist.get_layout()
         if layout == h5py.h5d.CHUNKED:
+            first = len(extents)
             dataset.id.chunk_iter(
                 lambda info: extents.append((info.byte_offset, info.byte_offset + info.size))
             )
+            _check_compression(path, dataset, extents[first:])
         elif layout == h5py.h5d.CONTIGUOUS and plist.get_external_count() == 0:
             offset = dataset.id.get_offset()
             if offset is not None:
                 extents.append((offset, offset + dataset.id.get_storage_size()))
     return extents
+
+
+def _check_compression(path: Path, dataset: h5py.Dataset, chunks: list[tuple[int, int]]) -> None:
+    """Refuse a dataset whose stored chunks would decompress to more than
+    MAX_COMPRESSION_RATIO times their size, from the declared chunk shape, before anything
+    is decompressed: a few hundred kB of deflated zeros declaring 8192² frames cost a minute
+    and most of a GB to read. Real detector data compress far less, even sparse frames."""
+    assert dataset.chunks is not None
+    declared = len(chunks) * prod(dataset.chunks) * dataset.dtype.itemsize
+    stored = sum(stop - start for start, stop in chunks)
+    if declared >= MIN_BOMB_BYTES and declared > MAX_COMPRESSION_RATIO * max(stored, 1):
+        raise ScanError(
+            path,
+            f"{dataset.name} would decompress {stored} stored bytes into {declared} "
+            f"(more than {MAX_COMPRESSION_RATIO}:1); refusing a decompression bomb",
+        )
 
 
 def _gaps(extents: list[tuple[int, int]], size: int) -> Iterator[tuple[int, int]]:
@@ -365,9 +411,9 @@ def _check_global_heaps(path: Path, f: h5py.File, extents: list[tuple[int, int]]
 def _walk_global_heap(path: Path, image: mmap.mmap, at: int, lengths: int) -> int:
     """HDF5's walk over one collection (signature, version 1, 3 reserved, size; then objects:
     index (2), references (2), reserved (4), size, data padded to 8 bytes; index 0 is the
-    free space, last). Refuse an empty object, where HDF5's walk would stop advancing, and
-    a second free-space object, past which the walk might reach one. Returns where to look
-    for the next collection."""
+    free space, last). Refuse an empty object, where HDF5's walk would stop advancing, a
+    second free-space object, past which the walk might reach one, and an object larger than
+    any value ptycl reads whole. Returns where to look for the next collection."""
     header = 8 + lengths
     if image[at + 4 : at + 5] != b"\x01":
         return at + 1  # not a collection: HDF5 refuses the version before walking
@@ -384,6 +430,13 @@ def _walk_global_heap(path: Path, image: mmap.mmap, at: int, lengths: int) -> in
                 path,
                 f"corrupt global heap collection at byte {at} (a bad object at byte {p}): "
                 "HDF5 would loop for ever reading it",
+            )
+        if index != 0 and object_size > MAX_METADATA_BYTES:
+            # A variable-length string takes 16 bytes where it is declared, its size here.
+            raise ScanError(
+                path,
+                f"a variable-length value of {object_size} bytes (a string attribute?), more "
+                f"than the {MAX_METADATA_BYTES} ptycl reads",
             )
         free_seen |= index == 0
         p += object_size if index == 0 else header + -(-object_size // 8) * 8
@@ -559,7 +612,9 @@ class ContainedStore(LocalStore):
                 return False  # nothing there to read
         return False
 
-    def _check(self, key: str, byte_range: ByteRequest | None = None) -> None:
+    def check_key(self, key: str, byte_range: ByteRequest | None = None) -> None:
+        """Refuse a key's file that leads outside the root, is not a regular file, or asks for
+        too many bytes at once."""
         path = self.root / key
         if self._leads_outside(key):
             raise ScanError(
@@ -577,21 +632,32 @@ class ContainedStore(LocalStore):
         if wanted > limit:
             raise ScanError(self.root, f"{key}: {wanted} bytes asked at once, more than {limit}")
 
+    def _checked_document(self, key: str, found: Buffer | None) -> Buffer | None:
+        """A zarr.json nested deeper than any zarr metadata is refused before it is parsed:
+        Python's JSON parser recurses once per level and gives up with a RecursionError."""
+        if found is not None and key.endswith("zarr.json"):
+            depth = json_nesting_depth(found.to_bytes())
+            if depth > MAX_JSON_DEPTH:
+                raise ScanError(
+                    self.root, f"{key} nests {depth} levels deep, more than {MAX_JSON_DEPTH}"
+                )
+        return found
+
     async def get(
         self,
         key: str,
         prototype: BufferPrototype | None = None,
         byte_range: ByteRequest | None = None,
     ) -> Buffer | None:
-        self._check(key, byte_range)
-        return await super().get(key, prototype, byte_range)
+        self.check_key(key, byte_range)
+        return self._checked_document(key, await super().get(key, prototype, byte_range))
 
     async def get_partial_values(
         self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
     ) -> list[Buffer | None]:
         key_ranges = list(key_ranges)
         for key, byte_range in key_ranges:
-            self._check(key, byte_range)
+            self.check_key(key, byte_range)
         return await super().get_partial_values(prototype, key_ranges)
 
     def get_sync(
@@ -601,8 +667,21 @@ class ContainedStore(LocalStore):
         prototype: BufferPrototype | None = None,
         byte_range: ByteRequest | None = None,
     ) -> Buffer | None:
-        self._check(key, byte_range)
-        return super().get_sync(key, prototype=prototype, byte_range=byte_range)
+        self.check_key(key, byte_range)
+        found = super().get_sync(key, prototype=prototype, byte_range=byte_range)
+        return self._checked_document(key, found)
+
+
+JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+
+
+def json_nesting_depth(document: bytes) -> int:
+    """How deep arrays and objects nest in a JSON document (brackets inside strings aside),
+    found without parsing it."""
+    codes = np.frombuffer(JSON_STRING.sub(b'""', document), dtype=np.uint8)
+    steps = np.isin(codes, (ord("["), ord("{"))).astype(np.int64)
+    steps -= np.isin(codes, (ord("]"), ord("}")))
+    return int(np.cumsum(steps).max(initial=0))
 
 
 def zarr_stored_rows(array: Callable[[], zarr.Array], path: Path, what: str) -> StoredRows:
@@ -617,6 +696,10 @@ def zarr_stored_rows(array: Callable[[], zarr.Array], path: Path, what: str) -> 
         latest = array()
         coords = tuple(o // c for o, c in zip(origin, chunks, strict=True))
         key = f"{latest.path}/{latest.metadata.encode_chunk_key(coords)}"
+        if isinstance(latest.store, ContainedStore):
+            # Refused here, before zarr reads: raised from inside zarr's concurrent reads, the
+            # refusal leaves its other tasks pending, and asyncio prints each of them at exit.
+            latest.store.check_key(key)
         return None if (Path(latest.store.root) / key).exists() else f"no chunk {key}"
 
     itemsize = np.dtype(current.dtype).itemsize

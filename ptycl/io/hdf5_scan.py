@@ -22,7 +22,7 @@ from ptycl.io.base import (
     check_scan_shape,
     committed_progress,
 )
-from ptycl.io.guards import hdf5_stored_rows, storage_errors
+from ptycl.io.guards import hdf5_stored_rows, storage_errors, untrusted
 from ptycl.io.object_image import has_object_image, read_object_image_from, write_object_image
 from ptycl.io.positions import (
     CONVENTION_ATTR,
@@ -105,12 +105,16 @@ def write_hdf5_scan(
     if len(frames) != len(positions_m):
         raise ValueError(f"{path}: {len(frames)} frames but {len(positions_m)} positions")
     partial = _partial_path(path)
-    with h5py.File(partial, "w", libver=LIBVER) as f:
-        datasets = _create_tree(
-            f, metadata, frames, PTYCL_SCANS.translation_from_positions(positions_m), label
-        )
-        datasets.complete[()] = 1
-    os.replace(partial, path)
+    try:
+        with h5py.File(partial, "w", libver=LIBVER) as f:
+            datasets = _create_tree(
+                f, metadata, frames, PTYCL_SCANS.translation_from_positions(positions_m), label
+            )
+            datasets.complete[()] = 1
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)  # a failed write leaves nothing behind
+        raise
 
 
 class HDF5StreamingWriter(StreamingScanWriter):
@@ -246,7 +250,10 @@ class HDF5ScanSource(ScanSource):
         return self._frames[indices], self._translation[indices]
 
     def label_in_file(self) -> ObjectImage | None:
-        with storage_errors(self.path, "object image unreadable"):
+        with (
+            untrusted(self.path, "object image unreadable"),
+            storage_errors(self.path, "object image unreadable"),
+        ):
             if not has_object_image(self._file):
                 return None
             return read_object_image_from(self._file, self.path)

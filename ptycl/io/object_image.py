@@ -27,6 +27,7 @@ from ptycl.io.guards import (
     ContainedStore,
     check_hdf5_stored,
     check_zarr_stored,
+    require_no_link,
     storage_errors,
 )
 from ptycl.io.records import ObjectImage, center_from_middle
@@ -80,9 +81,13 @@ def write_object_image(target: str | Path | Group, image: ObjectImage) -> None:
         return
     path = Path(target)
     partial = path.with_name(f".{path.name}.partial")
-    with h5py.File(partial, "w", libver=("v110", "v110")) as f:
-        write_object_image(f, image)
-    os.replace(partial, path)
+    try:
+        with h5py.File(partial, "w", libver=("v110", "v110")) as f:
+            write_object_image(f, image)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)  # a failed write leaves nothing behind
+        raise
 
 
 def object_group(root: Group) -> str:
@@ -223,6 +228,7 @@ def read_object_image_from(root: Group, path: str | Path) -> ObjectImage:
 def read_object_image(path: str | Path) -> ObjectImage:
     """The object image of a label file, a reconstruction or a scan (HDF5 file or Zarr group)."""
     path = Path(path)
+    require_no_link(path)
     if path.is_dir():
         try:
             root = zarr.open_group(ContainedStore(path), mode="r")

@@ -10,6 +10,7 @@ Conventions (README.md, "Conventions"):
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -144,6 +145,18 @@ class ScanMetadata:
     sample_family: str | None = None  # e.g. "manhattan"; None for foreign files
     mask: np.ndarray | None = None  # (H, W) bool, True = bad pixel
     attrs: dict[str, str] = field(default_factory=dict)
+
+
+def distinct_scan_id(scan_id: str, file_name: str, taken: Container[str]) -> str:
+    """A scan's identity in a run: its id, unless an earlier scan of the run holds it (a copy
+    keeps the id it was written with; a counter may restart), then the id with the file's
+    name, then a number too. Two files are told apart, never merged into one scan."""
+    if scan_id not in taken:
+        return scan_id
+    candidate, n = f"{scan_id}@{file_name}", 2
+    while candidate in taken:
+        candidate, n = f"{scan_id}@{file_name}#{n}", n + 1
+    return candidate
 
 
 @dataclass(frozen=True)

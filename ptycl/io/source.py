@@ -15,6 +15,7 @@ import numpy as np
 
 from ptycl.errors import ScanError
 from ptycl.io.base import ScanSource, StreamingScanWriter
+from ptycl.io.guards import require_no_link, untrusted
 from ptycl.io.hdf5_scan import HDF5ScanSource, HDF5StreamingWriter, write_hdf5_scan
 from ptycl.io.object_image import LABEL_SUFFIX, label_path_for, write_object_image
 from ptycl.io.positions import ConventionSetting
@@ -59,11 +60,13 @@ def name_kind(name: str) -> NameKind | None:
 
 def expand_scan_paths(paths: Iterable[Path]) -> list[Path]:
     """Scans in the order given, where a directory that is not a Zarr group stands for the
-    scans in it (``name_kind``), in name order."""
+    scans in it (``name_kind``), in name order. A directory named as a scan (``x.h5``) is
+    that scan, refused as such when opened, not an empty list of scans."""
     scans: list[Path] = []
     for path in paths:
-        is_group = path.suffix.lower() == ZARR_SUFFIX or (path / "zarr.json").exists()
-        if path.is_dir() and not is_group:
+        named_as_scan = path.suffix.lower() in (ZARR_SUFFIX, *HDF5_SUFFIXES)
+        is_scan = named_as_scan or (path / "zarr.json").exists()
+        if path.is_dir() and not is_scan:
             scans += sorted(entry for entry in path.iterdir() if name_kind(entry.name) == "scan")
         else:
             scans.append(path)
@@ -88,11 +91,12 @@ def open_scan(
     ``ptycl.io.positions``); the source's ``position_convention`` says what was used and why.
     """
     path = Path(path)
+    require_no_link(path)
     if not path.exists():
         raise ScanError(path, "no such file or directory")
-    if scan_format_of(path) == "hdf5":
-        return HDF5ScanSource(path, expected_frame_shape, positions)
-    return ZarrScanSource(path, expected_frame_shape, positions)
+    backend = HDF5ScanSource if scan_format_of(path) == "hdf5" else ZarrScanSource
+    with untrusted(path, "unreadable scan"):
+        return backend(path, expected_frame_shape, positions)
 
 
 def open_streaming_writer(

@@ -29,7 +29,13 @@ from ptycl.io.base import (
     check_scan_shape,
     committed_progress,
 )
-from ptycl.io.guards import ZARR_ERRORS, ContainedStore, storage_errors, zarr_stored_rows
+from ptycl.io.guards import (
+    ZARR_ERRORS,
+    ContainedStore,
+    storage_errors,
+    untrusted,
+    zarr_stored_rows,
+)
 from ptycl.io.object_image import has_object_image, read_object_image_from, write_object_image
 from ptycl.io.positions import (
     CONVENTION_ATTR,
@@ -141,12 +147,16 @@ def write_zarr_scan(
     """A finished scan, built aside and renamed into place, so it is complete on arrival."""
     if len(frames) != len(positions_m):
         raise ValueError(f"{path}: {len(frames)} frames but {len(positions_m)} positions")
-    partial = _build_aside(
-        path, metadata, frames, PTYCL_SCANS.translation_from_positions(positions_m), label
-    )
-    zarr.open_group(LocalStore(partial), mode="r+").attrs[cxi.ZARR_COMPLETE_ATTR] = True
-    _make_room(path)
-    os.rename(partial, path)
+    try:
+        partial = _build_aside(
+            path, metadata, frames, PTYCL_SCANS.translation_from_positions(positions_m), label
+        )
+        zarr.open_group(LocalStore(partial), mode="r+").attrs[cxi.ZARR_COMPLETE_ATTR] = True
+        _make_room(path)
+        os.rename(partial, path)
+    except BaseException:
+        shutil.rmtree(_partial_path(path), ignore_errors=True)  # nothing left behind
+        raise
 
 
 class ZarrStreamingWriter(StreamingScanWriter):
@@ -261,7 +271,10 @@ class ZarrScanSource(ScanSource):
         return self._frames.oindex[indices], self._translation.oindex[indices]
 
     def label_in_file(self) -> ObjectImage | None:
-        with storage_errors(self.path, "object image unreadable", ZARR_ERRORS):
+        with (
+            untrusted(self.path, "object image unreadable"),
+            storage_errors(self.path, "object image unreadable", ZARR_ERRORS),
+        ):
             root = self._open_root(self.path)
             return read_object_image_from(root, self.path) if has_object_image(root) else None
 

@@ -8,7 +8,7 @@ from typing import Any
 from ptycl.config import Config, dump_config
 from ptycl.lifecycle.checkpoint import RunCheckpoints
 from ptycl.lifecycle.stop import StopSignals
-from ptycl.outputs import write_text
+from ptycl.outputs import prepare_output_dir, write_text
 from ptycl.parallel import Distributed
 
 # A part of the run's state: a function returning it, called at every checkpoint (as
@@ -28,7 +28,7 @@ class RunLifecycle:
         self.dist = dist
         self.output_dir = config.run.output_dir
         if dist.is_main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
+            prepare_output_dir(self.output_dir)  # one line before any work if it cannot be
         self.checkpoint_dir = self.output_dir / "checkpoints"
         self.checkpoints = RunCheckpoints(
             self.checkpoint_dir, dist, command, keep=config.train.keep_checkpoints

@@ -15,7 +15,9 @@ from ptycl.config import PrepSettings
 from ptycl.errors import ScanError
 from ptycl.io.base import Closes, ScanSource
 from ptycl.io.positions import ConventionSetting
+from ptycl.io.records import FrameBatch
 from ptycl.io.source import open_scan
+from ptycl.prep.frame_screen import FrameScreen
 from ptycl.prep.frames import input_size_problem, prepare_frames
 
 
@@ -50,6 +52,7 @@ class PreparedScanReader(Closes):
                 )
             if problem := input_size_problem(frame_shape, prep.input_size):
                 raise UnusableScan(self.path, problem)
+            self.screen = FrameScreen(self.metadata.mask)
         except BaseException:
             self.source.close()
             raise
@@ -63,10 +66,17 @@ class PreparedScanReader(Closes):
         except ValueError as exc:
             raise ScanError(self.path, f"frames cannot be prepared: {exc}") from None
 
+    def usable(self, batch: FrameBatch) -> tuple[np.ndarray, np.ndarray]:
+        """A batch's frames a detector can have recorded, prepared, with their positions;
+        the others are counted in ``screen`` (``ptycl.prep.frame_screen``)."""
+        keep = self.screen.keep(batch.frames)
+        return self.prepare(batch.frames[keep]), batch.positions_m[keep]
+
     def batches(self, batch_frames: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """The committed frames in order: (prepared (n, S, S), positions (n, 2) m) batches."""
+        """The committed frames in order, those no detector records left out: (prepared
+        (n, S, S), positions (n, 2) m) batches."""
         for batch in self.source.batches(batch_frames):
-            yield self.prepare(batch.frames), batch.positions_m
+            yield self.usable(batch)
 
     def close(self) -> None:
         self.source.close()

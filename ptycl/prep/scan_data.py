@@ -140,8 +140,13 @@ def load_scan(
         for prepared, positions_m in reader.batches(batch_frames):
             inputs.append(prepared)
             positions.append(positions_m)
+        screen = reader.screen
     if not inputs:
         raise ScanError(path, "the scan has no frames")
+    if screen.total_skipped:
+        if not any(len(i) for i in inputs):
+            raise ScanError(path, f"no usable frame: {screen.summary()}")
+        log.warning("%s: %s", path, screen.summary())
     inputs_np = np.concatenate(inputs)
     positions_m = np.concatenate(positions)
     label = prepare_label(truth, metadata, prep, positions_m, path)

@@ -35,10 +35,11 @@ def samples_for_bytes(
     half_precision: bool,
     bookkeeping_bytes: int = _BOOKKEEPING_BYTES,
 ) -> int:
-    """How many samples fit in a byte budget: 5 planes (input, 2 labels, 2 outputs) + bookkeeping."""
+    """How many samples fit in a byte budget: 5 planes (input, 2 labels, 2 outputs) + bookkeeping
+    (0 when not even one does)."""
     element = 2 if half_precision else 4
     per_sample = PLANES * frame_shape[0] * frame_shape[1] * element + bookkeeping_bytes
-    return max(1, capacity_bytes // per_sample)
+    return capacity_bytes // per_sample
 
 
 def samples_per_rank_for_bytes(

@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from ptycl.config import SimulateSettings
-from ptycl.errors import ScanError
+from ptycl.errors import OutputError, ScanError
 from ptycl.io.object_image import label_path_for, write_object_image
 from ptycl.io.records import SimulatedScan
 from ptycl.io.source import SUFFIXES, bytes_on_disk, open_scan, open_streaming_writer, write_scan
 from ptycl.logs import progress
+from ptycl.outputs import prepare_output_dir, require_free_space
 
 log = logging.getLogger("ptycl.simulate")
 
@@ -47,6 +48,11 @@ def _reusable(path: Path, settings: SimulateSettings) -> bool:
     return same and done and labelled
 
 
+def _bytes_needed(scan: SimulatedScan) -> int:
+    """What a scan takes on disk, with room for its metadata and a separate label."""
+    return scan.frames.nbytes + 2 * scan.truth.values.nbytes + (1 << 20)
+
+
 def _stream(path: Path, scan: SimulatedScan, settings: SimulateSettings) -> None:
     """Write frame by frame at ``frame_rate_hz``, as a detector would."""
     label = scan.truth if settings.labels == "in_scan" else None
@@ -66,7 +72,7 @@ def simulate_scans(settings: SimulateSettings, reuse_existing: bool = False) -> 
     """Simulate and write ``settings.n_scans`` scans; return their paths in scan order."""
     from ptycl.simulate.beamline import simulate_scan  # the physics imports scipy and friends
 
-    settings.out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(settings.out_dir, "scans")
     paths: list[Path] = []
     written_frames = written_bytes = reused = 0
     start = time.monotonic()
@@ -83,10 +89,14 @@ def simulate_scans(settings: SimulateSettings, reuse_existing: bool = False) -> 
         scan = replace(scan, metadata=replace(scan.metadata, attrs=attrs))
         # A label left beside by an earlier run would not fit this scan.
         label_path_for(path).unlink(missing_ok=True)
-        if settings.frame_rate_hz is None:
-            write_scan(path, scan, settings.format, settings.labels)
-        else:
-            _stream(path, scan, settings)
+        require_free_space(settings.out_dir, _bytes_needed(scan), path.name)
+        try:
+            if settings.frame_rate_hz is None:
+                write_scan(path, scan, settings.format, settings.labels)
+            else:
+                _stream(path, scan, settings)
+        except (OSError, RuntimeError) as exc:  # h5py's write failures are either
+            raise OutputError(path, f"cannot write the scan ({exc})") from None
         written_frames += len(scan.frames)
         written_bytes += bytes_on_disk(path) + bytes_on_disk(label_path_for(path))
         log.debug("wrote %s (%d frames)", path, len(scan.frames))

@@ -178,8 +178,10 @@ def signature(path: Path) -> tuple[int, int] | None:
     """What changes when something is written to ``path``: (size, newest mtime) of a file,
     or (entries, newest mtime) over a Zarr directory's tree; None if it is gone."""
     try:
-        if not path.is_dir():
-            info = path.stat()
+        if path.is_symlink() or not path.is_dir():
+            # A link is the link's own: walking where it leads (``/``, say) could take hours,
+            # and the readers refuse a scan that is a link anyway.
+            info = path.lstat()
             return info.st_size, info.st_mtime_ns
         entries, newest = 0, path.stat().st_mtime_ns
         for root, dirs, files in os.walk(path):

@@ -64,6 +64,7 @@ class ScanFollower:
         self.prep = prep
         self.max_frames_per_poll = max_frames_per_poll
         self.frames_read = 0
+        self.frames_kept = 0  # of frames_read: those a detector can have recorded
         self.complete = False
         # Opening raises ScanError for a file that is not (yet) a readable scan.
         self._reader: PreparedScanReader | None = PreparedScanReader(
@@ -72,6 +73,7 @@ class ScanFollower:
         self._source: ScanSource | None = self._reader.source
         try:
             self.metadata: ScanMetadata = self._reader.metadata
+            self.screen = self._reader.screen
             self.frame_shape = self.metadata.geometry.frame_shape
             # A label inside the scan is written when the file is created (before any frame).
             self._label_in_file = self._source.label_in_file()
@@ -101,13 +103,17 @@ class ScanFollower:
         new = None
         if stop > self.frames_read:
             batch = self._source.read(np.arange(self.frames_read, stop))
-            prepared = self._reader.prepare(batch.frames)
-            new = (prepared, batch.positions_m)
+            prepared, positions_m = self._reader.usable(batch)
+            if len(prepared):
+                new = (prepared, positions_m)
             self.frames_read = stop
+            self.frames_kept += len(prepared)
             self.last_arrival = time.monotonic()
         if state.complete and self.frames_read == state.committed_frames:
             if self.frames_read == 0:
                 raise UnusableScan(self.path, "the writer marked the scan complete with no frame")
+            if self.frames_kept == 0:
+                raise UnusableScan(self.path, f"no usable frame: {self.screen.summary()}")
             self.complete = True
             self.close()
         return new

@@ -38,7 +38,8 @@ class ScanRecord:
     scan_id: str = ""
     state: ScanState = "seen"
     task: int | None = None  # the trainer's scan index, once training on it started
-    frames_read: int = 0  # committed frames read so far
+    frames_read: int = 0  # committed frames read so far (and kept: see frames_skipped)
+    frames_skipped: int = 0  # frames no detector records (ptycl.prep.frame_screen): not used
     frames_total: int | None = None  # set once the writer marked the scan complete
     segments_trained: int = 0
     frames_trained: int = 0  # frames of the trained segments (held-out ones included)
@@ -73,6 +74,9 @@ class Ledger:
         record = ScanRecord(name=name, scan_id=scan_id)
         self.scans[name] = record
         return record
+
+    def scan_ids(self) -> set[str]:
+        return {record.scan_id for record in self.scans.values() if record.scan_id}
 
     def move(self, name: str, state: ScanState, reason: str | None = None) -> ScanRecord:
         """Change a scan's state, refusing moves the state diagram does not have."""

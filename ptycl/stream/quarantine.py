@@ -14,6 +14,7 @@ import os
 import time
 from pathlib import Path
 
+from ptycl.errors import one_line, printable
 from ptycl.io.object_image import label_path_for
 from ptycl.outputs import write_text
 
@@ -35,7 +36,7 @@ def _free_name(directory: Path, name: str) -> Path:
 def quarantine(path: Path, reason: str, list_path: Path) -> Path | None:
     """Set ``path`` aside (its label too when it is a scan); return where it went (None if
     it stayed in place). ``reason`` is squeezed onto one line."""
-    reason = " ".join(str(reason).split())
+    reason = one_line(reason)
     moved_to: Path | None = None
     if path.exists():
         directory = path.parent / QUARANTINE_DIR
@@ -47,12 +48,15 @@ def quarantine(path: Path, reason: str, list_path: Path) -> Path | None:
             if label != path and label.exists():
                 os.rename(label, _free_name(directory, label.name))
         except OSError as exc:
-            log.warning("cannot move %s into %s/ (%s); leaving it in place", path, directory, exc)
+            log.warning(
+                "cannot move %s into %s/ (%s); leaving it in place", printable(path), directory, exc
+            )
             moved_to = None
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-    line = f"{stamp}\t{path.name}\t{moved_to or 'left in place'}\t{reason}\n"
+    # Names escaped: a newline or a tab in a file name cannot split a row or forge one.
+    line = f"{stamp}\t{printable(path.name)}\t{printable(moved_to or 'left in place')}\t{reason}\n"
     # Rewritten whole rather than appended to: a full disk cannot leave half a line.
     earlier = list_path.read_text() if list_path.exists() else ""
     write_text(list_path, earlier + line)
-    log.error("quarantined %s: %s", path.name, reason)
+    log.error("quarantined %s: %s", printable(path.name), reason)
     return moved_to

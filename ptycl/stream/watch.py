@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,9 @@ from ptycl.config import Config
 from ptycl.errors import ConfigError, OutputError, ScanError
 from ptycl.eval.evaluate import ErrorMatrices, EvaluationScan
 from ptycl.io.object_image import label_path_for
-from ptycl.io.records import ObjectImage, ScanMetadata
+from ptycl.io.records import ObjectImage, ScanMetadata, distinct_scan_id
 from ptycl.lifecycle.run import RunLifecycle
+from ptycl.lifecycle.stop import StopRequested
 from ptycl.parallel import Distributed
 from ptycl.prep.patches import label_pixel_m
 from ptycl.prep.reader import UnusableScan
@@ -65,6 +66,7 @@ class Frames:
     inputs: np.ndarray  # (n, S, S) float32 prepared
     positions_m: np.ndarray  # (n, 2)
     complete: bool  # the writer marked the scan complete and these are its last frames
+    skipped: int = 0  # frames of the scan so far that no detector records, left out
 
 
 @dataclass(frozen=True)
@@ -314,12 +316,16 @@ class Watcher:
         """Rank 0: look at the directory and the files; return this loop's decisions."""
         assert self.discovery is not None
         now = time.monotonic()
-        for sighting in self.discovery.poll():
-            self._sighted(sighting, now)
-        self._open_candidates(now)
-        self._read_followers(now)
-        self._check_labels(now)
-        self._reconstruct_unlabelled(now)
+        try:
+            for sighting in self.discovery.poll():
+                self._sighted(sighting, now)
+            self._open_candidates(now)
+            self._read_followers(now)
+            self._check_labels(now)
+            self._reconstruct_unlabelled(now)
+        except StopRequested:  # what was decided before goes to the ranks; then the loop stops
+            tick, self.tick = self.tick, Tick()
+            return tick
         tick, self.tick = self.tick, Tick()
         tick.train = self._next_segment()
         if tick.train is None:
@@ -335,13 +341,14 @@ class Watcher:
                 del self.candidates[name]
                 continue
             try:
-                follower = ScanFollower(
-                    candidate.path,
-                    self.config.prep,
-                    self.ledger.frame_shape,
-                    max_frames_per_poll=max(512, 2 * self.settings.segment_frames),
-                    positions=self.config.io.position_convention,
-                )
+                with self.lifecycle.stop.abandonable():
+                    follower = ScanFollower(
+                        candidate.path,
+                        self.config.prep,
+                        self.ledger.frame_shape,
+                        max_frames_per_poll=max(512, 2 * self.settings.segment_frames),
+                        positions=self.config.io.position_convention,
+                    )
             except UnusableScan as exc:
                 self._quarantine(name, exc.problem)
                 continue
@@ -378,7 +385,8 @@ class Watcher:
         for name, follower in list(self.followers.items()):
             started = time.perf_counter()
             try:
-                new = follower.poll()
+                with self.lifecycle.stop.abandonable():
+                    new = follower.poll()
             except ScanError as exc:
                 self._quarantine(name, exc.problem)
                 continue
@@ -393,11 +401,14 @@ class Watcher:
             if new is not None or follower.complete:
                 inputs, positions = new if new is not None else self._no_frames()
                 self.counters.frames_read += len(inputs)
-                self._do(Frames(name, inputs, positions, follower.complete))
+                skipped = follower.screen.total_skipped
+                self._do(Frames(name, inputs, positions, follower.complete, skipped))
             if follower.complete:
                 del self.followers[name]
                 self.complete_since[name] = now
                 log.info("%s: complete, %d frames", name, follower.frames_read)
+                if follower.screen.total_skipped:
+                    log.warning("%s: %s", name, follower.screen.summary())
             elif stall is not None and now - follower.last_arrival > stall:
                 self._quarantine(
                     name,
@@ -439,7 +450,8 @@ class Watcher:
             if candidate.next_try > now:
                 continue
             try:
-                found = read_label_file(self.directory / name)
+                with self.lifecycle.stop.abandonable():
+                    found = read_label_file(self.directory / name)
             except ScanError as exc:
                 if candidate.unchanged_for(now) >= self.settings.unreadable_after_s:
                     del self.label_candidates[name]
@@ -576,12 +588,13 @@ class Watcher:
         ledger = self.ledger
         if isinstance(action, Opened):
             if ledger.record(action.name) is None:
-                ledger.add(action.name, action.metadata.scan_id)
+                scan_id = distinct_scan_id(action.metadata.scan_id, action.name, ledger.scan_ids())
+                ledger.add(action.name, scan_id)
             if ledger.frame_shape is None:
                 ledger.frame_shape = tuple(action.metadata.geometry.frame_shape)
             self.buffers[action.name] = ScanBuffer(
                 self.directory / action.name,
-                action.metadata,
+                replace(action.metadata, scan_id=ledger.scans[action.name].scan_id),
                 self.config.prep,
                 self.settings.segment_frames,
                 self.config.run.seed,
@@ -591,6 +604,7 @@ class Watcher:
             buffer.append(action.inputs, action.positions_m)
             record = ledger.scans[action.name]
             record.frames_read = len(buffer)
+            record.frames_skipped = action.skipped
             if action.complete:
                 buffer.complete = True
                 record.frames_total = len(buffer)

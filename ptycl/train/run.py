@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from ptycl.config import Config
-from ptycl.errors import CheckpointError, ConfigError, ScanError
+from ptycl.errors import CheckpointError, ConfigError, ScanError, printable
 from ptycl.eval.evaluate import ErrorMatrices, stitch_scan
 from ptycl.eval.plots import plot_reconstruction
+from ptycl.io.records import ScanMetadata, distinct_scan_id
 from ptycl.io.source import expand_scan_paths
 from ptycl.lifecycle.run import RunLifecycle
 from ptycl.parallel import Distributed, resolve_device
@@ -113,6 +115,7 @@ def run_continual(
                         log.error("skipping scan: %s", problem)
                     rejected.append(problem)
                 continue
+            scan.metadata = _told_apart(scan.metadata, path, {s.scan_id for s in scans})
             task = len(scans)
             if resume:
                 _check_resumed_scan(scan.scan_id, task, trainer, matrices, checkpoint_dir)
@@ -168,6 +171,20 @@ def run_continual(
         if stopped is None:  # a stopped run is to resume, and soon: no plots to draw
             _plot_reconstructions(trainer, scans, output_dir / "plots")
     return report
+
+
+def _told_apart(metadata: ScanMetadata, path: Path, taken: set[str]) -> ScanMetadata:
+    """A scan whose id an earlier scan of the run holds (a copy) gets an id of its own."""
+    scan_id = distinct_scan_id(metadata.scan_id, path.name, taken)
+    if scan_id == metadata.scan_id:
+        return metadata
+    log.warning(
+        "%s: scan id %s is an earlier scan's too (a copy?); called %s in this run",
+        printable(path),
+        printable(metadata.scan_id),
+        printable(scan_id),
+    )
+    return replace(metadata, scan_id=scan_id)
 
 
 def _check_store_holds_every_scan(

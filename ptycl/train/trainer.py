@@ -15,7 +15,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ptycl.config import Config, check_same_learning_settings, learning_settings
-from ptycl.errors import ConfigError
+from ptycl.errors import ConfigError, TrainingDiverged
 from ptycl.model.ptychonn import ModelOutput, PtychoNN, build_model
 from ptycl.parallel import Distributed, resolve_device
 from ptycl.prep.scan_data import ScanTensors
@@ -70,6 +70,13 @@ def build_store(config: Config, dist: Distributed) -> RehearsalStore | None:
         policy=settings.policy,
         ranks=dist.world_size,
     )
+    if per_rank < 1:
+        raise ConfigError(
+            "<config>",
+            "train.store.capacity_bytes",
+            f"{settings.capacity_bytes} bytes per rank hold no sample of {frame_shape[0]}x"
+            f"{frame_shape[1]} (set at least one sample's worth, or use capacity_samples)",
+        )
     common = {
         "policy": settings.policy,
         "half_precision": settings.half_precision,
@@ -295,8 +302,25 @@ class ContinualTrainer:
                 loss = loss + term * self._weight(len(draw), drawn_total)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # under DDP, also averages the gradients over the ranks
+        self._require_finite(loss)
         self.optimizer.step()
         return samples, predicted.stacked().detach().cpu(), per_sample.detach().cpu()
+
+    def _require_finite(self, loss: torch.Tensor) -> None:
+        """Stop before a step that would make the weights non-finite: from then on nothing
+        the run learns or checkpoints is of use. The gradients are the same on every rank
+        (averaged), so every rank stops at the same step; the last checkpoint stays as it was."""
+        norms = [
+            torch.linalg.vector_norm(p.grad) for p in self.model.parameters() if p.grad is not None
+        ]
+        if bool(torch.isfinite(torch.stack([loss.detach(), *norms])).all()):
+            return
+        position = self.state.position
+        raise TrainingDiverged(
+            f"step {position.step_in_scan} of scan {position.scan_index}: the loss or a "
+            "gradient is not finite; stopped before the weights took it (the last checkpoint "
+            "is kept): lower train.lr, or look for frames no detector records"
+        )
 
     def _draw_replay(self) -> list[ReplaySamples | None]:
         """This rank's share of each of the strategy's replay draws of the step, on the
