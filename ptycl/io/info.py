@@ -5,7 +5,7 @@
 
 Each scan is opened and all its committed frames are read (so a torn chunk or bad counts
 show up here, not in the middle of training). A bad scan prints its error and the others
-go on; the exit status is 1 if any scan was bad.
+go on; the exit status is 1 if any scan was bad, 2 if the paths hold no scan at all.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 from ptycl.errors import ScanError
 from ptycl.io.object_image import label_path_for
 from ptycl.io.records import EV_J
-from ptycl.io.source import ScanSource, expand_scan_paths, open_scan
+from ptycl.io.source import ScanSource, open_scan, require_scans
 
 READ_BATCH = 256
 
@@ -65,7 +65,7 @@ def summary_line(path: Path) -> str:
 
 def main(args: argparse.Namespace) -> int:
     bad = 0
-    for path in expand_scan_paths(args.paths):
+    for path in require_scans(args.paths):
         try:
             print(summary_line(path), flush=True)
         except ScanError as exc:

@@ -20,7 +20,7 @@ from typing import Literal, Self
 
 import numpy as np
 
-from ptycl.errors import ScanError
+from ptycl.errors import NothingToDoError, ScanError
 from ptycl.io.cxi import positions_from_translation, translation_from_positions
 from ptycl.io.guards import HDF5_ERRORS, MAX_READ_BYTES, ZARR_ERRORS, check_frame_shape
 from ptycl.io.object_image import (
@@ -78,6 +78,18 @@ def expand_scan_paths(paths: Iterable[Path]) -> list[Path]:
             scans += sorted(entry for entry in path.iterdir() if name_kind(entry.name) == "scan")
         else:
             scans.append(path)
+    return scans
+
+
+def require_scans(paths: Sequence[Path]) -> list[Path]:
+    """``expand_scan_paths``, refusing to find nothing: a command given only directories
+    without a scan in them has no work, and says so instead of succeeding on nothing."""
+    scans = expand_scan_paths(paths)
+    if not scans:
+        raise NothingToDoError(
+            f"{', '.join(str(p) for p in paths)}: no scan files in it (names ending in "
+            f"{', '.join(HDF5_SUFFIXES)} or {ZARR_SUFFIX})"
+        )
     return scans
 
 

@@ -19,7 +19,7 @@ from ptycl.config import load_config
 from ptycl.errors import ScanError
 from ptycl.eval.image_metrics import object_errors
 from ptycl.eval.plots import plot_reconstruction
-from ptycl.io.source import expand_scan_paths
+from ptycl.io.source import require_scans
 from ptycl.logs import progress, setup_logging
 from ptycl.model.ptychonn import build_model
 from ptycl.recon.infer import infer_scan
@@ -54,6 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    scans = require_scans(args.scans)  # before loading a model for nothing
     config = load_config(args.run / "config.yaml", args.overrides)
     setup_logging(config.run.log_level)
     device = resolve_device(config.train.device)
@@ -63,7 +64,6 @@ def main(args: argparse.Namespace) -> int:
     support = None if trained["support"] is None else trained["support"].numpy()
     out_dir = args.out or args.run / "reconstructions"
     out_dir.mkdir(parents=True, exist_ok=True)
-    scans = expand_scan_paths(args.scans)
     failed = 0
     for path in progress(scans, desc="reconstruct"):
         try:

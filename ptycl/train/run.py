@@ -41,7 +41,7 @@ import torch
 
 from ptycl.cli import add_config_arguments
 from ptycl.config import Config, dump_config, load_config
-from ptycl.errors import CheckpointError, ConfigError, ScanError
+from ptycl.errors import CheckpointError, ConfigError, NothingToDoError, ScanError
 from ptycl.eval.evaluate import ErrorMatrices, stitch_scan
 from ptycl.eval.plots import plot_reconstruction
 from ptycl.io.source import expand_scan_paths
@@ -81,7 +81,7 @@ def resolve_scans(config: Config) -> list[Path]:
             # Said before simulating: every simulated scan would be refused after the work.
             raise ConfigError("<config>", "prep.input_size", f"simulate.frame_size: {problem}")
         return simulate_scans(config.simulate, reuse_existing=True)
-    return expand_scan_paths(config.scans)
+    return expand_scan_paths(config.scans)  # may be empty: said after the ranks agree
 
 
 @dataclass
@@ -233,6 +233,10 @@ def run_continual(
         for s, handler in previous_handlers.items():
             signal.signal(s, handler)
     trainer.close()
+    if not scans and stopped is None:
+        # A run that trained on nothing must not look like one that succeeded (a metrics.json
+        # of NaN, exit 0): every rank raises the same, after the collective close.
+        raise NothingToDoError(_nothing_trained(config, paths, rejected))
     report = RunReport.build(
         config,
         trainer,
@@ -246,6 +250,16 @@ def run_continual(
         if stopped is None:  # a stopped run is to resume, and soon: no plots to draw
             _plot_reconstructions(trainer, scans, output_dir / "plots")
     return report
+
+
+def _nothing_trained(config: Config, paths: list[Path], rejected: list[str]) -> str:
+    where = ", ".join(str(p) for p in config.scans) or str(config.simulate.out_dir)
+    if not paths:
+        return f"{where}: no scan files in it: nothing trained"
+    return (
+        f"none of the {len(paths)} scan(s) in {where} could be used (each named above): "
+        "nothing trained"
+    )
 
 
 def _check_store_holds_every_scan(
@@ -307,6 +321,7 @@ def main(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     dist = init_distributed(config.train.device)
     setup_logging(config.run.log_level, rank=dist.rank)
+    nothing: NothingToDoError | None = None
     with dist.fail_fast():
         if dist.is_distributed:
             log.info(
@@ -317,7 +332,14 @@ def main(args: argparse.Namespace) -> int:
                 torch.distributed.get_backend(),
                 config.train.batch_size,
             )
-        report = run_continual(config, resume=args.resume, max_steps=args.max_steps, dist=dist)
-        log.info("%s", report.summary_line())
+        try:
+            report = run_continual(config, resume=args.resume, max_steps=args.max_steps, dist=dist)
+            log.info("%s", report.summary_line())
+        except NothingToDoError as exc:  # every rank raised it: one line, not one per rank
+            nothing = exc
         dist.close()
+    if nothing is not None:
+        if dist.is_main:
+            raise nothing
+        return 2
     return 0
