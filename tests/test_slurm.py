@@ -555,7 +555,7 @@ def test_the_output_dir_is_asked_of_ptycl_whatever_python_is_on_path(tiny_scans,
 
     rc = slurm.run(SLURM / "train.sbatch", "--set", "train.nope=1", log=log)
     assert rc == 2
-    assert log.read_text().endswith("ptycl: error: <defaults>: train.nope: unknown key\n")
+    assert log.read_text().endswith("ptycl: error: --set: train.nope: unknown key\n")
 
 
 @pytest.mark.mpi
