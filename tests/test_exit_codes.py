@@ -42,9 +42,9 @@ def test_reconstruct_of_a_directory_without_scans(
     assert not (tmp_path / "run").exists()  # said before any model was loaded or dir made
 
 
-def _train(scans: Path, output: Path, tmp_path: Path) -> int:
+def _train(scans: Path, output: Path, tmp_path: Path, *overrides: str) -> int:
     config = tmp_path / "run.yaml"
-    config.write_text(dump_config(tiny_config(scans, output)))
+    config.write_text(dump_config(tiny_config(scans, output, *overrides)))
     return main(["train", "-c", str(config)])
 
 
@@ -83,9 +83,17 @@ def test_train_whose_scans_are_all_rejected(tmp_path: Path, capsys: pytest.Captu
 
 
 @pytest.mark.slow
-def test_a_run_that_trained_exits_zero(tiny_scans: Path, tmp_path: Path) -> None:
+def test_a_run_that_trained_exits_zero(
+    tiny_scans: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """The other side of the rule: a resumed run that finished before trains on nothing new
-    and still succeeds (its scans were all usable)."""
-    assert _train(tiny_scans, tmp_path / "run", tmp_path) == 0
+    and still succeeds (its scans were all usable). The last line names the outputs and
+    the picture to open first, which exists."""
+    run = tmp_path / "run"
+    assert _train(tiny_scans, run, tmp_path, "run.log_level=INFO") == 0
+    last = capsys.readouterr().err.splitlines()[-1]
+    picture = run / "plots" / "reconstruction_scan0000_manhattan.png"
+    assert f"outputs in {run}: metrics.json" in last and f"open {picture} first" in last
+    assert picture.stat().st_size > 1000
     config = tmp_path / "run.yaml"
     assert main(["train", "-c", str(config), "--resume"]) == 0

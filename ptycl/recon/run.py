@@ -5,7 +5,8 @@
 The model and its preparation settings come from the run directory (its ``config.yaml`` and
 latest checkpoint). Each scan gives ``<scan id>.recon.h5`` (or ``.recon.zarr``) and a PNG of
 amplitude and phase, beside the truth and with its errors when the scan carries a label.
-A bad scan is reported in one line and the others go on.
+A bad scan is reported in one line and the others go on (exit status 1); paths that hold no
+scan at all exit with status 2.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ def main(args: argparse.Namespace) -> int:
     out_dir = args.out or args.run / "reconstructions"
     out_dir.mkdir(parents=True, exist_ok=True)
     failed = 0
-    for path in progress(scans, desc="reconstruct"):
+    pictures: list[Path] = []
+    for path in progress(scans, desc="reconstruct", unit="scans"):
         try:
             prediction = infer_scan(model, path, config.prep, device, args.batch_size, support)
         except ScanError as exc:
@@ -83,13 +85,16 @@ def main(args: argparse.Namespace) -> int:
             stitched = prediction.stitch(canvas=prediction.truth)  # compare pixel by pixel
             errors = object_errors(stitched.image, prediction.truth, stitched.covered)
             message = f", phase MAE {errors.phase_mae:.3f} rad, amplitude PSNR {errors.amplitude_psnr:.1f} dB"
-        plot_reconstruction(
+        picture = plot_reconstruction(
             stitched.image,
             prediction.truth,
             stitched.covered,
             out_dir / f"{scan_id}.png",
             title=scan_id,
         )
+        pictures.append(picture)
         log.info("%s: %d frames -> %s%s", scan_id, len(prediction.positions_m), written, message)
-    log.info("reconstructed %d of %d scans into %s", len(scans) - failed, len(scans), out_dir)
+    done = len(scans) - failed
+    first = f"; open {pictures[0]} first" if pictures else ""
+    log.info("reconstructed %d of %d scans into %s%s", done, len(scans), out_dir, first)
     return 1 if failed else 0

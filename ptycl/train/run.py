@@ -45,7 +45,7 @@ from ptycl.errors import CheckpointError, ConfigError, NothingToDoError, ScanErr
 from ptycl.eval.evaluate import ErrorMatrices, stitch_scan
 from ptycl.eval.plots import plot_reconstruction
 from ptycl.io.source import expand_scan_paths
-from ptycl.logs import setup_logging
+from ptycl.logs import Progress, setup_logging
 from ptycl.outputs import write_text
 from ptycl.prep.frames import input_size_problem
 from ptycl.train.checkpoint import RunCheckpoints
@@ -160,6 +160,7 @@ def run_continual(
     every = config.train.checkpoint_every_steps
 
     def on_step(position: StreamPosition) -> None:
+        shown.update()
         if every and position.global_step % every == 0:
             checkpoint()
 
@@ -172,6 +173,19 @@ def run_continual(
     started = time.perf_counter()
     # Rank 0 lists (or simulates) the scans: every rank then reads the same ones, in order.
     paths = dist.broadcast(resolve_scans(config) if dist.is_main else None)
+    usable = len(paths)  # less the scans skipped: the steps the progress counts up to
+
+    def steps_of_run() -> int:
+        return sum(trainer.steps_for_scan(i) for i in range(usable))
+
+    shown = Progress(
+        config.train.strategy,
+        steps_of_run(),
+        unit="steps",
+        initial=trainer.state.position.global_step,
+        rank=dist.rank,
+        logger=log,
+    )
     try:
         _check_store_holds_every_scan(config, trainer, len(paths), dist)
         for path in paths:
@@ -183,6 +197,8 @@ def run_continual(
             # A scan one rank cannot read is skipped by all, with that rank's reason.
             problem = next((p for p in dist.allgather(problem) if p is not None), None)
             if problem is not None:
+                usable -= 1
+                shown.describe(shown.desc, steps_of_run())
                 if problem not in rejected:
                     if dist.is_main:
                         log.error("skipping scan: %s", problem)
@@ -202,6 +218,7 @@ def run_continual(
                 len(scan),
                 len(scan.holdout_rows),
             )
+            shown.describe(f"{config.train.strategy} {scan.scan_id} ({task + 1}/{usable})")
             finished = trainer.train_scan(scan, task, should_stop=should_stop, on_step=on_step)
             if not finished:
                 checkpoint()
@@ -230,6 +247,7 @@ def run_continual(
                     " ".join(f"{v:.3f}" for v in row["phase_mae"]),
                 )
     finally:
+        shown.close()
         for s, handler in previous_handlers.items():
             signal.signal(s, handler)
     trainer.close()
@@ -303,6 +321,17 @@ def _check_resumed_scan(
         )
 
 
+def outputs_line(report: RunReport, output_dir: Path) -> str:
+    """The run's last line: where its outputs are, and the picture to open first."""
+    if report.stopped is not None:
+        return f"stopped: checkpoint and report in {output_dir}; continue with --resume"
+    first = output_dir / "plots" / f"reconstruction_{report.scan_ids[0]}.png"
+    return (
+        f"outputs in {output_dir}: metrics.json, R_*.csv, plots/, checkpoints/; open {first} "
+        "first (the first scan stitched by the final model, beside its truth)"
+    )
+
+
 def _plot_reconstructions(trainer: ContinualTrainer, scans: list[ScanTensors], plots: Path) -> None:
     """The first and the newest scan stitched with the final model, beside their truth: what
     the model still knows of the oldest data, and what it learnt last."""
@@ -335,6 +364,7 @@ def main(args: argparse.Namespace) -> int:
         try:
             report = run_continual(config, resume=args.resume, max_steps=args.max_steps, dist=dist)
             log.info("%s", report.summary_line())
+            log.info("%s", outputs_line(report, config.run.output_dir))
         except NothingToDoError as exc:  # every rank raised it: one line, not one per rank
             nothing = exc
         dist.close()
