@@ -29,7 +29,7 @@ import torch
 from ptycl.bench.settings import with_settings
 from ptycl.config import Config
 from ptycl.errors import PtyclError
-from ptycl.eval.plots import plot_cost_per_scan, plot_error_over_time
+from ptycl.eval.plots import METRIC_LABELS, plot_cost_per_scan, plot_error_over_time
 from ptycl.logs import setup_logging
 from ptycl.outputs import write_text
 from ptycl.train.checkpoint import has_checkpoint
@@ -227,12 +227,20 @@ def run(config: Config, out_dir: Path, quick: bool, jobs: int = 1, resume: bool 
         {s: [c["samples"] for c in r.costs] for s, r in reports.items()},
         suite_dir / "cost_per_scan.png",
         scan_ids=scan_ids,
-        ylabel="samples per scan (new + replayed)",
+    )
+    plot_cost_per_scan(
+        {s: [c["seconds"] for c in r.costs] for s, r in reports.items()},
+        suite_dir / "time_per_scan.png",
+        scan_ids=scan_ids,
+        ylabel="training time per scan (s)",
+        title="Wall-clock time per scan (varies with the machine's load)",
     )
     plot_error_over_time(
         {s: r.matrix("phase_mae") for s, r in reports.items()},
         scan_ids,
-        suite_dir / "phase_error_first_scans.png",
+        suite_dir / "phase_mae_first_scans.png",
+        title="Phase MAE on the first scans as training goes on",
+        metric=METRIC_LABELS["phase_mae"],
     )
     table = _markdown(reports, criteria)
     write_text(out_dir / "continual.md", table)
@@ -248,7 +256,7 @@ def run(config: Config, out_dir: Path, quick: bool, jobs: int = 1, resume: bool 
             for s, r in reports.items()
         },
         "plots": [
-            str(suite_dir / "cost_per_scan.png"),
-            str(suite_dir / "phase_error_first_scans.png"),
+            str(suite_dir / name)
+            for name in ("cost_per_scan.png", "time_per_scan.png", "phase_mae_first_scans.png")
         ],
     }
