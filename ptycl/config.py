@@ -140,8 +140,9 @@ class TrainSettings(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint_every_steps: Annotated[int, Field(ge=0)] = 100  # 0: only at scan ends
     # Checkpoints kept on disk (the newest first): a resume skips a damaged newest one and
-    # takes the one before, so keep at least 2 for that fallback.
-    keep_checkpoints: PositiveInt = 3
+    # takes the one before, so keep at least 2 for that fallback. 2 by default: a laptop's
+    # disk holds the newest and its fallback, each mostly the rehearsal store.
+    keep_checkpoints: PositiveInt = 2
     store: StoreSettings = StoreSettings()
 
 

@@ -198,7 +198,7 @@ def test_a_fresh_run_replaces_the_checkpoints_of_an_earlier_run(tmp_path):
 
 
 def test_keep_checkpoints_must_be_positive():
-    assert load_config(None, []).train.keep_checkpoints == 3
+    assert load_config(None, []).train.keep_checkpoints == 2  # the newest and a fallback
     with pytest.raises(
         ConfigError, match=r"train\.keep_checkpoints: Input should be greater than 0"
     ):

@@ -49,6 +49,7 @@ from ptycl.logs import Progress, setup_logging
 from ptycl.outputs import write_text
 from ptycl.prep.frames import input_size_problem
 from ptycl.train.checkpoint import RunCheckpoints
+from ptycl.train.disk_use import bytes_under, estimate_disk_use, megabytes
 from ptycl.train.distributed import Distributed, init_distributed, resolve_device
 from ptycl.train.report import RunReport, write_report
 from ptycl.train.scan_data import ScanTensors, load_scan
@@ -171,6 +172,9 @@ def run_continual(
     scans: list[ScanTensors] = []
     stopped: str | None = None
     started = time.perf_counter()
+    if dist.is_main:
+        planned = len(expand_scan_paths(config.scans)) if config.scans else config.simulate.n_scans
+        log.info("%s", estimate_disk_use(config, trainer, planned).line())
     # Rank 0 lists (or simulates) the scans: every rank then reads the same ones, in order.
     paths = dist.broadcast(resolve_scans(config) if dist.is_main else None)
     usable = len(paths)  # less the scans skipped: the steps the progress counts up to
@@ -327,8 +331,9 @@ def outputs_line(report: RunReport, output_dir: Path) -> str:
         return f"stopped: checkpoint and report in {output_dir}; continue with --resume"
     first = output_dir / "plots" / f"reconstruction_{report.scan_ids[0]}.png"
     return (
-        f"outputs in {output_dir}: metrics.json, R_*.csv, plots/, checkpoints/; open {first} "
-        "first (the first scan stitched by the final model, beside its truth)"
+        f"outputs in {output_dir} ({megabytes(bytes_under(output_dir))}): metrics.json, "
+        f"R_*.csv, plots/, checkpoints/; open {first} first (the first scan stitched by the "
+        "final model, beside its truth)"
     )
 
 
