@@ -120,21 +120,20 @@ class StoreSettings(Section):
 
 
 class TrainSettings(Section):
-    strategy: Literal["incremental", "cumulative", "er", "der", "derpp"] = "derpp"
+    strategy: str = "derpp"  # a name in ptycl.train.strategies.STRATEGIES
     steps_per_scan: PositiveInt = 200
     # Both batch sizes count all MPI ranks together: under `mpiexec -n N` each rank takes its
     # share of every step's rows (and of every draw), so N ranks take the steps one process
     # would (each must be at least N).
     batch_size: PositiveInt = 32
-    replay_batch_size: PositiveInt = 16  # per replay draw (derpp draws twice)
+    replay_batch_size: PositiveInt = 16  # per replay draw (a strategy may draw more than once)
     alpha: Annotated[float, Field(ge=0.0)] = 0.3  # DER logit-matching weight
     beta: Annotated[float, Field(ge=0.0)] = 0.5  # DER++ replayed-label weight
     lr: PositiveFloat = 1e-3
     lr_min: Annotated[float, Field(ge=0.0)] = 1e-4
     schedule: Literal["cosine", "cyclic", "constant"] = "cosine"
     # Adam's moment estimates: started afresh when a new scan begins training, or carried over
-    # from the scans before. Carried, they kept a continual run from learning later scans:
-    # see ``ContinualTrainer._begin_task``.
+    # from the scans before (they kept a continual run from learning later scans).
     optimizer_state: Literal["fresh_per_scan", "carried"] = "fresh_per_scan"
     loss: Literal["mae", "mse"] = "mae"
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -297,6 +296,62 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         if msg == "unknown key" and (meant := nearest_key(key)):
             msg = f"unknown key; did you mean {meant}?"
         raise ConfigError(_source_of(key, path, overridden), key, msg) from None
+
+
+# The settings that decide what the trainer learns: a checkpoint saves them and a resume must
+# bring the same, or it would continue another run than the one saved (the batches, learning
+# rates and replay of every later step follow from them). Every other setting of these
+# sections may change on a resume: where and how fast the run goes, not what it computes.
+LEARNING_SECTIONS = ("run", "prep", "model", "train")
+RESUMABLE_SETTINGS = frozenset(
+    {
+        "run.name",
+        "run.output_dir",
+        "run.log_level",
+        "model.precision",
+        "model.channels_last",
+        "model.compile",
+        "train.device",
+        "train.checkpoint_every_steps",
+        "train.keep_checkpoints",
+        "train.store.device",
+        "train.store.prefetch",
+    }
+)
+
+
+def learning_settings(config: Config) -> dict[str, Any]:
+    """``config``'s settings that a resume must keep, as {dotted key: JSON value}."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}", inner)
+        elif prefix not in RESUMABLE_SETTINGS:
+            flat[prefix] = value
+
+    dumped = config.model_dump(mode="json")
+    for section in LEARNING_SECTIONS:
+        walk(section, dumped[section])
+    return flat
+
+
+def check_same_learning_settings(saved: dict[str, Any], config: Config) -> None:
+    """Refuse to resume with learning settings other than the checkpoint's (one line naming
+    the first that differs and how many do). A setting only one side has (a checkpoint of
+    another ptycl version) is not compared: nothing says what it was on the other side."""
+    now = learning_settings(config)
+    differing = [key for key in sorted(saved.keys() & now.keys()) if saved[key] != now[key]]
+    if differing:
+        key = differing[0]
+        more = f" (and {len(differing) - 1} more)" if len(differing) > 1 else ""
+        raise ConfigError(
+            "--resume",
+            key,
+            f"the run was trained with {saved[key]!r}, this config has {now[key]!r}"
+            f"{more}: resume with the run's own config.yaml, or start a new run.output_dir",
+        )
 
 
 def dump_config(config: Config) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ptycl.train.checkpoint import load_checkpoint
+from ptycl.lifecycle.checkpoint import load_checkpoint
 from ptycl.train.disk_use import estimate_disk_use
 from ptycl.train.run import run_continual
 from ptycl.train.trainer import ContinualTrainer

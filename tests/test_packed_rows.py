@@ -13,7 +13,7 @@ from ptycl.config import load_config
 from ptycl.rehearsal.local_store import LocalReservoirStore
 from ptycl.rehearsal.packed_rows import pack_rows, unpack_rows
 from ptycl.rehearsal.samples import ReplaySamples
-from ptycl.train.scan_data import load_scan
+from ptycl.prep.scan_data import load_scan
 from tests.conftest import TINY
 
 

@@ -1,17 +1,6 @@
 """The continual suite: all five strategies over one scan sequence, side by side.
 
-    ptycl bench continual -c configs/continual-64.yaml [--jobs N] [--resume]
-
-Cost is counted in forward samples (new and replayed alike) and in training seconds; both
-are reported per scan so the plot shows the shape: flat for the rehearsal strategies,
-growing with every scan for ``cumulative``.
-
-``--jobs N`` trains N strategies at once, each in a process of its own with 1/N of this
-process's torch threads (``cumulative``, the longest, first). The samples are the same as
-one at a time; the seconds are measured beside each other, so they compare with each other
-but not with a run of ``--jobs 1``. ``--resume`` continues every strategy from its own
-checkpoints (one that had finished is read back, one never begun starts): a suite stopped by
-Ctrl-C, SIGTERM or a Slurm time limit goes on where each strategy was.
+Design notes: docs/design.md.
 """
 
 from __future__ import annotations
@@ -29,10 +18,10 @@ import torch
 from ptycl.bench.settings import with_settings
 from ptycl.config import Config
 from ptycl.errors import PtyclError
-from ptycl.eval.plots import METRIC_LABELS, plot_cost_per_scan, plot_error_over_time
+from ptycl.eval.plots import METRIC_LABELS, plot_costs, plot_error_over_time
+from ptycl.lifecycle.checkpoint import has_checkpoint
 from ptycl.logs import setup_logging
 from ptycl.outputs import write_text
-from ptycl.train.checkpoint import has_checkpoint
 from ptycl.train.report import RunReport
 from ptycl.train.run import resolve_scans, run_continual
 
@@ -223,24 +212,15 @@ def run(config: Config, out_dir: Path, quick: bool, jobs: int = 1, resume: bool 
         )
     criteria = _criteria(reports)
     scan_ids = reports["derpp"].scan_ids
-    plot_cost_per_scan(
-        {s: [c["samples"] for c in r.costs] for s, r in reports.items()},
-        suite_dir / "cost_per_scan.png",
-        scan_ids=scan_ids,
-    )
-    plot_cost_per_scan(
-        {s: [c["seconds"] for c in r.costs] for s, r in reports.items()},
-        suite_dir / "time_per_scan.png",
-        scan_ids=scan_ids,
-        ylabel="training time per scan (s)",
-        title="Wall-clock time per scan (varies with the machine's load)",
-    )
-    plot_error_over_time(
-        {s: r.matrix("phase_mae") for s, r in reports.items()},
-        scan_ids,
-        suite_dir / "phase_mae_first_scans.png",
-        title="Phase MAE on the first scans as training goes on",
-        metric=METRIC_LABELS["phase_mae"],
+    plots = plot_costs({s: r.costs for s, r in reports.items()}, suite_dir, scan_ids)
+    plots.append(
+        plot_error_over_time(
+            {s: r.matrix("phase_mae") for s, r in reports.items()},
+            scan_ids,
+            suite_dir / "phase_mae_first_scans.png",
+            title="Phase MAE on the first scans as training goes on",
+            metric=METRIC_LABELS["phase_mae"],
+        )
     )
     table = _markdown(reports, criteria)
     write_text(out_dir / "continual.md", table)
@@ -255,8 +235,5 @@ def run(config: Config, out_dir: Path, quick: bool, jobs: int = 1, resume: bool 
             s: {"summary": r.summary, "costs": r.costs, "error_rows": r.error_rows}
             for s, r in reports.items()
         },
-        "plots": [
-            str(suite_dir / name)
-            for name in ("cost_per_scan.png", "time_per_scan.png", "phase_mae_first_scans.png")
-        ],
+        "plots": [str(path) for path in plots],
     }

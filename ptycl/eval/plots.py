@@ -157,7 +157,7 @@ def plot_reconstruction(
     axes = fig.subplots(2, columns, squeeze=False)
     extent = _extent_um(predicted)
     # Prediction and truth share colour limits, set by the truth where there is one: fixed
-    # limits (0-1, -pi-pi) showed a sample's 0.1-1.5 rad of phase contrast as one flat colour.
+    # limits (0-1, -pi-pi) showed a sample's weak phase contrast as one flat colour.
     reference = truth if truth is not None else predicted
     amplitude_range = _shown_range(reference.amplitude[covered])
     phase_range = _shown_range(reference.phase[covered])
@@ -246,6 +246,30 @@ def plot_cost_per_scan(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return save_figure(fig, path)
+
+
+def plot_costs(
+    costs: Mapping[str, Sequence[Mapping[str, float]]],
+    directory: Path,
+    scan_ids: Sequence[str],
+) -> list[Path]:
+    """``cost_per_scan.png`` (samples through the model: what the strategies differ in) and
+    ``time_per_scan.png`` (seconds, which follow the machine's load as much as the work), one
+    line per strategy of its per-scan costs (``ScanCost`` as dicts)."""
+    return [
+        plot_cost_per_scan(
+            {s: [c["samples"] for c in per_scan] for s, per_scan in costs.items()},
+            directory / "cost_per_scan.png",
+            scan_ids=scan_ids,
+        ),
+        plot_cost_per_scan(
+            {s: [c["seconds"] for c in per_scan] for s, per_scan in costs.items()},
+            directory / "time_per_scan.png",
+            scan_ids=scan_ids,
+            ylabel="training time per scan (s)",
+            title="Wall-clock time per scan (varies with the machine's load)",
+        ),
+    ]
 
 
 def _extent_um(image: ObjectImage) -> tuple[float, float, float, float]:

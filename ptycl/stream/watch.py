@@ -1,76 +1,11 @@
 """Watch a beamline directory: follow scans while they are written, train on them, reconstruct.
 
-    ptycl watch DIR -c configs/watch-64.yaml [--polling] [--resume] [--set watch.segment_frames=64]
-    mpiexec -n 4 ptycl watch DIR -c configs/watch-64.yaml        # the same, data-parallel
-
-What it does with each scan that appears in DIR (``ptycl.stream.discovery``):
-
-- follows it while the detector writes it (``ptycl.stream.follower``): only frames below the
-  writer's committed count are read, a scan is finished only when the writer says so, and a
-  file that merely appeared is not read as a finished scan until it settles;
-- trains on its frames as they arrive once its label is known: in the scan file, or in
-  ``<stem>.label.h5`` beside it, which may arrive long after the last frame;
-- a scan that finishes with no label (within ``watch.label_wait_s``) is reconstructed with the
-  current model and its image written beside it (``<stem>.recon.h5`` and ``.recon.png``, or
-  under ``watch.recon_dir``); a label arriving later still trains on it;
-- a bad scan (truncated, NaN frames, wrong shape, stalled writer...) is quarantined with a
-  one-line reason (``ptycl.stream.quarantine``) and the watcher goes on;
-- after each trained scan: a row of the error matrices (``ErrorMatrices``), the run's
-  ``metrics.json``, CSVs and plots (``ptycl.train.report``), a checkpoint; a live status line
-  all along (``ptycl.stream.status``).
-
-What R means here: ``R[i, j]`` is the error on scan j's held-out frames after training through
-scan i, as in ``ptycl train``, but row i is filled only for the scan just trained (the diagonal
-``R[i, i]``, always) and the scans of the evaluation set: a uniform sample of at most
-``watch.evaluation_scans`` of the earlier trained scans, kept as a reservoir over the whole run
-(``ptycl.stream.evaluation_set``). Every other cell is NaN, never evaluated (empty in the CSVs,
-not in the row's ``columns`` in ``metrics.json``), and the summaries use the cells that were:
-the final average error is over the scans evaluated in the last row, forgetting is given for
-the scans with a final value and an earlier one. So evaluating costs the same after every scan
-however long the run, and rank 0 holds only the set's scans (``EvaluationScan``: frames,
-positions, truth, held-out labels), not every scan trained; each trained scan still has the
-same chance to be measured again later, so the forgetting of old scans stays in view. The set
-(its scans, its counter and its generator's state) is in the checkpoint; ``--resume`` reloads
-those scans from DIR and goes on with the same set.
-
-Training granularity: segments, with steps in proportion to frames. A scan's frames are cut
-into fixed segments of ``watch.segment_frames`` (``ptycl.stream.segments``); a segment is
-trained as soon as its frames are committed (the last, shorter one when the scan completes),
-for ``train.steps_per_scan × frames / watch.nominal_frames_per_scan`` steps, so a scan of the
-nominal length costs exactly what ``ptycl train`` spends on it, and the cost per frame is
-constant however many scans came before and however fast they arrive. Why segments and not
-"a batch as soon as it arrives" or "the whole scan at the end": the model learns from a scan
-while it is being measured (so the next scan's reconstruction is already better), but each
-step still draws its batch from a few hundred frames of the scan, not from the last 32, and
-offers each frame to the rehearsal store once, after the segment has trained on it (the DER
-outputs stored are the model's considered answer, as with whole scans). Segment boundaries
-depend only on the segment size and the scan's final length, never on arrival times, so a
-restart rebuilds the very same segments, held-out frames and phase reference. Each segment
-restarts the learning-rate schedule (the scan's length is not known while it streams).
-Held-out frames (``prep.holdout_fraction`` of every segment) are never trained on; they fill
-the error matrices.
-
-Stopping and resuming: SIGINT/SIGTERM (or SIGUSR1, which batch schedulers send ahead of a
-time limit) stop at the next optimiser step; the watcher writes a
-checkpoint (model, optimiser, store, and the ledger of scan states of ``ptycl.stream.ledger``
-in the same file, so they are replaced together by one atomic rename), the report and the
-ledger's JSON copy, and exits 0. ``--resume`` reloads them, finishes the interrupted segment
-from the step it stopped at, and carries on: no frame is trained on twice, none is skipped.
-
-MPI (``mpiexec -n N``; ``ptycl.train.distributed``): rank 0 watches the directory, reads the
-files and makes every decision (open, quarantine, label ready, which segment to train); it
-broadcasts them with the prepared frames once per loop, so every rank holds the same scans and
-ledger, and all ranks train each segment together, each on its share of every batch
-(``ContinualTrainer`` with DDP). Rank 0 evaluates and writes every output. One reader and one
-decider keep the ranks in lockstep without agreeing on file-system timing, which on a shared
-file system differs from node to node.
+Design notes: docs/design.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,15 +14,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ptycl.cli import add_config_arguments
-from ptycl.config import Config, dump_config, load_config
+from ptycl.config import Config
 from ptycl.errors import ConfigError, OutputError, ScanError
 from ptycl.eval.evaluate import ErrorMatrices, EvaluationScan
 from ptycl.io.object_image import label_path_for
 from ptycl.io.records import ObjectImage, ScanMetadata
-from ptycl.logs import setup_logging
-from ptycl.outputs import write_text
+from ptycl.lifecycle.run import RunLifecycle
+from ptycl.parallel import Distributed
 from ptycl.prep.patches import label_pixel_m
+from ptycl.prep.reader import UnusableScan
 from ptycl.recon.infer import ScanPrediction, predict
 from ptycl.recon.output import write_reconstruction
 from ptycl.stream.discovery import (
@@ -98,47 +33,21 @@ from ptycl.stream.discovery import (
     signature,
 )
 from ptycl.stream.evaluation_set import EvaluationReservoir
-from ptycl.stream.follower import ScanBuffer, ScanFollower, UnusableScan, read_label_file
+from ptycl.stream.follower import ScanBuffer, ScanFollower, read_label_file
 from ptycl.stream.ledger import Ledger
 from ptycl.stream.quarantine import QUARANTINE_LIST, quarantine
 from ptycl.stream.report_cadence import ReportCadence
 from ptycl.stream.segments import segment_steps
 from ptycl.stream.status import StatusLine, StatusSnapshot, WatchCounters
-from ptycl.train.checkpoint import RunCheckpoints
-from ptycl.train.distributed import Distributed, init_distributed
 from ptycl.train.report import RunReport, write_report
+from ptycl.train.strategies import STRATEGIES, strategy_named
 from ptycl.train.trainer import ContinualTrainer, StreamPosition
 
 log = logging.getLogger("ptycl.stream")
 
-WATCH_STRATEGIES = ("incremental", "er", "der", "derpp")
 RETRY_OPEN_S = 0.5  # a scan that cannot be opened yet is tried again after this long
 LEDGER_JSON = "ledger.json"
 STATUS_JSON = "status.json"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("directory", type=Path, help="the directory the scans are written to")
-    add_config_arguments(parser)
-    parser.add_argument(
-        "--polling",
-        action="store_true",
-        help="poll the directory instead of inotify (NFS, Lustre, GPFS): watch.polling=true",
-    )
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue from the run's checkpoint and ledger (run.output_dir)",
-    )
-
-
-class SegmentTrainer(ContinualTrainer):
-    """The continual trainer with a step budget set per call: one segment's share."""
-
-    segment_steps = 0
-
-    def steps_for_scan(self, scan_index: int) -> int:
-        return self.segment_steps
 
 
 # -- what rank 0 decides, and every rank applies ---------------------------------------------
@@ -204,12 +113,13 @@ class Watcher:
                 "'balanced' keeps a slot for every scan, and a watched stream has no last "
                 "scan: use 'reservoir' or 'loss_aware'",
             )
-        if config.train.strategy not in WATCH_STRATEGIES:
+        if strategy_named(config.train.strategy).keeps_every_scan:
+            bounded = [name for name, s in STRATEGIES.items() if not s.keeps_every_scan]
             raise ConfigError(
                 "<config>",
                 "train.strategy",
                 f"{config.train.strategy!r} retrains on every scan seen, a cost without bound; "
-                f"watch mode trains with one of {', '.join(WATCH_STRATEGIES)}",
+                f"watch mode trains with one of {', '.join(bounded)}",
             )
         directory = Path(directory)
         if not directory.is_dir():
@@ -219,18 +129,21 @@ class Watcher:
         self.settings = config.watch
         self.dist = dist
         self.main = dist.is_main
-        self.output_dir = config.run.output_dir
-        self.checkpoint_dir = self.output_dir / "checkpoints"
-        self.checkpoints = RunCheckpoints(
-            self.checkpoint_dir, dist, "ptycl watch", config.train.keep_checkpoints
-        )
-        self.trainer = SegmentTrainer.build(config, dist)
+        self.lifecycle = RunLifecycle(config, dist, "ptycl watch")
+        self.output_dir = self.lifecycle.output_dir
+        self.checkpoint_dir = self.lifecycle.checkpoint_dir
+        self.trainer = ContinualTrainer.build(config, dist)
         self.matrices = ErrorMatrices()
         self.ledger = Ledger(segment_frames=self.settings.segment_frames)
         # which earlier trained scans each new row evaluates (every rank keeps it, in step)
         self.evaluation_set = EvaluationReservoir(self.settings.evaluation_scans, config.run.seed)
         self.buffers: dict[str, ScanBuffer] = {}  # every rank: scans being followed / trained
-        self.stop_signal: str | None = None
+        self.lifecycle.states = {
+            "trainer": self.trainer.state_dict,
+            "matrices": lambda: self.matrices.state_dict(),
+            "evaluation_set": lambda: self.evaluation_set.state_dict(),
+            "ledger": lambda: self.ledger.to_state(),
+        }
         # rank 0 only: the directory, the files, the clocks, evaluation and outputs
         self.discovery: ScanDiscovery | None = None
         self.candidates: dict[str, Candidate] = {}
@@ -253,13 +166,11 @@ class Watcher:
 
     def run(self, resume: bool = False) -> None:
         # From here on SIGINT/SIGTERM stop the loop cleanly (checked at each step and loop).
-        previous = {
-            s: signal.signal(s, lambda signum, _: self._signalled(signum))
-            for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
-        }
+        with self.lifecycle.stop:
+            self._run(resume)
+
+    def _run(self, resume: bool) -> None:
         try:
-            if self.main:
-                self.output_dir.mkdir(parents=True, exist_ok=True)
             if resume:
                 self._resume()
             elif self.main and (self.checkpoint_dir / "latest.pt").exists():
@@ -267,8 +178,8 @@ class Watcher:
                     "%s holds a checkpoint: starting afresh over it (--resume continues it)",
                     self.checkpoint_dir,
                 )
-            if self.main:  # after a resume was accepted: a refused one leaves the run's config
-                write_text(self.output_dir / "config.yaml", dump_config(self.config))
+            self.lifecycle.began()
+            if self.main:
                 self.status = StatusLine(
                     self.settings.status_every_s, self.output_dir / STATUS_JSON
                 )
@@ -301,12 +212,6 @@ class Watcher:
             raise
         else:
             self._shutdown()
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-
-    def _signalled(self, signum: int) -> None:
-        self.stop_signal = signal.Signals(signum).name
 
     def _meet_and_check_stop(self) -> bool:
         """Collective, at the top of every loop: under MPI the other ranks wait for rank 0
@@ -321,7 +226,7 @@ class Watcher:
 
     def _should_stop(self) -> bool:
         """Collective: every rank stops at the same point when any rank was signalled."""
-        return self.dist.any(self.stop_signal is not None)
+        return self.lifecycle.should_stop()
 
     def _close(self) -> None:
         if self.discovery is not None:
@@ -342,7 +247,7 @@ class Watcher:
             counts = self.ledger.counts()
             log.info(
                 "watch stopped (%s): %s; checkpoint in %s, continue with --resume",
-                self.stop_signal or "done",
+                self.lifecycle.stop.signalled or "done",
                 ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no scans",
                 self.checkpoint_dir,
             )
@@ -726,9 +631,12 @@ class Watcher:
                 position = trainer.state.position
                 trainer.state.position = StreamPosition(record.task, 0, position.global_step)
                 self.ledger.in_progress = (name, index)
-            trainer.segment_steps = steps
             finished = trainer.train_scan(
-                segment, record.task, should_stop=self._should_stop, on_step=self._on_step
+                segment,
+                record.task,
+                steps=steps,  # the segment's share of the scan's budget
+                should_stop=self._should_stop,
+                on_step=self._on_step,
             )
             if not finished:
                 return False  # stopping: the shutdown checkpoints mid-segment
@@ -809,18 +717,12 @@ class Watcher:
 
     def _checkpoint(self) -> None:
         """Collective: the trainer, the error matrices and the ledger, in one atomic file."""
-        state: dict[str, Any] = {
-            "trainer": self.trainer.state_dict(),
-            "matrices": self.matrices.state_dict(),
-            "evaluation_set": self.evaluation_set.state_dict(),
-            "ledger": self.ledger.to_state(),
-        }
-        self.checkpoints.save(state)
+        self.lifecycle.checkpoint()
         if self.main:
             self.ledger.write_json(self.output_dir / LEDGER_JSON)
 
     def _resume(self) -> None:
-        state, shards = self.checkpoints.load()
+        state, shards = self.lifecycle.load()
         ledger = Ledger.from_state(state["ledger"])
         if ledger.segment_frames != self.settings.segment_frames:
             raise ConfigError(
@@ -942,19 +844,3 @@ def _merge_costs(trainer: ContinualTrainer) -> None:
 def run_watch(directory: Path, config: Config, dist: Distributed, resume: bool = False) -> None:
     """Watch ``directory`` until SIGINT/SIGTERM (collective: every rank of a job calls it)."""
     Watcher(directory, config, dist).run(resume=resume)
-
-
-def main(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.overrides)
-    if args.polling:
-        config = config.model_copy(
-            update={"watch": config.watch.model_copy(update={"polling": True})}
-        )
-    dist = init_distributed(config.train.device)
-    setup_logging(config.run.log_level, dist.rank)
-    try:
-        with dist.fail_fast():
-            run_watch(args.directory, config, dist, resume=args.resume)
-    finally:
-        dist.close()
-    return 0

@@ -14,7 +14,7 @@ from ptycl.eval.continual_metrics import summarize_errors, write_error_matrix_cs
 from ptycl.eval.evaluate import MATRIX_NAMES, ErrorMatrices
 from ptycl.eval.plots import (
     METRIC_LABELS,
-    plot_cost_per_scan,
+    plot_costs,
     plot_error_matrix,
     plot_error_over_time,
 )
@@ -184,16 +184,4 @@ def write_report(report: RunReport, output_dir: Path, tables_and_plots: bool = T
             title=f"{report.strategy}: {quantity} on the first scans as training goes on",
             metric=label,
         )
-    scan_ids = [c["scan_id"] for c in report.costs]
-    plot_cost_per_scan(
-        {report.strategy: [c["samples"] for c in report.costs]},
-        plots / "cost_per_scan.png",
-        scan_ids=scan_ids,
-    )
-    plot_cost_per_scan(
-        {report.strategy: [c["seconds"] for c in report.costs]},
-        plots / "time_per_scan.png",
-        scan_ids=scan_ids,
-        ylabel="training time per scan (s)",
-        title="Wall-clock time per scan (varies with the machine's load)",
-    )
+    plot_costs({report.strategy: report.costs}, plots, [c["scan_id"] for c in report.costs])

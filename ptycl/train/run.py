@@ -1,75 +1,27 @@
-"""Continual training over a sequence of scans, each scan one task, in arrival order.
-
-    ptycl train -c configs/continual-64.yaml [--set train.strategy=der] [--resume] [--max-steps N]
-
-Scans come from ``scans:`` in the config (files or directories, in that order), or, when it is
-empty, from the simulated beamline described by ``simulate:`` (simulated first if absent).
-After each scan the run evaluates every scan seen so far, checkpoints, and at the end writes
-metrics (JSON, CSV) and plots under ``run.output_dir``. SIGINT/SIGTERM stop at the next step
-with a checkpoint; ``--resume`` continues exactly where the run stopped.
-
-Checkpoints (``ptycl.train.checkpoint``) go to ``run.output_dir/checkpoints`` every
-``train.checkpoint_every_steps`` steps and at each scan's end; the last
-``train.keep_checkpoints`` are kept, each with a manifest of SHA-256 sums. A run killed at any
-moment, SIGKILL included, resumes from its last committed checkpoint; one that was damaged
-afterwards is skipped with a warning for the one before. The resumed run ends with the weights
-of an uninterrupted one bit for bit (same number of ranks and of torch threads).
-
-Data-parallel on N MPI ranks (one per GPU, or several per CPU node):
-
-    mpiexec -n 4 ptycl train -c configs/continual-64.yaml
-    srun --mpi=pmi2 ptycl train -c configs/continual-64.yaml     # Slurm, MPICH (pmix: Open MPI)
-
-Each rank trains on its share of every step's ``train.batch_size`` rows (the batch of all ranks
-together), so N ranks take the steps one process would; the rehearsal store is spread over the
-ranks (``train.store`` capacities are per rank). The ranks share the evaluation out; rank 0
-writes the outputs; each rank checkpoints its store shard. ``--resume`` on the same number of ranks continues exactly; on
-another number (above one) the store's samples are redistributed over the new ranks. A rank
-that fails ends the job with one line naming the rank and the error.
-"""
+"""Continual training over a sequence of scans, each scan one task, in arrival order:
+``run_continual``, the work of ``ptycl train``."""
 
 from __future__ import annotations
 
-import argparse
 import logging
-import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from ptycl.cli import add_config_arguments
-from ptycl.config import Config, dump_config, load_config
+from ptycl.config import Config
 from ptycl.errors import CheckpointError, ConfigError, NothingToDoError, ScanError
 from ptycl.eval.evaluate import ErrorMatrices, stitch_scan
 from ptycl.eval.plots import plot_reconstruction
 from ptycl.io.source import expand_scan_paths
-from ptycl.logs import Progress, setup_logging
-from ptycl.outputs import write_text
+from ptycl.lifecycle.run import RunLifecycle
+from ptycl.logs import Progress
+from ptycl.parallel import Distributed, resolve_device
 from ptycl.prep.frames import input_size_problem
-from ptycl.train.checkpoint import RunCheckpoints
+from ptycl.prep.scan_data import ScanTensors, load_scan
 from ptycl.train.disk_use import bytes_under, estimate_disk_use, megabytes
-from ptycl.train.distributed import Distributed, init_distributed, resolve_device
 from ptycl.train.report import RunReport, write_report
-from ptycl.train.scan_data import ScanTensors, load_scan
 from ptycl.train.trainer import ContinualTrainer, StreamPosition
 
 log = logging.getLogger("ptycl.train")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser)
-    parser.add_argument(
-        "--resume", action="store_true", help="continue from the run's latest checkpoint"
-    )
-    parser.add_argument(
-        "--max-steps",
-        type=int,
-        default=None,
-        metavar="N",
-        help="stop (with a checkpoint) after N optimiser steps in total, e.g. to fit a batch-job time limit",
-    )
 
 
 def resolve_scans(config: Config) -> list[Path]:
@@ -83,23 +35,6 @@ def resolve_scans(config: Config) -> list[Path]:
             raise ConfigError("<config>", "prep.input_size", f"simulate.frame_size: {problem}")
         return simulate_scans(config.simulate, reuse_existing=True)
     return expand_scan_paths(config.scans)  # may be empty: said after the ranks agree
-
-
-@dataclass
-class _StopRequest:
-    """Set by SIGINT/SIGTERM or the step budget; the loop stops at the next step boundary."""
-
-    max_global_steps: int | None = None
-    signalled: str | None = None
-
-    def __call__(self, position: StreamPosition | None = None) -> bool:
-        if self.signalled is not None:
-            return True
-        return (
-            self.max_global_steps is not None
-            and position is not None
-            and position.global_step >= self.max_global_steps
-        )
 
 
 def run_continual(
@@ -117,18 +52,13 @@ def run_continual(
     same report.
     """
     dist = dist or Distributed.single(resolve_device(config.train.device))
-    output_dir = config.run.output_dir
-    checkpoint_dir = output_dir / "checkpoints"
-    if dist.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
+    lifecycle = RunLifecycle(config, dist, "ptycl train")
+    output_dir, checkpoint_dir = lifecycle.output_dir, lifecycle.checkpoint_dir
     trainer = ContinualTrainer.build(config, dist)
     matrices = ErrorMatrices()
     rejected: list[str] = []
-    checkpoints = RunCheckpoints(
-        checkpoint_dir, dist, "ptycl train", keep=config.train.keep_checkpoints
-    )
     if resume:
-        state, old_store_shards = checkpoints.load()
+        state, old_store_shards = lifecycle.load()
         trainer.load_state_dict(state["trainer"], store_shards=old_store_shards)
         matrices = ErrorMatrices.from_state(state["matrices"])
         rejected = list(state["rejected"])
@@ -140,24 +70,13 @@ def run_continual(
             state.get("ranks", 1),
             dist.world_size,
         )
-    if dist.is_main:  # after a resume was accepted: a refused one leaves the run's config
-        write_text(output_dir / "config.yaml", dump_config(config))
-
-    def checkpoint() -> None:
-        state = {
-            "trainer": trainer.state_dict(),
-            "matrices": matrices.state_dict(),
-            "rejected": rejected,
-        }
-        checkpoints.save(state)
-
-    stop = _StopRequest(max_global_steps=max_steps)
-    previous_handlers = {
-        s: signal.signal(
-            s, lambda signum, _: setattr(stop, "signalled", signal.Signals(signum).name)
-        )
-        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+    lifecycle.began()
+    lifecycle.states = {
+        "trainer": trainer.state_dict,
+        "matrices": lambda: matrices.state_dict(),
+        "rejected": lambda: rejected,
     }
+    checkpoint = lifecycle.checkpoint
     every = config.train.checkpoint_every_steps
 
     def on_step(position: StreamPosition) -> None:
@@ -165,9 +84,11 @@ def run_continual(
         if every and position.global_step % every == 0:
             checkpoint()
 
+    def budget_spent() -> bool:
+        return max_steps is not None and trainer.state.position.global_step >= max_steps
+
     def should_stop() -> bool:
-        # A signal may reach the ranks at different steps: all stop at the first step any saw it.
-        return dist.any(stop(trainer.state.position))
+        return lifecycle.should_stop(also=budget_spent())
 
     scans: list[ScanTensors] = []
     stopped: str | None = None
@@ -190,7 +111,7 @@ def run_continual(
         rank=dist.rank,
         logger=log,
     )
-    try:
+    with lifecycle.stop, shown:
         _check_store_holds_every_scan(config, trainer, len(paths), dist)
         for path in paths:
             scan, problem = None, None
@@ -226,8 +147,8 @@ def run_continual(
             finished = trainer.train_scan(scan, task, should_stop=should_stop, on_step=on_step)
             if not finished:
                 checkpoint()
-                budget = stop(trainer.state.position) and f"--max-steps {max_steps}"
-                stopped = stop.signalled or budget or "another rank was signalled"
+                budget = budget_spent() and f"--max-steps {max_steps}"
+                stopped = lifecycle.stop.signalled or budget or "another rank was signalled"
                 if dist.is_main:
                     log.warning(
                         "stopped (%s) at scan %d step %d; continue with --resume",
@@ -250,10 +171,6 @@ def run_continual(
                     cost.seconds,
                     " ".join(f"{v:.3f}" for v in row["phase_mae"]),
                 )
-    finally:
-        shown.close()
-        for s, handler in previous_handlers.items():
-            signal.signal(s, handler)
     trainer.close()
     if not scans and stopped is None:
         # A run that trained on nothing must not look like one that succeeded (a metrics.json
@@ -349,32 +266,3 @@ def _plot_reconstructions(trainer: ContinualTrainer, scans: list[ScanTensors], p
             plots / f"reconstruction_{scan.scan_id}.png",
             title=f"{scan.scan_id} after the last scan",
         )
-
-
-def main(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.overrides)
-    dist = init_distributed(config.train.device)
-    setup_logging(config.run.log_level, rank=dist.rank)
-    nothing: NothingToDoError | None = None
-    with dist.fail_fast():
-        if dist.is_distributed:
-            log.info(
-                "data-parallel over %d ranks (%s, torch.distributed %s); a step's %d rows are "
-                "shared out among them",
-                dist.world_size,
-                dist.device,
-                torch.distributed.get_backend(),
-                config.train.batch_size,
-            )
-        try:
-            report = run_continual(config, resume=args.resume, max_steps=args.max_steps, dist=dist)
-            log.info("%s", report.summary_line())
-            log.info("%s", outputs_line(report, config.run.output_dir))
-        except NothingToDoError as exc:  # every rank raised it: one line, not one per rank
-            nothing = exc
-        dist.close()
-    if nothing is not None:
-        if dist.is_main:
-            raise nothing
-        return 2
-    return 0
