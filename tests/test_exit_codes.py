@@ -93,7 +93,7 @@ def test_a_run_that_trained_exits_zero(
     assert _train(tiny_scans, run, tmp_path, "run.log_level=INFO") == 0
     last = capsys.readouterr().err.splitlines()[-1]
     picture = run / "plots" / "reconstruction_scan0000_manhattan.png"
-    assert f"outputs in {run}: metrics.json" in last and f"open {picture} first" in last
+    assert f"outputs in {run} (" in last and f"open {picture} first" in last
     assert picture.stat().st_size > 1000
     config = tmp_path / "run.yaml"
     assert main(["train", "-c", str(config), "--resume"]) == 0
