@@ -7,7 +7,9 @@ their values are parsed as YAML scalars.
 
 from __future__ import annotations
 
+import difflib
 import reprlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -159,8 +161,9 @@ class TrainSettings(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint_every_steps: Annotated[int, Field(ge=0)] = 100  # 0: only at scan ends
     # Checkpoints kept on disk (the newest first): a resume skips a damaged newest one and
-    # takes the one before, so keep at least 2 for that fallback.
-    keep_checkpoints: PositiveInt = 3
+    # takes the one before, so keep at least 2 for that fallback. 2 by default: a laptop's
+    # disk holds the newest and its fallback, each mostly the rehearsal store.
+    keep_checkpoints: PositiveInt = 2
     store: StoreSettings = StoreSettings()
 
 
@@ -258,9 +261,39 @@ def _first_error(exc: ValidationError) -> tuple[str, str]:
     return key, msg
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+def _known_keys(section: type[BaseModel] | None = None, prefix: str = "") -> Iterator[str]:
+    """Every dotted key a run file may set, sections included."""
+    for name, field in (section or Config).model_fields.items():
+        yield prefix + name
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            yield from _known_keys(field.annotation, f"{prefix}{name}.")
+
+
+def nearest_key(key: str) -> str | None:
+    """The known key ``key`` was most likely meant to be: a close name in the same section,
+    the same name in another section, or a close dotted key anywhere; None when none is."""
+    known = list(_known_keys())
+    section, _, name = key.rpartition(".")
+    siblings = [k.rpartition(".")[2] for k in known if k.rpartition(".")[0] == section]
+    if close := difflib.get_close_matches(name, siblings, n=1):
+        return f"{section}.{close[0]}" if section else close[0]
+    if same_name := [k for k in known if k.rpartition(".")[2] == name]:
+        return same_name[0]
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+    return close[0] if close else None
+
+
+def _source_of(key: str, path: str | Path | None, overridden: Sequence[str]) -> str:
+    """Where the setting at ``key`` came from, as the user wrote it: ``--set`` when an
+    override set it (or a key inside it), else the run file, else the built-in defaults."""
+    if any(k == key or k.startswith(f"{key}.") or key.startswith(f"{k}.") for k in overridden):
+        return "--set"
+    return str(path) if path is not None else "the defaults"
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
     """Read a YAML run file (or the defaults), apply ``KEY=VALUE`` overrides, validate."""
-    source = str(path) if path is not None else "<defaults>"
+    source = str(path) if path is not None else "the defaults"
     tree: dict[str, Any] = {}
     if path is not None:
         try:
@@ -277,14 +310,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(source, "<root>", "expected a mapping of sections")
         tree = loaded or {}
+    overridden = []
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(tree, key, value)
+        overridden.append(key)
     try:
         return Config.model_validate(tree)
     except ValidationError as exc:
         key, msg = _first_error(exc)
-        raise ConfigError(source, key, msg) from None
+        if msg == "unknown key" and (meant := nearest_key(key)):
+            msg = f"unknown key; did you mean {meant}?"
+        raise ConfigError(_source_of(key, path, overridden), key, msg) from None
 
 
 # The settings that decide what the trainer learns: a checkpoint saves them and a resume must

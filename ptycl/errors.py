@@ -50,6 +50,11 @@ class ScanError(PtyclError):
         super().__init__(f"{printable(self.path)}: {self.problem}")
 
 
+class NothingToDoError(PtyclError):
+    """A command found none of the work it was given (no scans, or none it could use): it
+    exits non-zero with this line instead of reporting success on nothing."""
+
+
 class CheckpointError(PtyclError):
     """A checkpoint is missing, torn or incompatible with the run."""
 

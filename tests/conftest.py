@@ -22,6 +22,7 @@ TINY = [
     "train.replay_batch_size=4",
     "train.store.capacity_samples=40",
     "train.checkpoint_every_steps=0",
+    "train.keep_checkpoints=3",  # the tests that count checkpoints were written for 3
     "prep.holdout_fraction=0.25",
     "run.log_level=WARNING",
 ]

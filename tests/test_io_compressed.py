@@ -20,7 +20,6 @@ from zarr.codecs import BloscCodec, ZstdCodec
 
 from ptycl.errors import ScanError
 from ptycl.io import cxi
-from ptycl.io.guards import MAX_READ_BYTES
 from ptycl.io.source import open_scan, write_scan
 from tests.helpers_scans import tiny_scan
 

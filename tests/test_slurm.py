@@ -555,4 +555,24 @@ def test_the_output_dir_is_asked_of_ptycl_whatever_python_is_on_path(tiny_scans,
 
     rc = slurm.run(SLURM / "train.sbatch", "--set", "train.nope=1", log=log)
     assert rc == 2
-    assert log.read_text().endswith("ptycl: error: <defaults>: train.nope: unknown key\n")
+    assert log.read_text().endswith("ptycl: error: --set: train.nope: unknown key\n")
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+@pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec (pip install 'ptycl[mpich]')")
+def test_a_training_job_that_trained_nothing_fails(tmp_path):
+    """Two ranks over a directory without a scan: the job ends non-zero (Slurm marks it
+    FAILED, not COMPLETED) with one error line, not one per rank, and is not requeued."""
+    slurm = FakeSlurm(tmp_path / "job")
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    config = write_config(scans, tmp_path)
+    log = tmp_path / "job.log"
+    rc = slurm.run(SLURM / "train.sbatch", "-c", str(config), log=log, timeout=120)
+    text = log.read_text()
+    assert rc == 2, text
+    errors = [line for line in text.splitlines() if line.startswith("ptycl: error:")]
+    assert errors == [f"ptycl: error: {scans}: no scan files in it: nothing trained"], text
+    assert "ranks exited with status 2" in text
+    assert not any(c.startswith("scontrol requeue") for c in slurm.calls())

@@ -18,7 +18,7 @@ import torch
 from ptycl.bench.settings import with_settings
 from ptycl.config import Config
 from ptycl.errors import PtyclError
-from ptycl.eval.plots import plot_cost_per_scan, plot_error_over_time
+from ptycl.eval.plots import METRIC_LABELS, plot_costs, plot_error_over_time
 from ptycl.lifecycle.checkpoint import has_checkpoint
 from ptycl.logs import setup_logging
 from ptycl.outputs import write_text
@@ -212,16 +212,15 @@ def run(config: Config, out_dir: Path, quick: bool, jobs: int = 1, resume: bool 
         )
     criteria = _criteria(reports)
     scan_ids = reports["derpp"].scan_ids
-    plot_cost_per_scan(
-        {s: [c["samples"] for c in r.costs] for s, r in reports.items()},
-        suite_dir / "cost_per_scan.png",
-        scan_ids=scan_ids,
-        ylabel="samples per scan (new + replayed)",
-    )
-    plot_error_over_time(
-        {s: r.matrix("phase_mae") for s, r in reports.items()},
-        scan_ids,
-        suite_dir / "phase_error_first_scans.png",
+    plots = plot_costs({s: r.costs for s, r in reports.items()}, suite_dir, scan_ids)
+    plots.append(
+        plot_error_over_time(
+            {s: r.matrix("phase_mae") for s, r in reports.items()},
+            scan_ids,
+            suite_dir / "phase_mae_first_scans.png",
+            title="Phase MAE on the first scans as training goes on",
+            metric=METRIC_LABELS["phase_mae"],
+        )
     )
     table = _markdown(reports, criteria)
     write_text(out_dir / "continual.md", table)
@@ -236,8 +235,5 @@ def run(config: Config, out_dir: Path, quick: bool, jobs: int = 1, resume: bool 
             s: {"summary": r.summary, "costs": r.costs, "error_rows": r.error_rows}
             for s, r in reports.items()
         },
-        "plots": [
-            str(suite_dir / "cost_per_scan.png"),
-            str(suite_dir / "phase_error_first_scans.png"),
-        ],
+        "plots": [str(path) for path in plots],
     }

@@ -20,7 +20,7 @@ import torch
 from ptycl.commands.options import add_config_arguments
 from ptycl.config import load_config
 from ptycl.errors import ConfigError
-from ptycl.logs import setup_logging
+from ptycl.logs import progress, setup_logging
 from ptycl.outputs import write_text
 
 log = logging.getLogger("ptycl.bench")
@@ -81,7 +81,9 @@ def main(args: argparse.Namespace) -> int:
         )
     setup_logging(config.run.log_level)
     args.out.mkdir(parents=True, exist_ok=True)
-    for suite in SUITES if args.suite == "all" else [args.suite]:
+    suites = list(SUITES) if args.suite == "all" else [args.suite]
+    written = []
+    for suite in progress(suites, "bench", unit="suites"):
         module = importlib.import_module(SUITES[suite])
         log.info("bench %s%s", suite, " (quick)" if args.quick else "")
         # Only the continual suite trains runs long enough to share out and to resume.
@@ -91,4 +93,7 @@ def main(args: argparse.Namespace) -> int:
         # One writer for every suite's JSON, all or nothing (a killed bench leaves no torn file).
         path = write_text(args.out / f"{suite}.json", json.dumps(result, indent=2, default=str))
         log.info("bench %s: wrote %s", suite, path)
+        written += [path, *map(Path, result.get("plots", []))]
+    shown = ", ".join(str(p.relative_to(args.out)) for p in written if p.is_relative_to(args.out))
+    log.info("outputs in %s: %s", args.out, shown)
     return 0

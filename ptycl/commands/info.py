@@ -9,7 +9,8 @@
 Each scan is opened and all its committed frames are read (so a torn chunk or bad counts
 show up here, not in the middle of training). The positions line says which convention was
 used to read the translations and why (``ptycl.io.positions``), and the extent they span.
-A bad scan prints its error and the others go on; the exit status is 1 if any scan was bad.
+A bad scan prints its error and the others go on; the exit status is 1 if any scan was bad, 2 if
+the paths hold no scan at all.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ptycl.errors import ScanError, printable
 from ptycl.io.object_image import label_path_for
 from ptycl.io.positions import CONVENTION_SETTINGS, ConventionSetting, positions_extent_m
 from ptycl.io.records import EV_J, ObjectImage
-from ptycl.io.source import ScanSource, expand_scan_paths, open_scan
+from ptycl.io.source import ScanSource, open_scan, require_scans
 
 READ_BATCH = 256
 
@@ -179,7 +180,7 @@ def report(path: Path, args: argparse.Namespace) -> str:
 
 def main(args: argparse.Namespace) -> int:
     bad = 0
-    for path in expand_scan_paths(args.paths):
+    for path in require_scans(args.paths):
         try:
             print(report(path, args), flush=True)
         except ScanError as exc:

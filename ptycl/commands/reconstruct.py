@@ -9,7 +9,7 @@ amplitude and phase, beside the truth and with its errors when the scan carries 
 The file opens in ptychodus 1.7 (``recon.output``). Where the predicted patches agree with
 each other clearly better at the negated positions than at the positions as read, a warning
 says so and names the other convention (``recon.consistency``). A bad scan is reported in one
-line and the others go on.
+line and the others go on (exit status 1); paths that hold no scan at all exit with status 2.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from ptycl.errors import ScanError
 from ptycl.eval.image_metrics import object_errors
 from ptycl.eval.plots import plot_reconstruction
 from ptycl.io.positions import CONVENTION_SETTINGS
-from ptycl.io.source import expand_scan_paths
+from ptycl.io.source import require_scans
 from ptycl.lifecycle.checkpoint import load_checkpoint
 from ptycl.logs import progress, setup_logging
 from ptycl.model.ptychonn import build_model
@@ -87,6 +87,7 @@ def warn_if_the_other_convention_fits(prediction: ScanPrediction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    scans = require_scans(args.scans)  # before loading a model for nothing
     config = load_config(args.run / "config.yaml", args.overrides)
     setup_logging(config.run.log_level)
     device = resolve_device(config.train.device)
@@ -96,9 +97,9 @@ def main(args: argparse.Namespace) -> int:
     support = None if trained["support"] is None else trained["support"].numpy()
     out_dir = args.out or args.run / "reconstructions"
     out_dir.mkdir(parents=True, exist_ok=True)
-    scans = expand_scan_paths(args.scans)
     failed = 0
-    for path in progress(scans, desc="reconstruct"):
+    pictures: list[Path] = []
+    for path in progress(scans, desc="reconstruct", unit="scans"):
         try:
             prediction = infer_scan(
                 model,
@@ -125,13 +126,16 @@ def main(args: argparse.Namespace) -> int:
             stitched = prediction.stitch(canvas=prediction.truth)  # compare pixel by pixel
             errors = object_errors(stitched.image, prediction.truth, stitched.covered)
             message = f", phase MAE {errors.phase_mae:.3f} rad, amplitude PSNR {errors.amplitude_psnr:.1f} dB"
-        plot_reconstruction(
+        picture = plot_reconstruction(
             stitched.image,
             prediction.truth,
             stitched.covered,
             out_dir / f"{scan_id}.png",
             title=scan_id,
         )
+        pictures.append(picture)
         log.info("%s: %d frames -> %s%s", scan_id, len(prediction.positions_m), written, message)
-    log.info("reconstructed %d of %d scans into %s", len(scans) - failed, len(scans), out_dir)
+    done = len(scans) - failed
+    first = f"; open {pictures[0]} first" if pictures else ""
+    log.info("reconstructed %d of %d scans into %s%s", done, len(scans), out_dir, first)
     return 1 if failed else 0

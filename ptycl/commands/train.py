@@ -14,9 +14,10 @@ import torch
 
 from ptycl.commands.options import add_config_arguments
 from ptycl.config import load_config
+from ptycl.errors import NothingToDoError
 from ptycl.logs import setup_logging
 from ptycl.parallel import init_distributed
-from ptycl.train.run import run_continual
+from ptycl.train.run import outputs_line, run_continual
 from ptycl.train.strategies import STRATEGIES
 
 log = logging.getLogger("ptycl.train")
@@ -41,6 +42,7 @@ def main(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     dist = init_distributed(config.train.device)
     setup_logging(config.run.log_level, rank=dist.rank)
+    nothing: NothingToDoError | None = None
     with dist.fail_fast():
         if dist.is_distributed:
             log.info(
@@ -51,7 +53,15 @@ def main(args: argparse.Namespace) -> int:
                 torch.distributed.get_backend(),
                 config.train.batch_size,
             )
-        report = run_continual(config, resume=args.resume, max_steps=args.max_steps, dist=dist)
-        log.info("%s", report.summary_line())
+        try:
+            report = run_continual(config, resume=args.resume, max_steps=args.max_steps, dist=dist)
+            log.info("%s", report.summary_line())
+            log.info("%s", outputs_line(report, config.run.output_dir))
+        except NothingToDoError as exc:  # every rank raised it: one line, not one per rank
+            nothing = exc
         dist.close()
+    if nothing is not None:
+        if dist.is_main:
+            raise nothing
+        return 2
     return 0

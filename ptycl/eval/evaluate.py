@@ -22,6 +22,7 @@ import torch
 
 from ptycl.eval.image_metrics import object_errors
 from ptycl.io.records import ObjectImage
+from ptycl.logs import progress
 from ptycl.model.ptychonn import PtychoNN
 from ptycl.parallel import Distributed
 from ptycl.prep.scan_data import ScanTensors
@@ -175,7 +176,8 @@ class ErrorMatrices:
             raise ValueError(f"columns {list(columns)} for {len(scans)} scans: need ascending")
         indices = range(len(scans))
         mine = indices if dist is None else indices[dist.share(len(scans))]
-        errors = {i: scan_errors(model, scans[i], device, support) for i in mine}
+        shown = progress(mine, "evaluate", unit="scans", rank=0 if dist is None else dist.rank)
+        errors = {i: scan_errors(model, scans[i], device, support) for i in shown}
         if dist is not None:
             errors = {i: e for part in dist.allgather(errors) for i, e in part.items()}
         row = {name: [errors[i][name] for i in indices] for name in MATRIX_NAMES}

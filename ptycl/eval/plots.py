@@ -29,6 +29,16 @@ MATRIX_SIDE_MAX_IN = 8.0
 TICK_LABELS_MAX = 20
 LINE_STYLES = ("-", "--", ":", "-.")
 UNCOVERED_COLOUR = "#d9d9d9"  # not-yet-seen matrix cells and unstitched image pixels
+# What each error matrix holds, with its unit, for axes and colour bars. Amplitude is the
+# object's transmission |O| (1: transparent), so its errors have no unit.
+METRIC_LABELS = {
+    "amplitude_mae": "amplitude MAE (|O|, 1 = transparent)",
+    "phase_mae": "phase MAE (rad)",
+    "amplitude_psnr": "amplitude PSNR (dB)",
+    "phase_psnr": "phase PSNR (dB)",
+    "amplitude_ssim": "amplitude SSIM (1 = identical)",
+    "phase_ssim": "phase SSIM (1 = identical)",
+}
 
 
 def plot_error_matrix(
@@ -206,10 +216,12 @@ def plot_cost_per_scan(
     costs: Mapping[str, Sequence[float]],
     path: str | Path,
     scan_ids: Sequence[str] | None = None,
-    ylabel: str = "training time per scan (s)",
+    ylabel: str = "samples per scan (new + replayed)",
     title: str = "Cost of keeping the model current",
 ) -> Path:
-    """One line per strategy of its cost (time, samples, ...) for each scan in the sequence."""
+    """One line per strategy of its cost for each scan in the sequence: the samples through
+    the model (what strategies differ in, whatever else runs on the machine), or the
+    seconds, given with their ``ylabel``."""
     if not costs:
         raise ValueError("plot_cost_per_scan needs at least one strategy")
     fig = Figure(figsize=(7, 4.5), layout="constrained")
@@ -224,14 +236,41 @@ def plot_cost_per_scan(
             linestyle=LINE_STYLES[s % len(LINE_STYLES)],
         )
     if scan_ids is not None:
-        ax.set_xticks(range(len(scan_ids)), scan_ids, rotation=45, ha="right")
+        ax.set_xticks(
+            range(len(scan_ids)), scan_ids, rotation=45, ha="right", rotation_mode="anchor"
+        )
     ax.set_xlabel("scan")
     ax.set_ylabel(ylabel)
-    ax.set_ylim(bottom=0)
+    highest = max((max(per_scan, default=0) for per_scan in costs.values()), default=0)
+    ax.set_ylim(0, 1.1 * highest or 1.0)  # from 0, with room above the highest point
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return save_figure(fig, path)
+
+
+def plot_costs(
+    costs: Mapping[str, Sequence[Mapping[str, float]]],
+    directory: Path,
+    scan_ids: Sequence[str],
+) -> list[Path]:
+    """``cost_per_scan.png`` (samples through the model: what the strategies differ in) and
+    ``time_per_scan.png`` (seconds, which follow the machine's load as much as the work), one
+    line per strategy of its per-scan costs (``ScanCost`` as dicts)."""
+    return [
+        plot_cost_per_scan(
+            {s: [c["samples"] for c in per_scan] for s, per_scan in costs.items()},
+            directory / "cost_per_scan.png",
+            scan_ids=scan_ids,
+        ),
+        plot_cost_per_scan(
+            {s: [c["seconds"] for c in per_scan] for s, per_scan in costs.items()},
+            directory / "time_per_scan.png",
+            scan_ids=scan_ids,
+            ylabel="training time per scan (s)",
+            title="Wall-clock time per scan (varies with the machine's load)",
+        ),
+    ]
 
 
 def _tick_positions(n: int) -> list[int]:

@@ -7,13 +7,13 @@ backend (``hdf5_scan``, ``zarr_scan``) reads or writes it, against the contracts
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from ptycl.errors import ScanError
+from ptycl.errors import NothingToDoError, ScanError
 from ptycl.io.base import ScanSource, StreamingScanWriter
 from ptycl.io.guards import require_no_link, untrusted
 from ptycl.io.hdf5_scan import HDF5ScanSource, HDF5StreamingWriter, write_hdf5_scan
@@ -70,6 +70,18 @@ def expand_scan_paths(paths: Iterable[Path]) -> list[Path]:
             scans += sorted(entry for entry in path.iterdir() if name_kind(entry.name) == "scan")
         else:
             scans.append(path)
+    return scans
+
+
+def require_scans(paths: Sequence[Path]) -> list[Path]:
+    """``expand_scan_paths``, refusing to find nothing: a command given only directories
+    without a scan in them has no work, and says so instead of succeeding on nothing."""
+    scans = expand_scan_paths(paths)
+    if not scans:
+        raise NothingToDoError(
+            f"{', '.join(str(p) for p in paths)}: no scan files in it (names ending in "
+            f"{', '.join(HDF5_SUFFIXES)} or {ZARR_SUFFIX})"
+        )
     return scans
 
 

@@ -23,6 +23,7 @@ from ptycl.rehearsal.mpi_comm import (
     exchange_rows,
     require_thread_level,
 )
+from ptycl.rehearsal.packed_rows import pack_rows, unpack_rows
 from ptycl.rehearsal.policies import POLICIES, Policy, decide, scores_samples
 from ptycl.rehearsal.prefetch import DrawPrefetcher
 from ptycl.rehearsal.samples import ReplaySamples
@@ -238,7 +239,7 @@ class DistributedRehearsalStore(RehearsalStore):
             # Draws prefetched but not yet taken have advanced the generator: keep its state
             # from before them, so a restored store draws what this one will hand out next.
             "draw_rng": pending_rng or self._draw_rng.bit_generator.state,
-            "rows": self._shard.planes[: self.held_here].cpu().clone(),
+            "rows": pack_rows(self._shard.planes[: self.held_here]),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -262,7 +263,8 @@ class DistributedRehearsalStore(RehearsalStore):
         self._decision_rng.bit_generator.state = state["decision_rng"]
         self._draw_rng.bit_generator.state = state["draw_rng"]
         self._forget_draw_pattern()
-        self._shard.write(np.arange(len(state["rows"])), state["rows"])
+        rows = unpack_rows(state["rows"])
+        self._shard.write(np.arange(len(rows)), rows)
         self.check_replicas()
 
     def load_resharded(self, shard_states: Sequence[dict[str, Any]]) -> None:
@@ -305,7 +307,7 @@ class DistributedRehearsalStore(RehearsalStore):
             + [np.zeros(0, dtype=np.int64)]
         )
         rows = torch.cat(
-            [state["rows"] for state in shard_states] + [self._shard.planes[:0].cpu()]
+            [unpack_rows(state["rows"]) for state in shard_states] + [self._shard.planes[:0].cpu()]
         ).numpy()
         destination = layout.owner(slots)
         by_destination = np.argsort(destination, kind="stable")

@@ -20,6 +20,7 @@ import torch
 
 from ptycl.rehearsal import select
 from ptycl.rehearsal.errors import StoreRestoreError
+from ptycl.rehearsal.packed_rows import pack_rows, unpack_rows
 from ptycl.rehearsal.policies import Policy, decide, scores_samples
 from ptycl.rehearsal.samples import ReplaySamples
 from ptycl.rehearsal.shard import PLANES, PayloadShard, pack, unpack
@@ -113,7 +114,6 @@ class LocalReservoirStore(RehearsalStore):
 
     def state_dict(self) -> dict[str, Any]:
         held = self._table.held
-        rows = self._shard.planes[:held].cpu().clone()
         return {
             "capacity": self.capacity,
             "seen": self.seen,
@@ -121,9 +121,7 @@ class LocalReservoirStore(RehearsalStore):
             "rng": self._rng.bit_generator.state,
             # Only the filled slots (0 .. held - 1): a checkpoint of a young store stays small.
             "held": {
-                "inputs": rows[:, 0:1],
-                "labels": rows[:, 1:3],
-                "outputs": rows[:, 3:5],
+                "rows": pack_rows(self._shard.planes[:held]),
                 "scan_index": torch.from_numpy(self._table.scan_index[:held].copy()),
                 "step": torch.from_numpy(self._table.step[:held].copy()),
                 "score": None
@@ -153,5 +151,8 @@ class LocalReservoirStore(RehearsalStore):
         table.scan_seen = state["scan_seen"].numpy().astype(np.int64)
         self._table = table
         self._rng.bit_generator.state = state["rng"]
-        rows = torch.cat([saved["inputs"], saved["labels"], saved["outputs"]], dim=1)
+        if "rows" in saved:
+            rows = unpack_rows(saved["rows"])
+        else:  # a checkpoint from before the rows were packed
+            rows = torch.cat([saved["inputs"], saved["labels"], saved["outputs"]], dim=1)
         self._shard.write(np.arange(held), rows)

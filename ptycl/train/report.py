@@ -12,7 +12,12 @@ import numpy as np
 from ptycl.config import Config
 from ptycl.eval.continual_metrics import summarize_errors, write_error_matrix_csv
 from ptycl.eval.evaluate import MATRIX_NAMES, ErrorMatrices
-from ptycl.eval.plots import plot_cost_per_scan, plot_error_matrix, plot_error_over_time
+from ptycl.eval.plots import (
+    METRIC_LABELS,
+    plot_costs,
+    plot_error_matrix,
+    plot_error_over_time,
+)
 from ptycl.model.ptychonn import parameter_count
 from ptycl.outputs import write_text
 from ptycl.train.trainer import ContinualTrainer
@@ -163,16 +168,20 @@ def write_report(report: RunReport, output_dir: Path, tables_and_plots: bool = T
     for name in MATRIX_NAMES:
         write_error_matrix_csv(report.matrix(name), report.scan_ids, output_dir / f"R_{name}.csv")
     for name in ERROR_METRICS:
-        matrix = report.matrix(name)
+        matrix, label = report.matrix(name), METRIC_LABELS[name]
+        quantity = label.split(" (")[0]
         plot_error_matrix(
             matrix,
             report.scan_ids,
             plots / f"R_{name}.png",
-            title=f"{report.strategy}: {name} R[i, j]",
+            title=f"{report.strategy}: {quantity}, R[i, j]",
+            metric=label,
         )
         plot_error_over_time(
-            {report.strategy: matrix}, report.scan_ids, plots / f"{name}_first_scans.png"
+            {report.strategy: matrix},
+            report.scan_ids,
+            plots / f"{name}_first_scans.png",
+            title=f"{report.strategy}: {quantity} on the first scans as training goes on",
+            metric=label,
         )
-    plot_cost_per_scan(
-        {report.strategy: [c["seconds"] for c in report.costs]}, plots / "cost_per_scan.png"
-    )
+    plot_costs({report.strategy: report.costs}, plots, [c["scan_id"] for c in report.costs])

@@ -9,15 +9,17 @@ from dataclasses import replace
 from pathlib import Path
 
 from ptycl.config import Config
-from ptycl.errors import CheckpointError, ConfigError, ScanError, printable
+from ptycl.errors import CheckpointError, ConfigError, NothingToDoError, ScanError, printable
 from ptycl.eval.evaluate import ErrorMatrices, stitch_scan
 from ptycl.eval.plots import plot_reconstruction
 from ptycl.io.records import ScanMetadata, distinct_scan_id
 from ptycl.io.source import expand_scan_paths
 from ptycl.lifecycle.run import RunLifecycle
+from ptycl.logs import Progress
 from ptycl.parallel import Distributed, resolve_device
 from ptycl.prep.frames import input_size_problem
 from ptycl.prep.scan_data import ScanTensors, load_scan
+from ptycl.train.disk_use import bytes_under, estimate_disk_use, megabytes
 from ptycl.train.report import RunReport, write_report
 from ptycl.train.trainer import ContinualTrainer, StreamPosition
 
@@ -34,7 +36,7 @@ def resolve_scans(config: Config) -> list[Path]:
             # Said before simulating: every simulated scan would be refused after the work.
             raise ConfigError("<config>", "prep.input_size", f"simulate.frame_size: {problem}")
         return simulate_scans(config.simulate, reuse_existing=True)
-    return expand_scan_paths(config.scans)
+    return expand_scan_paths(config.scans)  # may be empty: said after the ranks agree
 
 
 def run_continual(
@@ -80,6 +82,7 @@ def run_continual(
     every = config.train.checkpoint_every_steps
 
     def on_step(position: StreamPosition) -> None:
+        shown.update()
         if every and position.global_step % every == 0:
             checkpoint()
 
@@ -92,9 +95,25 @@ def run_continual(
     scans: list[ScanTensors] = []
     stopped: str | None = None
     started = time.perf_counter()
+    if dist.is_main:
+        planned = len(expand_scan_paths(config.scans)) if config.scans else config.simulate.n_scans
+        log.info("%s", estimate_disk_use(config, trainer, planned).line())
     # Rank 0 lists (or simulates) the scans: every rank then reads the same ones, in order.
     paths = dist.broadcast(resolve_scans(config) if dist.is_main else None)
-    with lifecycle.stop:
+    usable = len(paths)  # less the scans skipped: the steps the progress counts up to
+
+    def steps_of_run() -> int:
+        return sum(trainer.steps_for_scan(i) for i in range(usable))
+
+    shown = Progress(
+        config.train.strategy,
+        steps_of_run(),
+        unit="steps",
+        initial=trainer.state.position.global_step,
+        rank=dist.rank,
+        logger=log,
+    )
+    with lifecycle.stop, shown:
         _check_store_holds_every_scan(config, trainer, len(paths), dist)
         for path in paths:
             scan, problem = None, None
@@ -110,6 +129,8 @@ def run_continual(
             # A scan one rank cannot read is skipped by all, with that rank's reason.
             problem = next((p for p in dist.allgather(problem) if p is not None), None)
             if problem is not None:
+                usable -= 1
+                shown.describe(shown.desc, steps_of_run())
                 if problem not in rejected:
                     if dist.is_main:
                         log.error("skipping scan: %s", problem)
@@ -130,6 +151,7 @@ def run_continual(
                 len(scan),
                 len(scan.holdout_rows),
             )
+            shown.describe(f"{config.train.strategy} {scan.scan_id} ({task + 1}/{usable})")
             finished = trainer.train_scan(scan, task, should_stop=should_stop, on_step=on_step)
             if not finished:
                 checkpoint()
@@ -158,6 +180,10 @@ def run_continual(
                     " ".join(f"{v:.3f}" for v in row["phase_mae"]),
                 )
     trainer.close()
+    if not scans and stopped is None:
+        # A run that trained on nothing must not look like one that succeeded (a metrics.json
+        # of NaN, exit 0): every rank raises the same, after the collective close.
+        raise NothingToDoError(_nothing_trained(config, paths, rejected))
     report = RunReport.build(
         config,
         trainer,
@@ -185,6 +211,16 @@ def _told_apart(metadata: ScanMetadata, path: Path, taken: set[str]) -> ScanMeta
         printable(scan_id),
     )
     return replace(metadata, scan_id=scan_id)
+
+
+def _nothing_trained(config: Config, paths: list[Path], rejected: list[str]) -> str:
+    where = ", ".join(str(p) for p in config.scans) or str(config.simulate.out_dir)
+    if not paths:
+        return f"{where}: no scan files in it: nothing trained"
+    return (
+        f"none of the {len(paths)} scan(s) in {where} could be used (each named above): "
+        "nothing trained"
+    )
 
 
 def _check_store_holds_every_scan(
@@ -226,6 +262,18 @@ def _check_resumed_scan(
             f"scan {task} of the run was {trained}, and this stream has {scan_id} there: "
             "resume with the same scans in the same order",
         )
+
+
+def outputs_line(report: RunReport, output_dir: Path) -> str:
+    """The run's last line: where its outputs are, and the picture to open first."""
+    if report.stopped is not None:
+        return f"stopped: checkpoint and report in {output_dir}; continue with --resume"
+    first = output_dir / "plots" / f"reconstruction_{report.scan_ids[0]}.png"
+    return (
+        f"outputs in {output_dir} ({megabytes(bytes_under(output_dir))}): metrics.json, "
+        f"R_*.csv, plots/, checkpoints/; open {first} first (the first scan stitched by the "
+        "final model, beside its truth)"
+    )
 
 
 def _plot_reconstructions(trainer: ContinualTrainer, scans: list[ScanTensors], plots: Path) -> None:

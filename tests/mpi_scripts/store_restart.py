@@ -94,6 +94,10 @@ def assert_same_state(a: Any, b: Any, where: str = "state") -> None:
         assert a.keys() == b.keys(), f"{where}: keys {a.keys()} vs {b.keys()}"
         for key in a:
             assert_same_state(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list):  # e.g. the packed rows' blocks
+        assert len(a) == len(b), f"{where}: {len(a)} vs {len(b)} items"
+        for index, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_state(x, y, f"{where}[{index}]")
     else:
         assert a == b, f"{where}: {a!r} vs {b!r}"
 
