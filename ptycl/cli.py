@@ -46,6 +46,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "main",
         "watch a beamline directory: follow scans as they are written, train, reconstruct",
     ),
+    "label": (
+        "ptycl.label.run",
+        "main",
+        "label scans without one: an iterative reconstruction with pty-chi",
+    ),
     "bench": ("ptycl.bench.run", "main", "run benchmark suites, write JSON, markdown and plots"),
     "config": (
         "ptycl.config_command",

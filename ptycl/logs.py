@@ -42,7 +42,12 @@ def setup_logging(level: str = "INFO", rank: int = 0, label: str | None = None) 
 
 def progress(items: Iterable[T], desc: str, total: int | None = None, rank: int = 0) -> Iterator[T]:
     """A progress bar on rank 0 when stderr is a terminal (or PTYCL_PROGRESS=1)."""
+    yield from progress_bar(desc, total, rank, items)
+
+
+def progress_bar(
+    desc: str, total: int | None, rank: int = 0, items: Iterable[T] | None = None
+) -> tqdm:
+    """The bar ``progress`` shows, to advance by hand (``.update()``, ``.set_postfix()``)."""
     show = rank == 0 and (sys.stderr.isatty() or os.environ.get("PTYCL_PROGRESS") == "1")
-    yield from tqdm(
-        items, desc=desc, total=total, disable=not show, leave=False, dynamic_ncols=True
-    )
+    return tqdm(items, desc=desc, total=total, disable=not show, leave=False, dynamic_ncols=True)
