@@ -189,7 +189,9 @@ class LabelSettings(Section):
     # or once it has run ``time_budget_s``, whichever comes first; the label records which.
     iterations: PositiveInt = 100
     time_budget_s: PositiveFloat | None = 600.0
-    batch_size: PositiveInt = 96  # frames per LSQML update
+    # Frames per LSQML update: smaller batches take more updates per epoch and converged in
+    # fewer epochs on the simulated scans (docs/labels-iterative.md).
+    batch_size: PositiveInt = 32
     refine_probe: bool = True
     # Initial probe when neither --probe FILE nor the scan's metadata (``probe_diameter_px``,
     # as ptycl's simulator writes it) gives one: a disc this many object pixels across.

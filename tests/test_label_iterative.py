@@ -146,3 +146,35 @@ def test_no_initial_probe_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     assert ptycl_main(["label", str(scan), "--probe", str(tmp_path / "none.npy")]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and "none.npy" in lines[0]
+
+
+@pytest.mark.slow  # two small scans labelled and inferred: about 30 s on a 2-core CPU
+def test_bench_label_quick(tmp_path: Path) -> None:
+    """The suite's structure on a tiny workload: every scan scored against its truth, rates
+    positive, the ratio what its parts give, the markdown written (no continual runs)."""
+    from ptycl.bench import label as bench_label
+    from ptycl.config import load_config
+
+    config = load_config(
+        None,
+        [
+            f"simulate.out_dir={tmp_path / 'unused'}",
+            "simulate.families=[siemens, texture]",
+            "simulate.frames_per_scan=60",
+            "label.iterations=3",
+            "model.width=4",
+            "model.depth=2",
+            "train.device=cpu",
+        ],
+    )
+    result = bench_label.run(config, tmp_path / "out", quick=True)
+    assert [s["scan_id"] for s in result["scans"]] == ["scan0000_siemens", "scan0001_texture"]
+    for scan in result["scans"]:
+        assert scan["frames"] == 60 and scan["epochs"] == 3
+        assert 0 < scan["phase_mae"] < np.pi and 0 < scan["constant_phase_mae"] < np.pi
+        assert scan["solver_frames_per_s"] > 0 and scan["network_frames_per_s"] > 0
+        assert scan["network_over_solver"] == pytest.approx(
+            scan["network_frames_per_s"] / scan["solver_frames_per_s"]
+        )
+    assert result["continual"] is None
+    assert "network / solver" in (tmp_path / "out" / "label.md").read_text()

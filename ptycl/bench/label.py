@@ -111,6 +111,15 @@ def _label_one(config: Config, scan: Path, solver_dir: Path, device: torch.devic
     errors = label_errors(label.image, truth, label.positions_m)
     network = _network_rate(config, scan, device)
     solver = len(label.positions_m) / label.seconds
+    log.info(
+        "%s: %d epochs in %.1f s, label phase MAE %.3f rad (constant %.3f), network %.0f frames/s",
+        scan_id,
+        label.iterations,
+        label.seconds,
+        errors.phase_mae,
+        errors.constant_phase_mae,
+        network,
+    )
     return ScanFigures(
         scan_id=scan_id,
         frames=len(label.positions_m),
