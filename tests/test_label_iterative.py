@@ -167,7 +167,7 @@ def test_bench_label_quick(tmp_path: Path) -> None:
             "train.device=cpu",
         ],
     )
-    result = bench_label.run(config, tmp_path / "out", quick=True)
+    result = bench_label.run(config, tmp_path / "out", quick=True, train=False)
     assert [s["scan_id"] for s in result["scans"]] == ["scan0000_siemens", "scan0001_texture"]
     for scan in result["scans"]:
         assert scan["frames"] == 60 and scan["epochs"] == 3

@@ -1,17 +1,6 @@
 """The continual suite: all five strategies over one scan sequence, side by side.
 
-    ptycl bench continual -c configs/continual-64.yaml [--jobs N] [--resume]
-
-Cost is counted in forward samples (new and replayed alike) and in training seconds; both
-are reported per scan so the plot shows the shape: flat for the rehearsal strategies,
-growing with every scan for ``cumulative``.
-
-``--jobs N`` trains N strategies at once, each in a process of its own with 1/N of this
-process's torch threads (``cumulative``, the longest, first). The samples are the same as
-one at a time; the seconds are measured beside each other, so they compare with each other
-but not with a run of ``--jobs 1``. ``--resume`` continues every strategy from its own
-checkpoints (one that had finished is read back, one never begun starts): a suite stopped by
-Ctrl-C, SIGTERM or a Slurm time limit goes on where each strategy was.
+Design notes: docs/design.md.
 """
 
 from __future__ import annotations

@@ -9,12 +9,11 @@ On the configured beamline's scans (the continual scenario's families, simulated
 - frames/s of the solver (frames labelled per second of solver time, all epochs) and of the
   network's inference + stitching of the same scan file (``infer_scan`` then ``stitch``, the
   configured model, median of ROUNDS after a warm-up) on the same device, and their ratio;
-- unless ``--quick``: the continual run of the config trained once on the truth and once on
-  the solver's labels, both scored at the end against the truth (the final model's phase MAE
+- the continual run of the config trained once on the truth and once on the solver's labels, both scored at the end against the truth (the final model's phase MAE
   on every scan's held-out frames), so the cost of the solver's label noise shows.
 
-Scans are cut to ``FRAMES_QUICK``/``FRAMES_FULL`` frames when the config asks for more: the
-solver's cost grows with frames x epochs, and on a CPU this suite must finish in minutes.
+Scans are cut to ``FRAMES_FULL`` frames (``--quick``: ``FRAMES_QUICK``, and one scan per
+family) when the config asks for more: the solver's cost grows with frames x epochs.
 """
 
 from __future__ import annotations
@@ -40,12 +39,12 @@ from ptycl.io.source import open_scan
 from ptycl.label.label_scans import label_scan
 from ptycl.model.ptychonn import build_model
 from ptycl.outputs import write_text
+from ptycl.parallel import resolve_device
+from ptycl.prep.scan_data import load_scan
 from ptycl.recon.infer import infer_scan
 from ptycl.simulate.run import simulate_scans
 from ptycl.train.checkpoint import load_checkpoint
-from ptycl.train.distributed import resolve_device
 from ptycl.train.run import run_continual
-from ptycl.train.scan_data import load_scan
 
 log = logging.getLogger("ptycl.bench")
 
@@ -219,14 +218,16 @@ def _markdown(figures: list[ScanFigures], continual: dict[str, Any] | None, devi
     return text
 
 
-def run(config: Config, out_dir: Path, quick: bool) -> dict[str, Any]:
+def run(config: Config, out_dir: Path, quick: bool, train: bool = True) -> dict[str, Any]:
+    """Measure, write ``label.md`` into ``out_dir``; return the figures. ``train=False``
+    leaves out the two continual runs (tests)."""
     device = resolve_device(config.train.device)
     config = with_settings(config, label={"device": device.type})
     scans = _simulate(config, out_dir / "label-scans", quick)
     solver_dir = out_dir / "label-scans" / "solver"
     solver_dir.mkdir(parents=True, exist_ok=True)
     figures = [_label_one(config, scan, solver_dir, device) for scan in scans]
-    continual = None if quick else _continual(config, scans, solver_dir, out_dir, device)
+    continual = _continual(config, scans, solver_dir, out_dir, device) if train else None
     text = _markdown(figures, continual, str(device))
     write_text(out_dir / "label.md", text)
     print(text)

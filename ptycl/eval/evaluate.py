@@ -23,10 +23,10 @@ import torch
 from ptycl.eval.image_metrics import object_errors
 from ptycl.io.records import ObjectImage
 from ptycl.model.ptychonn import PtychoNN
+from ptycl.parallel import Distributed
+from ptycl.prep.scan_data import ScanTensors
 from ptycl.recon.infer import predict
 from ptycl.recon.stitch import StitchedObject, stitch_patches
-from ptycl.train.distributed import Distributed
-from ptycl.train.scan_data import ScanTensors
 
 MATRIX_NAMES = (
     "amplitude_mae",

@@ -20,6 +20,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -105,10 +106,86 @@ def incident_photons(metadata: ScanMetadata, settings: LabelSettings) -> float |
     return value if value is not None and np.isfinite(value) and value > 0 else None
 
 
+def _ptychi() -> tuple[Any, Any]:
+    """pty-chi's options API and its task class, imported only when a label is made."""
+    try:
+        import ptychi.api as api
+        from ptychi.api.task import PtychographyTask
+    except ImportError:
+        raise IterativeSolverMissing(
+            "the iterative solver needs pty-chi: pip install -e '.[iterative]'"
+        ) from None
+    return api, PtychographyTask
+
+
 def _device(requested: str) -> str:
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return requested
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """The object array pty-chi reconstructs into, and the positions on it."""
+
+    shape: tuple[int, int]
+    center_m: tuple[float, float]  # (y, x) of pixel (H // 2, W // 2)
+    positions_px: np.ndarray  # (N, 2) (y, x) pixels about ``center_m``
+    origin: tuple[float, float]  # pty-chi's position_origin_coords
+
+    @classmethod
+    def covering(
+        cls, positions_m: np.ndarray, pixel_m: tuple[float, float], frame: tuple[int, int]
+    ) -> _Grid:
+        center_m = (positions_m.max(axis=0) + positions_m.min(axis=0)) / 2
+        positions_px = (positions_m - center_m) / np.asarray(pixel_m)
+        extent = [int(np.ceil(np.ptp(positions_px[:, a]))) for a in (0, 1)]
+        shape = tuple(n + 2 * OBJECT_MARGIN_PX + f + (n + f) % 2 for n, f in zip(extent, frame))
+        origin = tuple(shape[a] // 2 - frame[a] // 2 + (frame[a] - 1) / 2 for a in (0, 1))
+        return cls(shape, (float(center_m[0]), float(center_m[1])), positions_px, origin)
+
+
+def _options(api: Any, metadata: ScanMetadata, settings: LabelSettings, grid: _Grid, n: int) -> Any:
+    """pty-chi's LSQML options: object and (optionally) probe refined, positions fixed."""
+    pixel_m = metadata.geometry.object_pixel_m
+    options = api.LSQMLOptions()
+    options.data_options.wavelength_m = metadata.geometry.wavelength_m
+    options.object_options.pixel_size_m = pixel_m[1]
+    options.object_options.pixel_size_aspect_ratio = pixel_m[1] / pixel_m[0]
+    options.object_options.determine_position_origin_coords_by = (
+        api.ObjectPosOriginCoordsMethods.SPECIFIED
+    )
+    options.object_options.position_origin_coords = np.asarray(grid.origin)
+    options.probe_options.optimizable = settings.refine_probe
+    options.probe_position_options.optimizable = False
+    options.reconstructor_options.num_epochs = settings.iterations
+    options.reconstructor_options.batch_size = min(settings.batch_size, n)
+    options.reconstructor_options.noise_model = api.NoiseModels.GAUSSIAN
+    options.reconstructor_options.random_seed = settings.seed
+    options.reconstructor_options.default_device = (
+        api.Devices.GPU if _device(settings.device) == "cuda" else api.Devices.CPU
+    )
+    return options
+
+
+def _run_epochs(
+    task: Any, settings: LabelSettings, on_epoch: Callable[[int, float], None] | None
+) -> tuple[list[float], str, float]:
+    """Epochs until the iteration or the time budget is spent: (data error per epoch, what
+    stopped it, seconds)."""
+    errors: list[float] = []
+    started = time.perf_counter()
+    for epoch in range(settings.iterations):
+        task.run(n_epochs=1)
+        errors.append(float(task.reconstructor.loss_tracker.table["loss"].iloc[-1]))
+        if on_epoch is not None:
+            on_epoch(epoch, errors[-1])
+        budget = settings.time_budget_s
+        if budget is not None and time.perf_counter() - started >= budget:
+            if epoch + 1 < settings.iterations:
+                return errors, "time budget", time.perf_counter() - started
+            break
+    return errors, "iterations", time.perf_counter() - started
 
 
 def reconstruct(
@@ -122,75 +199,28 @@ def reconstruct(
     """Reconstruct one scan from its (N, H, W) frames (detector counts) at its (N, 2) probe
     positions (y, x metres). ``probe``: a supplied initial probe; ``on_epoch(epoch,
     data_error)`` is called after each epoch (a progress bar)."""
-    try:
-        import ptychi.api as api
-        from ptychi.api.task import PtychographyTask
-    except ImportError:
-        raise IterativeSolverMissing(
-            "the iterative solver needs pty-chi: pip install -e '.[iterative]'"
-        ) from None
+    api, task_class = _ptychi()
     size = metadata.geometry.frame_shape
     if frames.ndim != 3 or frames.shape[1:] != size or len(frames) != len(positions_m):
         raise ValueError(f"{frames.shape} frames for {len(positions_m)} positions of {size} px")
     probe0, probe_source = initial_probe(metadata, settings, probe)
-    pixel_m = metadata.geometry.object_pixel_m
-    center_m = (positions_m.max(axis=0) + positions_m.min(axis=0)) / 2
-    positions_px = (positions_m - center_m) / np.asarray(pixel_m)
-    shape = [
-        int(np.ceil(np.ptp(positions_px[:, axis]))) + size[axis] + 2 * OBJECT_MARGIN_PX
-        for axis in (0, 1)
-    ]
-    shape = [n + n % 2 for n in shape]
-    origin = [shape[a] // 2 - size[a] // 2 + (size[a] - 1) / 2 for a in (0, 1)]
-
-    options = api.LSQMLOptions()
-    options.data_options.wavelength_m = metadata.geometry.wavelength_m
-    options.object_options.pixel_size_m = pixel_m[1]
-    options.object_options.pixel_size_aspect_ratio = pixel_m[1] / pixel_m[0]
-    options.object_options.determine_position_origin_coords_by = (
-        api.ObjectPosOriginCoordsMethods.SPECIFIED
-    )
-    options.object_options.position_origin_coords = np.asarray(origin)
-    options.probe_options.optimizable = settings.refine_probe
-    options.probe_position_options.optimizable = False
-    options.reconstructor_options.num_epochs = settings.iterations
-    options.reconstructor_options.batch_size = min(settings.batch_size, len(frames))
-    options.reconstructor_options.noise_model = api.NoiseModels.GAUSSIAN
-    options.reconstructor_options.random_seed = settings.seed
-    device = _device(settings.device)
-    options.reconstructor_options.default_device = (
-        api.Devices.GPU if device == "cuda" else api.Devices.CPU
-    )
-    mask = None if metadata.mask is None else ~metadata.mask
-
+    grid = _Grid.covering(positions_m, metadata.geometry.object_pixel_m, size)
     # pty-chi sets torch's default device and dtype for the whole process; a training loop
     # sharing the process must get its own back.
     default_device, default_dtype = torch.get_default_device(), torch.get_default_dtype()
-    errors: list[float] = []
-    stopped_by = "iterations"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pty-chi's deprecation and tensor-copy notes
-            started = time.perf_counter()
-            task = PtychographyTask(
-                options,
+            task = task_class(
+                _options(api, metadata, settings, grid, len(frames)),
                 diffraction_data=np.asarray(frames, dtype=np.float32),
-                object_data=np.ones((1, *shape), dtype=np.complex64),
+                object_data=np.ones((1, *grid.shape), dtype=np.complex64),
                 probe_data=probe0[None, None],
-                probe_position_x_px=positions_px[:, 1],
-                probe_position_y_px=positions_px[:, 0],
-                valid_pixel_mask=mask,
+                probe_position_x_px=grid.positions_px[:, 1],
+                probe_position_y_px=grid.positions_px[:, 0],
+                valid_pixel_mask=None if metadata.mask is None else ~metadata.mask,
             )
-            for epoch in range(settings.iterations):
-                task.run(n_epochs=1)
-                errors.append(float(task.reconstructor.loss_tracker.table["loss"].iloc[-1]))
-                if on_epoch is not None:
-                    on_epoch(epoch, errors[-1])
-                budget = settings.time_budget_s
-                if budget is not None and time.perf_counter() - started >= budget:
-                    stopped_by = "time budget" if epoch + 1 < settings.iterations else stopped_by
-                    break
-            seconds = time.perf_counter() - started
+            errors, stopped_by, seconds = _run_epochs(task, settings, on_epoch)
             obj = task.get_data_to_cpu("object", as_numpy=True)[0]
             probe_out = task.get_data_to_cpu("probe", as_numpy=True)[0, 0]
     finally:
@@ -199,8 +229,8 @@ def reconstruct(
 
     raw = ObjectImage(
         values=obj.astype(np.complex64),
-        pixel_m=pixel_m,
-        center_m=(float(center_m[0]), float(center_m[1])),
+        pixel_m=metadata.geometry.object_pixel_m,
+        center_m=grid.center_m,
         probe=probe_out.astype(np.complex64),
     )
     referenced = reference_label(raw, positions_m, incident_photons(metadata, settings))
@@ -212,7 +242,7 @@ def reconstruct(
         stopped_by=stopped_by,
         data_errors=tuple(errors),
         seconds=seconds,
-        device=device,
+        device=_device(settings.device),
         initial_probe=probe_source,
         amplitude_reference=referenced.amplitude_reference,
         removed_ramp_rad_per_px=referenced.removed_ramp_rad_per_px,

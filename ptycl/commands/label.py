@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ptycl.cli import add_config_arguments
+from ptycl.commands.options import add_config_arguments
 from ptycl.config import load_config
 from ptycl.io.source import expand_scan_paths
 from ptycl.logs import setup_logging
