@@ -178,3 +178,16 @@ def test_bench_label_quick(tmp_path: Path) -> None:
         )
     assert result["continual"] is None
     assert "network / solver" in (tmp_path / "out" / "label.md").read_text()
+
+
+def test_time_budget_stops_the_solver(tmp_path: Path) -> None:
+    """A time budget shorter than an epoch: one epoch, and the label says what stopped it."""
+    from ptycl.label.label_scans import label_scan
+
+    (scan,) = simulate_scans(
+        SimulateSettings(out_dir=tmp_path, n_scans=1, frame_size=32, frames_per_scan=20)
+    )
+    settings = LabelSettings(iterations=50, time_budget_s=1e-3, device="cpu")
+    written, label = label_scan(scan, settings)
+    assert label.iterations == 1 and label.stopped_by == "time budget"
+    assert len(label.data_errors) == 1 and written.exists()
