@@ -53,7 +53,7 @@ def labelled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return scan, root / "truth.h5"
 
 
-@pytest.mark.slow  # the shared fixture's reconstruction: about 25 s on a 2-core CPU
+@pytest.mark.slow  # the shared fixture reconstructs a scan (docs/labels-iterative.md, Tests)
 def test_label_file_layout_and_geometry(labelled: tuple[Path, Path]) -> None:
     scan, _ = labelled
     label_path = scan.with_name(scan.stem + ".label.h5")
@@ -148,7 +148,7 @@ def test_no_initial_probe_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     assert len(lines) == 1 and "none.npy" in lines[0]
 
 
-@pytest.mark.slow  # two small scans labelled and inferred: about 30 s on a 2-core CPU
+@pytest.mark.slow  # two small scans labelled and inferred
 def test_bench_label_quick(tmp_path: Path) -> None:
     """The suite's structure on a tiny workload: every scan scored against its truth, rates
     positive, the ratio what its parts give, the markdown written (no continual runs)."""
