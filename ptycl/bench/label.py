@@ -37,13 +37,13 @@ from ptycl.eval.label_errors import label_errors
 from ptycl.io.object_image import read_object_image
 from ptycl.io.source import open_scan
 from ptycl.label.label_scans import label_scan
+from ptycl.lifecycle.checkpoint import load_checkpoint
 from ptycl.model.ptychonn import build_model
 from ptycl.outputs import write_text
 from ptycl.parallel import resolve_device
 from ptycl.prep.scan_data import load_scan
 from ptycl.recon.infer import infer_scan
 from ptycl.simulate.run import simulate_scans
-from ptycl.train.checkpoint import load_checkpoint
 from ptycl.train.run import run_continual
 
 log = logging.getLogger("ptycl.bench")
