@@ -34,7 +34,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "label": (
         "ptycl.commands.label",
         "main",
-        "write a scan's label from a reconstruction (ptychodus, ptycl, a plain array)",
+        "write scans' labels: from a reconstruction (--from), or iteratively with pty-chi",
     ),
     "train": (
         "ptycl.commands.train",

@@ -205,6 +205,30 @@ class WatchSettings(Section):
     evaluation_scans: PositiveInt = 16
 
 
+class LabelSettings(Section):
+    """Labels from an iterative reconstruction of each scan (``ptycl label SCAN``, pty-chi)."""
+
+    engine: Literal["lsqml"] = "lsqml"
+    # Budgets: the reconstruction stops after ``iterations`` epochs (passes over the frames)
+    # or once it has run ``time_budget_s``, whichever comes first; the label records which.
+    iterations: PositiveInt = 100
+    time_budget_s: PositiveFloat | None = 600.0
+    # Frames per LSQML update: smaller batches take more updates per epoch and converged in
+    # fewer epochs on the simulated scans (docs/labels-iterative.md).
+    batch_size: PositiveInt = 32
+    refine_probe: bool = True
+    # Initial probe when neither --probe FILE nor the scan's metadata (``probe_diameter_px``,
+    # as ptycl's simulator writes it) gives one: a disc this many object pixels across.
+    probe_diameter_px: Annotated[float, Field(gt=1.0)] | None = None
+    # Photons incident on the sample per frame, where the beamline measures them: the label's
+    # amplitude is then the transmission (the scan's ``photons_per_frame`` attribute, as the
+    # simulator writes it, serves too); unknown, it is normalised (ptycl.label.conventions).
+    incident_photons_per_frame: PositiveFloat | None = None
+    # auto: the training device (CUDA when available), else the CPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+
+
 class RunSettings(Section):
     name: str = "ptycl-run"
     output_dir: Path = Path("runs/ptycl-run")
@@ -220,6 +244,7 @@ class Config(Section):
     model: ModelSettings = ModelSettings()
     train: TrainSettings = TrainSettings()
     watch: WatchSettings = WatchSettings()
+    label: LabelSettings = LabelSettings()
     # Scans to train on, in arrival order (files or directories). Empty: the simulated ones.
     scans: list[Path] = []
 

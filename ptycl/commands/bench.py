@@ -34,6 +34,7 @@ SUITES = {
     "scale": "ptycl.bench.scale",  # weak scaling of DDP training at 1/2/4 ranks, efficiency
     "infer": "ptycl.bench.infer",  # reconstruction frames/s: inference, stitching, end to end
     "watch": "ptycl.bench.watch",  # the frame rate `ptycl watch` sustains, 1 and 2 ranks
+    "label": "ptycl.bench.label",  # iterative labels vs truth; solver vs network frames/s
 }
 
 

@@ -1,1 +1,2 @@
-"""Labels for scans: object images cut into the model's training targets."""
+"""Labels for scans: the object image a model trains on, from another tool's reconstruction
+or, where no truth exists, from an iterative solver."""
