@@ -126,6 +126,9 @@ class ModelSettings(Section):
     # GroupNorm after every convolution ("none": the published network's plain conv-ReLU); see
     # ptycl.model.ptychonn for why it is on by default.
     norm: Literal["group", "none"] = "group"
+    # Rank of a linear path from the whole frame to both heads (0: none, the published network);
+    # see ptycl.model.ptychonn. Costs 3 x rank x input_size^2 parameters.
+    linear_rank: Annotated[int, Field(ge=0)] = 0
     # Fast paths, for GPUs above all; each gives the plain path's outputs within the tolerance
     # stated in tests/test_model_fast_paths.py. bf16: the convolutions run under bfloat16
     # autocast (the heads' sigmoid and tanh in float32); channels_last: NHWC memory layout,

@@ -24,6 +24,14 @@ patch scores 0.133 rad):
   its batch, so DER's stored outputs, data-parallel shares of a batch and evaluation all see the
   same function.
 
+An optional third departure, off by default (``model.linear_rank``): a low-rank linear path
+from the whole standardised frame to each head's output, added before the heads' activations.
+Why: for a weakly scattering sample the frame is, to first order, a linear function of the
+object's phase through a Fourier transform, a map in which every output pixel depends on every
+detector pixel. Local convolutions and pooling represent such a map poorly and learn it slowly;
+a dense layer represents it at once. Its output layers start at zero, so at initialisation the
+model is the convolutional network alone. Measured learning curves: docs/regime.md.
+
 The first thing the model does is standardise each detector pixel with a mean and spread fitted
 once, on the first scan's training frames (``fit_input_statistics``), and kept as buffers, so
 they travel with the weights into checkpoints, DDP replicas and reconstructions. Why: the frames
@@ -110,6 +118,7 @@ class PtychoNN(nn.Module):
         channels_last: bool = False,
         norm: str = "group",
         compile: bool = False,
+        linear_rank: int = 0,
     ) -> None:
         super().__init__()
         # How the network computes (``ModelSettings``), not what it holds: checkpoints of a
@@ -134,6 +143,7 @@ class PtychoNN(nn.Module):
         self.amplitude_head = _decoder(widths, norm)
         self.phase_head = _decoder(widths, norm)
         self.depth = depth
+        self.linear_path = _LinearPath(input_size, linear_rank) if linear_rank else None
         if channels_last:
             self.to(memory_format=torch.channels_last)
         if compile:
@@ -153,6 +163,9 @@ class PtychoNN(nn.Module):
         ):
             features = self.encoder(standardised)
             amplitude, phase = self.amplitude_head(features), self.phase_head(features)
+            if self.linear_path is not None:
+                linear_amplitude, linear_phase = self.linear_path(standardised)
+                amplitude, phase = amplitude + linear_amplitude, phase + linear_phase
         # The bounded heads in float32: bf16's 8-bit mantissa would quantise phase to ~0.01 rad.
         return ModelOutput(
             amplitude=2 * torch.sigmoid(amplitude.float()),
@@ -186,6 +199,25 @@ class PtychoNN(nn.Module):
         self.input_fitted.fill_(True)
 
 
+class _LinearPath(nn.Module):
+    """Frame (n, 1, S, S) -> rank r -> one (n, 1, S, S) term per head; see the module docstring."""
+
+    def __init__(self, size: int, rank: int) -> None:
+        super().__init__()
+        self.size = size
+        self.project = nn.Linear(size * size, rank)
+        self.amplitude = nn.Linear(rank, size * size)
+        self.phase = nn.Linear(rank, size * size)
+        for layer in (self.amplitude, self.phase):  # start as the convolutional network alone
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        projected = self.project(frames.reshape(len(frames), -1))
+        shape = (len(frames), 1, self.size, self.size)
+        return self.amplitude(projected).view(shape), self.phase(projected).view(shape)
+
+
 def build_model(settings: ModelSettings, input_size: int) -> PtychoNN:
     return PtychoNN(
         width=settings.width,
@@ -195,6 +227,7 @@ def build_model(settings: ModelSettings, input_size: int) -> PtychoNN:
         channels_last=settings.channels_last,
         norm=settings.norm,
         compile=settings.compile,
+        linear_rank=settings.linear_rank,
     )
 
 
