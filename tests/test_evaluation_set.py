@@ -142,11 +142,10 @@ def test_an_evaluation_scan_gives_the_errors_of_the_whole_scan_at_half_the_memor
     kept = EvaluationScan.of(scan)
     torch.manual_seed(0)
     model = PtychoNN(width=4, depth=2, input_size=config.prep.input_size)
-    support = scan.support
     device = torch.device("cpu")
     whole, minimal = (
-        scan_errors(model, scan, device, support),
-        scan_errors(model, kept, device, support),
+        scan_errors(model, scan, device),
+        scan_errors(model, kept, device),
     )
     assert set(whole) == set(MATRIX_NAMES)
     # the same numbers (to float32 summation order, which oneDNN picks per call)

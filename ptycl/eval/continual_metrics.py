@@ -8,6 +8,9 @@ from the accuracy versions: a positive backward transfer or forgetting means the
 *worse* on old scans.
 
 - final average error: mean of the last row over the scans evaluated in it, R[T-1, j] not NaN;
+- learning error (the learning accuracy of the field, written for errors): mean of the
+  diagonal R[j, j], how well each scan was known just after training on it, apart from
+  what later scans did to it;
 - backward transfer: mean of R[T-1, j] - R[j, j] (final minus just-learned) over the scans
   j < T-1 with both values;
 - forgetting of scan j < T-1: R[T-1, j] - min over j <= i < T-1 of R[i, j] (final minus the
@@ -44,6 +47,7 @@ class ContinualSummary:
     scan_ids: tuple[str, ...]
     error_matrix: np.ndarray  # (T, T) R[i, j]; NaN: never evaluated (ignored above the diagonal)
     final_average_error: float  # over the scans evaluated in the last row
+    learning_error: float  # mean of the diagonal R[j, j] evaluated
     backward_transfer: float  # NaN for a single scan (or no scan with both values)
     average_error_per_step: tuple[float, ...]  # mean of R[i, :i+1] evaluated: the learning curve
     # scan id -> final minus best before the end, for scans j < T-1 with a final value and at
@@ -60,6 +64,7 @@ class ContinualSummary:
             "metric": self.metric,
             "scan_ids": list(self.scan_ids),
             "final_average_error": _json_float(self.final_average_error),
+            "learning_error": _json_float(self.learning_error),
             "backward_transfer": _json_float(self.backward_transfer),
             "average_error_per_step": [_json_float(v) for v in self.average_error_per_step],
             "forgetting": {k: _json_float(v) for k, v in self.forgetting.items()},
@@ -90,6 +95,7 @@ def summarize_errors(
         scan_ids=tuple(scan_ids),
         error_matrix=R,
         final_average_error=_mean(_finite(final)),
+        learning_error=_mean(_finite(np.diag(R))),
         backward_transfer=_mean(_finite(np.array([final[j] - R[j, j] for j in history]))),
         average_error_per_step=tuple(_mean(_finite(R[i, : i + 1])) for i in range(T)),
         forgetting={scan_ids[j]: float(final[j] - best[j]) for j in forgotten},

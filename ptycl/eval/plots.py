@@ -74,11 +74,14 @@ def plot_error_over_time(
     first_k: int = 3,
     title: str = "Error on the first scans as training goes on",
     metric: str = "error",
+    constants: Mapping[str, float] | None = None,
 ) -> Path:
     """One panel per scan of the first ``first_k``: its error after each training step, from
     the step that learned it on, one line per strategy when given {strategy: R} (each its own
     colour and style, so five strategies stay apart). Steps that did not evaluate the scan
-    (NaN) are skipped, the line joining the ones that did."""
+    (NaN) are skipped, the line joining the ones that did. ``constants`` (scan id -> the
+    error of the scan's constant patch) draws that baseline beside the model's error, a grey
+    dashed line: above it the model knows the scan, at it the model predicts a median."""
     strategies = (
         dict(error_matrices) if isinstance(error_matrices, Mapping) else {"": error_matrices}
     )
@@ -107,6 +110,10 @@ def plot_error_over_time(
                 linestyle=LINE_STYLES[s % len(LINE_STYLES)],
             )
     for j, ax in enumerate(axes):
+        if constants is not None and scan_ids[j] in constants:
+            ax.axhline(
+                constants[scan_ids[j]], color="0.4", linestyle="--", label="constant patch"
+            )
         ax.set_title(scan_ids[j], fontsize=9)
         ax.set_xticks(ticks, [scan_ids[t] for t in ticks], rotation=45, ha="right", fontsize=7)
         ax.set_xlim(-0.3, T - 0.7)
@@ -114,8 +121,9 @@ def plot_error_over_time(
     axes[0].set_ylabel(metric)
     fig.supxlabel("after training through scan", fontsize=9)
     fig.suptitle(title)
-    if any(strategies):
-        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if any(labels):
+        fig.legend(handles, labels, loc="outside right upper", fontsize=8)
     return save_figure(fig, path)
 
 

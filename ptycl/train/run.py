@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import time
 from dataclasses import dataclass
@@ -196,11 +197,13 @@ def run_continual(
             if task < trainer.state.position.scan_index:
                 continue  # trained on before the resume point
             log.info(
-                "scan %d: %s (%d frames, %d held out)",
+                "scan %d: %s (%d frames: %d to train on, %d held out, %d in the guard band)",
                 task,
                 scan.scan_id,
                 len(scan),
+                len(scan.train_rows),
                 len(scan.holdout_rows),
+                len(scan) - len(scan.train_rows) - len(scan.holdout_rows),
             )
             finished = trainer.train_scan(scan, task, should_stop=should_stop, on_step=on_step)
             if not finished:
@@ -216,18 +219,22 @@ def run_continual(
                     )
                 break
             # The ranks share the evaluation out; every rank gets the row.
-            row = matrices.add_row(trainer.model, scans, trainer.device, trainer.support, dist)
+            row = matrices.add_row(trainer.model, scans, trainer.device, dist)
             trainer.state.position = StreamPosition(task + 1, 0, trainer.state.position.global_step)
             checkpoint()
             cost = trainer.state.costs[-1]
             if dist.is_main:
                 log.info(
-                    "scan %d done: %d steps, %d samples, %.1f s; phase MAE now %s",
+                    "scan %d done: %d steps, %d samples, %.1f s; offset-free phase MAE now %s "
+                    "rad (constant patch %s), phase skill %s, amplitude skill %s",
                     task,
                     cost.steps,
                     cost.samples,
                     cost.seconds,
-                    " ".join(f"{v:.3f}" for v in row["phase_mae"]),
+                    " ".join(f"{v:.3f}" for v in row["phase_offset_free_mae"]),
+                    " ".join(f"{v:.3f}" for v in _constants(matrices, scans)),
+                    " ".join(f"{v:.2f}" for v in row["phase_skill"]),
+                    " ".join(f"{v:.2f}" for v in row["amplitude_skill"]),
                 )
     finally:
         for s, handler in previous_handlers.items():
@@ -246,6 +253,14 @@ def run_continual(
         if stopped is None:  # a stopped run is to resume, and soon: no plots to draw
             _plot_reconstructions(trainer, scans, output_dir / "plots")
     return report
+
+
+def _constants(matrices: ErrorMatrices, scans: list[ScanTensors]) -> list[float]:
+    """The offset-free phase MAE of each scan's constant patch (NaN: none held out)."""
+    return [
+        matrices.constants.get(s.scan_id, {}).get("phase_offset_free_mae", math.nan)
+        for s in scans
+    ]
 
 
 def _check_store_holds_every_scan(
@@ -293,7 +308,7 @@ def _plot_reconstructions(trainer: ContinualTrainer, scans: list[ScanTensors], p
     """The first and the newest scan stitched with the final model, beside their truth: what
     the model still knows of the oldest data, and what it learnt last."""
     for scan in {id(s): s for s in (scans[:1] + scans[-1:])}.values():
-        stitched = stitch_scan(trainer.model, scan, trainer.device, trainer.support)
+        stitched = stitch_scan(trainer.model, scan, trainer.device)
         plot_reconstruction(
             stitched.image,
             scan.truth,
