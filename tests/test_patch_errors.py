@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from ptycl.eval.image_metrics import object_errors, remove_phase_plane
 from ptycl.eval.patch_errors import (
     constant_patch,
     constant_patch_errors,
@@ -15,6 +16,7 @@ from ptycl.eval.patch_errors import (
     patch_errors,
     skill,
 )
+from ptycl.io.records import ObjectImage
 from ptycl.prep.holdout import spatial_holdout, support_diameter_m
 from ptycl.simulate.scan_path import fermat_spiral
 
@@ -121,3 +123,29 @@ def test_nothing_held_out_trains_on_every_frame():
 def test_support_diameter():
     support = _disc(radius=5.0).numpy()
     assert support_diameter_m(support, (1e-8, 1e-8)) == pytest.approx(11e-8)
+
+
+def test_a_stitched_object_is_scored_after_its_phase_offset_and_ramp():
+    rng = np.random.default_rng(0)
+    amplitude = rng.uniform(0.5, 1.0, (40, 50))
+    phase = rng.uniform(-1.0, 1.0, (40, 50))
+    truth = ObjectImage(
+        (amplitude * np.exp(1j * phase)).astype(np.complex64), (1e-8, 1e-8), (0, 0)
+    )
+    y, x = np.indices(phase.shape)
+    plane = 2.9 + 0.03 * y - 0.02 * x  # an offset near pi and a ramp
+    moved = ObjectImage(
+        (amplitude * np.exp(1j * (phase + plane))).astype(np.complex64), (1e-8, 1e-8), (0, 0)
+    )
+    covered = np.zeros(phase.shape, bool)
+    covered[5:35, 8:45] = True
+    errors = object_errors(moved, truth, covered)
+    assert errors.phase_mae == pytest.approx(0.0, abs=1e-5)
+    assert errors.phase_ssim == pytest.approx(1.0, abs=1e-6)
+    # a phase error that is not a plane stays
+    bumped = phase + plane + np.where(y < 20, 0.2, 0.0)
+    worse = ObjectImage(
+        (amplitude * np.exp(1j * bumped)).astype(np.complex64), (1e-8, 1e-8), (0, 0)
+    )
+    assert object_errors(worse, truth, covered).phase_mae > 0.03  # a plane takes part of a step
+    assert np.allclose(remove_phase_plane(phase + plane, phase, covered), phase, atol=1e-9)

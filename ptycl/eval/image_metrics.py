@@ -9,6 +9,11 @@ same treatment by comparing the truth with ``truth + wrapped difference``, the p
 unwrapped onto the truth. For SSIM both are shifted by +pi, into [0, 2 pi] like an intensity
 image, because SSIM's luminance term is meaningless for signed data with means near 0.
 
+A stitched object is known only up to a constant phase and a linear phase ramp (a frame does
+not see the first; a shift of the diffraction pattern makes the second): ``object_errors``
+removes the plane that best fits the phase difference over the covered pixels from the
+prediction before scoring it (``remove_phase_plane``).
+
 Stitched images are compared only where they are covered (a boolean mask). SSIM is then the
 mean of skimage's SSIM map over the mask eroded by half the SSIM window, so that no window
 reaching into the uncovered area (value 0) counts.
@@ -84,12 +89,31 @@ def object_errors(
     predicted: ObjectImage, truth: ObjectImage, mask: np.ndarray | None = None
 ) -> ImageErrors:
     """Errors of a stitched object against the truth on the same grid (stitch onto the truth's
-    grid with ``stitch_patches(..., canvas=truth)``), over ``mask`` (e.g. ``covered``)."""
+    grid with ``stitch_patches(..., canvas=truth)``), over ``mask`` (e.g. ``covered``), after
+    removing the phase offset and ramp of the prediction (``remove_phase_plane``)."""
     if not on_same_grid(predicted, truth):
         raise ValueError(
             "predicted and true objects lie on different grids: stitch onto the truth's grid"
         )
-    return image_errors(predicted.amplitude, predicted.phase, truth.amplitude, truth.phase, mask)
+    mask = np.ones(truth.values.shape, bool) if mask is None else np.asarray(mask, bool)
+    phase = predicted.phase
+    if mask.any():
+        phase = remove_phase_plane(phase, truth.phase, mask)
+    return image_errors(predicted.amplitude, phase, truth.amplitude, truth.phase, mask)
+
+
+def remove_phase_plane(predicted: np.ndarray, true: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``predicted`` (H, W) phase less the plane a + b y + c x that best fits (least squares)
+    its wrapped difference to ``true`` over ``mask``: the offset first, as a circular mean (so
+    an offset near pi is not split in two), then the ramp of what is left."""
+    difference = wrapped_phase_difference(predicted, true)[mask]
+    offset = np.angle(np.mean(np.exp(1j * difference)))
+    rows, cols = np.nonzero(mask)
+    basis = np.stack([np.ones(rows.size), rows, cols], axis=1).astype(np.float64)
+    residual = np.angle(np.exp(1j * (difference - offset)))
+    (a, b, c), *_ = np.linalg.lstsq(basis, residual, rcond=None)
+    y, x = np.indices(predicted.shape)
+    return np.asarray(predicted, np.float64) - (offset + a + b * y + c * x)
 
 
 def on_same_grid(a: ObjectImage, b: ObjectImage) -> bool:

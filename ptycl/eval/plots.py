@@ -241,6 +241,40 @@ def plot_cost_per_scan(
     return save_figure(fig, path)
 
 
+def plot_error_against_cost(
+    points: Mapping[str, tuple[float, Mapping[str, float | None]]],
+    constant_error: float,
+    path: str | Path,
+    xlabel: str = "total training cost (forward samples)",
+    ylabel: str = "final offset-free phase MAE (rad)",
+    title: str = "Final error against total cost, one point per strategy",
+) -> Path:
+    """One point per strategy: {strategy: (cost, interval)} with the interval a dict of
+    ``mean``, ``low``, ``high`` (bars where known); the constant patch's error a grey
+    dashed line (a point on it has learned nothing)."""
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    colours = colormaps["tab10"]
+    for s, (strategy, (cost, interval)) in enumerate(points.items()):
+        mean, low, high = interval["mean"], interval.get("low"), interval.get("high")
+        bars = None if low is None or high is None else [[mean - low], [high - mean]]
+        ax.errorbar(
+            cost, mean, yerr=bars, fmt="o", capsize=3, color=colours(s % colours.N),
+            label=strategy,
+        )
+        ax.annotate(strategy, (cost, mean), textcoords="offset points", xytext=(5, 4),
+                    fontsize=8)
+    ax.axhline(constant_error, color="0.4", linestyle="--", label="constant patch")
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
 def _extent_um(image: ObjectImage) -> tuple[float, float, float, float]:
     """imshow extent (left, right, bottom, top) in µm: row r sits at
     center_y + (r - H // 2) * pixel_y, drawn top-down like the array."""
