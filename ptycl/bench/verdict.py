@@ -129,7 +129,10 @@ def criteria(streams: Streams) -> list[dict]:
                 "incremental_forgetting",
                 f"incremental final/best on the scans before the last (geometric mean over "
                 f"them): lower end >= {FORGETTING_MIN}",
-                {"final_over_best": forgetting.to_dict(), "per_scan": [p.to_dict() for p in per_scan]},
+                {
+                    "final_over_best": forgetting.to_dict(),
+                    "per_scan": [p.to_dict() for p in per_scan],
+                },
                 math.isfinite(forgetting.low) and all(parts.values()),
                 _reason(parts, f"final/best {forgetting.text()}"),
             )

@@ -29,8 +29,10 @@ class Interval:
     seeds: int
 
     def to_dict(self) -> dict[str, float | int | None]:
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                for k, v in asdict(self).items()}
+        return {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in asdict(self).items()
+        }
 
     def text(self, digits: int = 3) -> str:
         if not math.isfinite(self.low):

@@ -232,13 +232,7 @@ def plot_cost_per_scan(
         )
     if scan_ids is not None:
         ax.set_xticks(range(len(scan_ids)), scan_ids, rotation=45, ha="right")
-    ax.set_xlabel("scan")
-    ax.set_ylabel(ylabel)
-    ax.set_ylim(bottom=0)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return save_figure(fig, path)
+    return _finish(fig, ax, "scan", ylabel, title, path)
 
 
 def plot_error_against_cost(
@@ -258,14 +252,18 @@ def plot_error_against_cost(
     for s, (strategy, (cost, interval)) in enumerate(points.items()):
         mean, low, high = interval["mean"], interval.get("low"), interval.get("high")
         bars = None if low is None or high is None else [[mean - low], [high - mean]]
-        ax.errorbar(
-            cost, mean, yerr=bars, fmt="o", capsize=3, color=colours(s % colours.N),
-            label=strategy,
+        colour = colours(s % colours.N)
+        ax.errorbar(cost, mean, yerr=bars, fmt="o", capsize=3, color=colour, label=strategy)
+        ax.annotate(
+            strategy, (cost, mean), textcoords="offset points", xytext=(5, 4), fontsize=8
         )
-        ax.annotate(strategy, (cost, mean), textcoords="offset points", xytext=(5, 4),
-                    fontsize=8)
     ax.axhline(constant_error, color="0.4", linestyle="--", label="constant patch")
     ax.set_xscale("log")
+    return _finish(fig, ax, xlabel, ylabel, title, path)
+
+
+def _finish(fig: Figure, ax: Axes, xlabel: str, ylabel: str, title: str, path: str | Path) -> Path:
+    """Labels, a y axis from 0, a grid and a legend; then the PNG."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_ylim(bottom=0)
