@@ -16,11 +16,9 @@ to turn the photon budget into counts.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 
-ProbeKind = Literal["zone_plate", "aperture"]
+from ptycl.config import ProbeKind
 
 
 def make_probe(
