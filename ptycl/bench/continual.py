@@ -35,7 +35,7 @@ from ptycl.bench.settings import with_settings
 from ptycl.bench.verdict import ERROR, StreamResult, criteria, strategy_table
 from ptycl.bench.verdict_markdown import verdict_markdown
 from ptycl.config import Config
-from ptycl.errors import PtyclError
+from ptycl.errors import ConfigError, PtyclError
 from ptycl.eval.plots import plot_cost_per_scan, plot_error_against_cost, plot_error_over_time
 from ptycl.logs import setup_logging
 from ptycl.outputs import write_text
@@ -154,17 +154,25 @@ def run(
     resume: bool = False,
     seeds: int = 1,
     command: str = "",
+    strategies: list[str] | None = None,
 ) -> dict:
     if quick:
         config = with_settings(
             config, simulate={"n_scans": 4, "frames_per_scan": 200}, train={"steps_per_scan": 30}
+        )
+    strategies = list(strategies or STRATEGIES)
+    if unknown := [s for s in strategies if s not in STRATEGIES]:
+        raise ConfigError(
+            "ptycl bench continual",
+            "--strategies",
+            f"{', '.join(unknown)}: choose among {', '.join(STRATEGIES)}",
         )
     suite_dir = out_dir / "continual"
     streams = stream_configs(config, seeds, suite_dir)
     configs = {}
     for k, stream in enumerate(streams):
         resolve_scans(stream)  # simulate once, before the strategies share the scans
-        for strategy in STRATEGIES:
+        for strategy in strategies:
             configs[f"seed-{k}/{strategy}"] = with_settings(
                 stream,
                 run={
@@ -183,7 +191,7 @@ def run(
             + "); continue with --resume"
         )
     by_stream = [
-        {strategy: reports[f"seed-{k}/{strategy}"] for strategy in STRATEGIES}
+        {strategy: reports[f"seed-{k}/{strategy}"] for strategy in strategies}
         for k in range(seeds)
     ]
     results = [{s: StreamResult.of(r) for s, r in stream.items()} for stream in by_stream]
@@ -206,7 +214,7 @@ def run(
         "suite": "continual",
         "quick": quick,
         "jobs": jobs,
-        "scans": by_stream[0]["derpp"].scan_ids,
+        "scans": next(iter(by_stream[0].values())).scan_ids,
         **verdict,
         "runs": [
             {
@@ -233,7 +241,7 @@ def _plots(by_stream: list[dict[str, RunReport]], table: dict, suite_dir: Path) 
     """The first stream's cost per scan and error over time (with each scan's constant
     patch), and the final error of every strategy against its total cost."""
     first = by_stream[0]
-    scan_ids = first["derpp"].scan_ids
+    scan_ids = next(iter(first.values())).scan_ids
     return [
         plot_cost_per_scan(
             {s: [c["samples"] for c in r.costs] for s, r in first.items()},
@@ -247,7 +255,7 @@ def _plots(by_stream: list[dict[str, RunReport]], table: dict, suite_dir: Path) 
             suite_dir / "phase_error_over_time.png",
             first_k=len(scan_ids),
             metric="offset-free phase MAE (rad), seed 0",
-            constants=first["derpp"].constant(ERROR),
+            constants=next(iter(first.values())).constant(ERROR),
         ),
         plot_error_against_cost(
             {

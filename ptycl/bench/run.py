@@ -59,6 +59,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "on each",
     )
     parser.add_argument(
+        "--strategies",
+        type=lambda text: [s.strip() for s in text.split(",") if s.strip()],
+        default=None,
+        metavar="A,B,...",
+        help="continual: the strategies to run (default: all of them)",
+    )
+    parser.add_argument(
         "--resume",
         action="store_true",
         help="continual: continue each strategy from its checkpoints under --out",
@@ -101,6 +108,7 @@ def main(args: argparse.Namespace) -> int:
                 "jobs": args.jobs,
                 "resume": args.resume,
                 "seeds": args.seeds,
+                "strategies": args.strategies,
                 "command": shlex.join(["ptycl", *sys.argv[1:]]),
             }
             if suite == "continual"

@@ -50,6 +50,7 @@ class StreamResult:
     phase_skill_learned: float | None  # diagonal average skill
     amplitude_skill: float | None
     constant_error: float  # mean over scans of the constant patch's error
+    unseen_phase_skill: float | None  # mean over the unseen scans of each domain
     samples: list[int]  # forward samples per scan
     seconds: float  # training seconds, all scans
 
@@ -68,6 +69,9 @@ class StreamResult:
             phase_skill_learned=skill.get("diagonal_average"),
             amplitude_skill=report.summary.get("amplitude_skill", {}).get("final_average"),
             constant_error=float(np.mean([constants[s] for s in report.scan_ids])),
+            unseen_phase_skill=float(np.mean([u["phase_skill"] for u in report.unseen.values()]))
+            if report.unseen
+            else None,
             samples=[int(c["samples"]) for c in report.costs],
             seconds=float(sum(c["seconds"] for c in report.costs)),
         )
@@ -154,7 +158,19 @@ def criteria(streams: Streams) -> list[dict]:
                 _reason(parts, f"error ratio {ratio.text()}"),
             )
         )
+    named = {c["name"] for c in out}
+    for name, needs in NEEDS.items():
+        if name not in named:
+            missing = ", ".join(sorted(needs - have))
+            out.append(_criterion(name, "", {}, None, f"not evaluated: {missing} did not run"))
     return out
+
+
+NEEDS = {
+    "derpp_vs_cumulative": {"derpp", "cumulative"},
+    "incremental_forgetting": {"incremental"},
+    "derpp_vs_full_replay": {"derpp", "full_replay"},
+}
 
 
 def _reason(parts: dict[str, bool], measured: str) -> str:
@@ -180,6 +196,7 @@ def strategy_table(streams: Streams, reference: str = "cumulative") -> dict[str,
             "phase_skill": interval([r.phase_skill for r in runs]),
             "phase_skill_learned": interval([r.phase_skill_learned for r in runs]),
             "amplitude_skill": interval([r.amplitude_skill for r in runs]),
+            "unseen_phase_skill": interval([r.unseen_phase_skill for r in runs]),
             "final_over_best": ratio_of_logs(
                 [float(np.mean(np.log(r.final_over_best))) for r in runs]
             ).to_dict()

@@ -35,18 +35,20 @@ def verdict_markdown(verdict: dict) -> str:
     lines += [
         "",
         "| strategy | final error (rad) | just learned (rad) | final / cumulative | "
-        "phase skill, final | phase skill, just learned | amplitude skill, final | "
-        "final/best (forgetting) | samples, last scan | samples, total | train s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "phase skill, final | phase skill, just learned | phase skill, unseen scans | "
+        "amplitude skill, final | final/best (forgetting) | samples, last scan | "
+        "samples, total | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in verdict["strategies"].items():
         if "samples_total" not in row:
-            lines.append(f"| {name} | {_interval(row['final_error'])} |" + " |" * 9)
+            lines.append(f"| {name} | {_interval(row['final_error'])} |" + " |" * 10)
             continue
         lines.append(
             f"| {name} | {_interval(row['final_error'])} | {_interval(row['learning_error'])} "
             f"| {_interval(row['over_reference'])} | {_interval(row['phase_skill'], 2)} "
             f"| {_interval(row['phase_skill_learned'], 2)} "
+            f"| {_interval(row['unseen_phase_skill'], 2)} "
             f"| {_interval(row['amplitude_skill'], 2)} | {_interval(row['final_over_best'], 2)} "
             f"| {row['samples_last_scan']} | {row['samples_total']} "
             f"| {row['seconds_mean']:.0f} |"

@@ -58,6 +58,8 @@ class RunReport:
     rejected: list[str]
     wall_seconds: float
     constants: dict[str, dict] = field(default_factory=dict)
+    # The final model on scans of each domain never trained on: scan id -> errors and skills.
+    unseen: dict[str, dict] = field(default_factory=dict)
     ranks: int = 1  # MPI ranks training data-parallel (the costs are rank 0's seconds)
     # Why the run ended before its last scan (a signal, --max-steps); None: it went through.
     stopped: str | None = None
@@ -71,6 +73,7 @@ class RunReport:
         rejected: list[str],
         wall_seconds: float,
         stopped: str | None = None,
+        unseen: dict[str, dict] | None = None,
     ) -> RunReport:
         return cls(
             name=config.run.name,
@@ -93,6 +96,7 @@ class RunReport:
                 if matrices.rows[name]
             },
             constants=dict(matrices.constants),
+            unseen=unseen or {},
             rejected=rejected,
             wall_seconds=wall_seconds,
             ranks=trainer.dist.world_size,

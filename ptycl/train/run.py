@@ -43,7 +43,7 @@ import torch
 from ptycl.cli import add_config_arguments
 from ptycl.config import Config, dump_config, load_config
 from ptycl.errors import CheckpointError, ConfigError, ScanError
-from ptycl.eval.evaluate import ErrorMatrices, stitch_scan
+from ptycl.eval.evaluate import ErrorMatrices, holdout_errors, stitch_scan
 from ptycl.eval.plots import plot_reconstruction
 from ptycl.io.source import expand_scan_paths
 from ptycl.logs import setup_logging
@@ -240,6 +240,7 @@ def run_continual(
         for s, handler in previous_handlers.items():
             signal.signal(s, handler)
     trainer.close()
+    unseen = _unseen_errors(config, trainer) if stopped is None and dist.is_main else {}
     report = RunReport.build(
         config,
         trainer,
@@ -247,12 +248,39 @@ def run_continual(
         rejected,
         wall_seconds=time.perf_counter() - started,
         stopped=stopped,
+        unseen=unseen,
     )
     if dist.is_main:
         write_report(report, output_dir)
         if stopped is None:  # a stopped run is to resume, and soon: no plots to draw
             _plot_reconstructions(trainer, scans, output_dir / "plots")
     return report
+
+
+def _unseen_errors(config: Config, trainer: ContinualTrainer) -> dict[str, dict[str, float]]:
+    """The final model on the simulated scans of each domain that the stream never trained on
+    (``simulate.unseen_scans_per_domain``), every frame of each held out: scan id -> errors
+    and skills against the scan's constant patch. Empty for listed scans."""
+    if config.scans or not config.simulate.unseen_scans_per_domain:
+        return {}
+    from ptycl.simulate.run import unseen_scan_paths
+
+    out = {}
+    for path in (p for domain in unseen_scan_paths(config.simulate) for p in domain):
+        try:
+            scan = load_scan(path, config.prep, seed=config.run.seed)
+        except ScanError as exc:
+            log.error("unseen scan skipped: %s", exc)
+            continue
+        scan.holdout_rows = torch.arange(len(scan))  # never trained on: all of it scores
+        out[scan.scan_id] = holdout_errors(trainer.model, scan, trainer.device)
+        log.info(
+            "unseen scan %s: offset-free phase MAE %.3f rad, phase skill %.2f",
+            scan.scan_id,
+            out[scan.scan_id]["phase_offset_free_mae"],
+            out[scan.scan_id]["phase_skill"],
+        )
+    return out
 
 
 def _constants(matrices: ErrorMatrices, scans: list[ScanTensors]) -> list[float]:
