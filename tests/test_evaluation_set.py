@@ -14,8 +14,8 @@ from scipy.stats import chi2
 
 from ptycl.eval.evaluate import MATRIX_NAMES, ErrorMatrices, EvaluationScan, scan_errors
 from ptycl.model.ptychonn import PtychoNN
+from ptycl.prep.scan_data import load_scan
 from ptycl.stream.evaluation_set import EvaluationReservoir
-from ptycl.train.scan_data import load_scan
 from tests.conftest import tiny_config
 
 NAN = math.nan

@@ -225,8 +225,8 @@ def test_a_one_frame_first_scan_trains_and_an_all_held_out_scan_is_rejected(
 def test_the_balanced_policy_is_refused_where_it_cannot_keep_a_slot_per_scan(tiny_scans, tmp_path):
     """Said at the start in one line: not as a ValueError when the scan past the last slot
     arrives, and never in watch mode, whose stream has no last scan."""
+    from ptycl.parallel import Distributed
     from ptycl.stream.watch import Watcher
-    from ptycl.train.distributed import Distributed
 
     config = tiny_config(
         tiny_scans,

@@ -1,23 +1,7 @@
 """The continual suite: every strategy over the same scan streams, side by side, over paired
 seeds, with the verdict of the continual claim.
 
-    ptycl bench continual -c configs/continual-64.yaml [--seeds N] [--jobs N] [--resume]
-
-``--seeds N`` runs N streams: stream k simulates with ``simulate.seed + k`` (into its own
-directory) and trains with ``run.seed + k``, and every strategy runs on every stream, so
-each comparison between two strategies is paired seed by seed (``ptycl.bench.verdict``).
-Listed ``scans:`` are the same on every stream; only the run seed changes then.
-
-Cost is counted in forward samples (new and replayed alike) and in training seconds; both
-are reported per scan so the plot shows the shape: flat for the rehearsal strategies,
-growing with every scan for ``cumulative``.
-
-``--jobs N`` trains N runs (a strategy on a stream) at once, each in a process of its own
-with 1/N of this process's torch threads (the longest first). The samples are the same as
-one at a time; the seconds are measured beside each other, so they compare with each other
-but not with a run of ``--jobs 1``. ``--resume`` continues every run from its own
-checkpoints (one that had finished is read back, one never begun starts): a suite stopped by
-Ctrl-C, SIGTERM or a Slurm time limit goes on where each run was.
+Design notes: docs/design.md.
 """
 from __future__ import annotations
 

@@ -1,26 +1,6 @@
 """Continual-learning summaries of an error matrix (GEM's metrics, written for errors).
 
-``R[i, j]`` is the error on scan j (its held-out frames) after training through scan i; it is
-NaN for j > i (scan j not seen yet) and for any cell never evaluated: ``ptycl train`` fills the
-whole lower triangle, ``ptycl watch`` only the diagonal and a bounded sample of earlier scans
-per row (``ptycl.stream.evaluation_set``). Lower is better everywhere, so the signs are flipped
-from the accuracy versions: a positive backward transfer or forgetting means the model got
-*worse* on old scans.
-
-- final average error: mean of the last row over the scans evaluated in it, R[T-1, j] not NaN;
-- learning error (the learning accuracy of the field, written for errors): mean of the
-  diagonal R[j, j], how well each scan was known just after training on it, apart from
-  what later scans did to it;
-- backward transfer: mean of R[T-1, j] - R[j, j] (final minus just-learned) over the scans
-  j < T-1 with both values;
-- forgetting of scan j < T-1: R[T-1, j] - min over j <= i < T-1 of R[i, j] (final minus the
-  best it ever was before the end), and the final / best ratio of the same two numbers; only
-  for scans with a final value and at least one earlier one (the others are left out, not
-  counted as zero).
-
-The last scan has no history, so the per-scan numbers cover scans 0 .. T-2 at most. Values above
-the diagonal (scans evaluated before training on them) are allowed and ignored. With every cell
-of the lower triangle present (``ptycl train``) these are the textbook definitions.
+Design notes: docs/design.md.
 """
 
 from __future__ import annotations

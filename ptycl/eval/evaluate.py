@@ -24,10 +24,10 @@ from ptycl.eval.image_metrics import object_errors
 from ptycl.eval.patch_errors import PatchErrors, constant_patch_errors, patch_errors, skill
 from ptycl.io.records import ObjectImage
 from ptycl.model.ptychonn import PtychoNN
+from ptycl.parallel import Distributed
+from ptycl.prep.scan_data import ScanTensors
 from ptycl.recon.infer import predict
 from ptycl.recon.stitch import StitchedObject, stitch_patches
-from ptycl.train.distributed import Distributed
-from ptycl.train.scan_data import ScanTensors
 
 MATRIX_NAMES = (
     "amplitude_mae",

@@ -1,22 +1,6 @@
 """How far predicted amplitude and phase are from the truth: MAE, PSNR and SSIM.
 
-PSNR and SSIM come from ``skimage.metrics`` with explicit data ranges: amplitude over 1.0,
-the range of a transmission in [0, 1] (the model's head, 2 sigmoid, reaches 2 so that 1.0 is
-not saturated; the measure is of the object, not of the head), phase over 2 pi. Phase is an
-angle, so every phase metric looks at the wrapped difference angle(exp(i (pred - true))): a
-prediction of -pi + 0.01 for a truth of pi - 0.01 is off by 0.02, not by 2 pi - 0.02. PSNR and SSIM get the
-same treatment by comparing the truth with ``truth + wrapped difference``, the prediction
-unwrapped onto the truth. For SSIM both are shifted by +pi, into [0, 2 pi] like an intensity
-image, because SSIM's luminance term is meaningless for signed data with means near 0.
-
-A stitched object is known only up to a constant phase and a linear phase ramp (a frame does
-not see the first; a shift of the diffraction pattern makes the second): ``object_errors``
-removes the plane that best fits the phase difference over the covered pixels from the
-prediction before scoring it (``remove_phase_plane``).
-
-Stitched images are compared only where they are covered (a boolean mask). SSIM is then the
-mean of skimage's SSIM map over the mask eroded by half the SSIM window, so that no window
-reaching into the uncovered area (value 0) counts.
+Design notes: docs/design.md.
 """
 
 from __future__ import annotations
@@ -136,7 +120,7 @@ def batch_errors(
     """Mean over a batch of (n, h, w) patches of each patch's errors.
 
     PSNR is averaged in dB, the usual per-image convention; a batch holding a perfect patch
-    has an infinite mean PSNR. About 1 ms per 64x64 patch (SSIM is most of it).
+    has an infinite mean PSNR.
     """
     shape = np.shape(true_amplitude)
     if (

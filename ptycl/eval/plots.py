@@ -155,7 +155,7 @@ def plot_reconstruction(
     axes = fig.subplots(2, columns, squeeze=False)
     extent = _extent_um(predicted)
     # Prediction and truth share colour limits, set by the truth where there is one: fixed
-    # limits (0-1, -pi-pi) showed a sample's 0.1-1.5 rad of phase contrast as one flat colour.
+    # limits (0-1, -pi-pi) showed a sample's weak phase contrast as one flat colour.
     reference = truth if truth is not None else predicted
     amplitude_range = _shown_range(reference.amplitude[covered])
     phase_range = _shown_range(reference.phase[covered])

@@ -1,36 +1,8 @@
-"""Continual training over a sequence of scans, each scan one task, in arrival order.
-
-    ptycl train -c configs/continual-64.yaml [--set train.strategy=der] [--resume] [--max-steps N]
-
-Scans come from ``scans:`` in the config (files or directories, in that order), or, when it is
-empty, from the simulated beamline described by ``simulate:`` (simulated first if absent).
-After each scan the run evaluates every scan seen so far, checkpoints, and at the end writes
-metrics (JSON, CSV) and plots under ``run.output_dir``. SIGINT/SIGTERM stop at the next step
-with a checkpoint; ``--resume`` continues exactly where the run stopped.
-
-Checkpoints (``ptycl.train.checkpoint``) go to ``run.output_dir/checkpoints`` every
-``train.checkpoint_every_steps`` steps and at each scan's end; the last
-``train.keep_checkpoints`` are kept, each with a manifest of SHA-256 sums. A run killed at any
-moment, SIGKILL included, resumes from its last committed checkpoint; one that was damaged
-afterwards is skipped with a warning for the one before. The resumed run ends with the weights
-of an uninterrupted one bit for bit (same number of ranks and of torch threads).
-
-Data-parallel on N MPI ranks (one per GPU, or several per CPU node):
-
-    mpiexec -n 4 ptycl train -c configs/continual-64.yaml
-    srun --mpi=pmi2 ptycl train -c configs/continual-64.yaml     # Slurm, MPICH (pmix: Open MPI)
-
-Each rank trains on its share of every step's ``train.batch_size`` rows (the batch of all ranks
-together), so N ranks take the steps one process would; the rehearsal store is spread over the
-ranks (``train.store`` capacities are per rank). The ranks share the evaluation out; rank 0
-writes the outputs; each rank checkpoints its store shard. ``--resume`` on the same number of ranks continues exactly; on
-another number (above one) the store's samples are redistributed over the new ranks. A rank
-that fails ends the job with one line naming the rank and the error.
-"""
+"""Continual training over a sequence of scans, each scan one task, in arrival order:
+``run_continual``, the work of ``ptycl train``."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import signal
@@ -38,38 +10,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from ptycl.cli import add_config_arguments
-from ptycl.config import Config, dump_config, load_config
+from ptycl.config import Config, dump_config
 from ptycl.errors import CheckpointError, ConfigError, ScanError
 from ptycl.eval.evaluate import ErrorMatrices, holdout_errors, stitch_scan
 from ptycl.eval.plots import plot_reconstruction
 from ptycl.io.source import expand_scan_paths
-from ptycl.logs import setup_logging
 from ptycl.outputs import write_text
+from ptycl.parallel import Distributed, resolve_device
 from ptycl.prep.frames import input_size_problem
+from ptycl.prep.scan_data import ScanTensors, load_scan
 from ptycl.train.checkpoint import RunCheckpoints
-from ptycl.train.distributed import Distributed, init_distributed, resolve_device
 from ptycl.train.report import RunReport, write_report
-from ptycl.train.scan_data import ScanTensors, load_scan
 from ptycl.train.trainer import ContinualTrainer, StreamPosition
 
 log = logging.getLogger("ptycl.train")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser)
-    parser.add_argument(
-        "--resume", action="store_true", help="continue from the run's latest checkpoint"
-    )
-    parser.add_argument(
-        "--max-steps",
-        type=int,
-        default=None,
-        metavar="N",
-        help="stop (with a checkpoint) after N optimiser steps in total, e.g. to fit a batch-job time limit",
-    )
 
 
 def resolve_scans(config: Config) -> list[Path]:
@@ -344,23 +298,3 @@ def _plot_reconstructions(trainer: ContinualTrainer, scans: list[ScanTensors], p
             plots / f"reconstruction_{scan.scan_id}.png",
             title=f"{scan.scan_id} after the last scan",
         )
-
-
-def main(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.overrides)
-    dist = init_distributed(config.train.device)
-    setup_logging(config.run.log_level, rank=dist.rank)
-    with dist.fail_fast():
-        if dist.is_distributed:
-            log.info(
-                "data-parallel over %d ranks (%s, torch.distributed %s); a step's %d rows are "
-                "shared out among them",
-                dist.world_size,
-                dist.device,
-                torch.distributed.get_backend(),
-                config.train.batch_size,
-            )
-        report = run_continual(config, resume=args.resume, max_steps=args.max_steps, dist=dist)
-        log.info("%s", report.summary_line())
-        dist.close()
-    return 0

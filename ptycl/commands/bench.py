@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ptycl.cli import add_config_arguments
+from ptycl.commands.options import add_config_arguments
 from ptycl.config import load_config
 from ptycl.errors import ConfigError
 from ptycl.logs import setup_logging

@@ -19,8 +19,6 @@ import torch
 from ptycl.config import PrepSettings
 from ptycl.errors import ScanError
 from ptycl.io.records import ObjectImage, ScanMetadata
-from ptycl.io.source import open_scan
-from ptycl.prep.frames import input_size_problem, prepare_frames
 from ptycl.prep.holdout import spatial_holdout, support_diameter_m
 from ptycl.prep.patches import (
     illuminated_support,
@@ -29,8 +27,9 @@ from ptycl.prep.patches import (
     reference_phase,
     resample_object,
 )
+from ptycl.prep.reader import PreparedScanReader
 
-log = logging.getLogger("ptycl.train")
+log = logging.getLogger("ptycl.prep")
 
 
 @dataclass
@@ -134,21 +133,17 @@ def scan_tensors(
 
 def load_scan(path: Path, prep: PrepSettings, seed: int, batch_frames: int = 512) -> ScanTensors:
     """Read a finished scan with its label into memory (a scan at 64² is a few MB)."""
-    with open_scan(path) as source:
-        metadata = source.metadata
-        truth = source.label()
+    with PreparedScanReader(path, prep) as reader:
+        metadata = reader.metadata
+        truth = reader.source.label()
         if truth is None:
             raise ScanError(
                 path, "no label (object image) in the scan or beside it; cannot train on it"
             )
-        if problem := input_size_problem(metadata.geometry.frame_shape, prep.input_size):
-            raise ScanError(path, problem)
         inputs, positions = [], []
-        for batch in source.batches(batch_frames):
-            inputs.append(
-                prepare_frames(batch.frames, prep.input_size, prep.resize, mask=metadata.mask)
-            )
-            positions.append(batch.positions_m)
+        for prepared, positions_m in reader.batches(batch_frames):
+            inputs.append(prepared)
+            positions.append(positions_m)
     if not inputs:
         raise ScanError(path, "the scan has no frames")
     inputs_np = np.concatenate(inputs)
