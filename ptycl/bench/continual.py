@@ -29,8 +29,17 @@ from ptycl.train.run import resolve_scans, run_continual
 
 log = logging.getLogger("ptycl.bench")
 
-STRATEGIES = ("incremental", "cumulative", "er", "der", "derpp")
-LONGEST_FIRST = ("cumulative",)  # run first, so the last to finish is not the longest
+STRATEGIES = (
+    "incremental",
+    "cumulative",
+    "er",
+    "der",
+    "derpp",
+    "full_replay",
+    "fresh",
+    "joint",
+)
+LONGEST_FIRST = ("cumulative", "joint", "full_replay", "derpp")  # run first, so the last to finish is not the longest
 
 
 def _train_strategy(config: Config, resume: bool, threads: int | None = None) -> RunReport:
@@ -75,7 +84,11 @@ def _train_strategies(configs: dict[str, Config], jobs: int, resume: bool) -> di
         return reports
     threads = max(1, torch.get_num_threads() // jobs)
     # Longest first, so the last to finish is not the one that takes longest.
-    waiting = sorted(configs, key=lambda s: configs[s].train.strategy not in LONGEST_FIRST)
+    def longest_first(run: str) -> int:
+        strategy = configs[run].train.strategy
+        return LONGEST_FIRST.index(strategy) if strategy in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    waiting = sorted(configs, key=longest_first)
     log.info("training %d runs at a time, %d torch thread(s) each", jobs, threads)
     stop = _SuiteStop()
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
@@ -217,7 +230,9 @@ def strategy_settings(strategy: str, stream: Config) -> dict:
     if strategy != "full_replay" or stream.scans:
         return {}
     frames = stream.simulate.n_scans * stream.simulate.frames_per_scan
-    store = stream.train.store.model_copy(update={"capacity_samples": frames})
+    store = stream.train.store.model_copy(
+        update={"capacity_samples": frames, "capacity_bytes": None}
+    )
     return {"store": store}
 
 

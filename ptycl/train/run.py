@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from ptycl.config import Config, dump_config
 from ptycl.errors import CheckpointError, ConfigError, ScanError
 from ptycl.eval.evaluate import ErrorMatrices, holdout_errors, stitch_scan
@@ -127,6 +129,7 @@ def run_continual(
     started = time.perf_counter()
     # Rank 0 lists (or simulates) the scans: every rank then reads the same ones, in order.
     paths = dist.broadcast(resolve_scans(config) if dist.is_main else None)
+    trainer.scans_in_stream = len(paths)
     try:
         _check_store_holds_every_scan(config, trainer, len(paths), dist)
         for path in paths:
