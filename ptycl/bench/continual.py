@@ -20,7 +20,11 @@ from ptycl.bench.verdict import ERROR, StreamResult, criteria, strategy_table
 from ptycl.bench.verdict_markdown import verdict_markdown
 from ptycl.config import Config
 from ptycl.errors import ConfigError, PtyclError
-from ptycl.eval.plots import plot_cost_per_scan, plot_error_against_cost, plot_error_over_time
+from ptycl.eval.plots import (
+    plot_cost_per_scan,
+    plot_error_against_cost,
+    plot_error_over_time,
+)
 from ptycl.logs import setup_logging
 from ptycl.outputs import write_text
 from ptycl.train.checkpoint import has_checkpoint
@@ -39,17 +43,19 @@ STRATEGIES = (
     "fresh",
     "joint",
 )
-LONGEST_FIRST = ("cumulative", "joint", "full_replay", "derpp")  # run first, so the last to finish is not the longest
+# Started first within a stream, so the last to finish is not the longest.
+LONGEST_FIRST = ("cumulative", "joint", "full_replay", "derpp")
 
 
 def _train_strategy(config: Config, resume: bool, threads: int | None = None) -> RunReport:
-    """One strategy's run; ``threads`` set: in a worker process of its own."""
+    """One strategy's run; ``threads`` set: in a worker process of its own. The first
+    stream's runs draw their plots; the others write their numbers only."""
     if threads is not None:
         torch.set_num_threads(threads)
         setup_logging(config.run.log_level, label=config.train.strategy)
     resume = resume and has_checkpoint(config.run.output_dir / "checkpoints")
     try:
-        return run_continual(config, resume=resume)
+        return run_continual(config, resume=resume, plots=config.run.name.startswith("seed-0/"))
     except PtyclError as exc:
         # As its message only: the subclasses' own arguments do not survive the pickling
         # that brings a worker's exception back.
@@ -83,12 +89,15 @@ def _train_strategies(configs: dict[str, Config], jobs: int, resume: bool) -> di
             log.info("%s", reports[strategy].summary_line())
         return reports
     threads = max(1, torch.get_num_threads() // jobs)
-    # Longest first, so the last to finish is not the one that takes longest.
-    def longest_first(run: str) -> int:
-        strategy = configs[run].train.strategy
-        return LONGEST_FIRST.index(strategy) if strategy in LONGEST_FIRST else len(LONGEST_FIRST)
 
-    waiting = sorted(configs, key=longest_first)
+    def order(run: str) -> tuple[int, int]:
+        """Stream by stream (a suite stopped early leaves whole streams to read back), the
+        longest strategy first within each."""
+        strategy = configs[run].train.strategy
+        rank = LONGEST_FIRST.index(strategy) if strategy in LONGEST_FIRST else len(LONGEST_FIRST)
+        return configs[run].run.seed, rank
+
+    waiting = sorted(configs, key=order)
     log.info("training %d runs at a time, %d torch thread(s) each", jobs, threads)
     stop = _SuiteStop()
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}

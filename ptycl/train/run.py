@@ -63,8 +63,10 @@ def run_continual(
     resume: bool = False,
     max_steps: int | None = None,
     dist: Distributed | None = None,
+    plots: bool = True,
 ) -> RunReport:
-    """Train through the stream; returns the report (also written under run.output_dir).
+    """Train through the stream; returns the report (also written under run.output_dir, with
+    its tables and plots unless ``plots`` is False).
 
     ``dist``: this process's place in a data-parallel job (``init_distributed``); None for a
     run in this process alone. In a job, every rank calls this at the same time: rank 0 picks
@@ -208,8 +210,8 @@ def run_continual(
         unseen=unseen,
     )
     if dist.is_main:
-        write_report(report, output_dir)
-        if stopped is None:  # a stopped run is to resume, and soon: no plots to draw
+        write_report(report, output_dir, tables_and_plots=plots)
+        if stopped is None and plots:  # a stopped run is to resume, and soon: no plots
             _plot_reconstructions(trainer, scans, output_dir / "plots")
     return report
 
