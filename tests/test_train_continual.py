@@ -53,7 +53,7 @@ def test_each_strategy_fills_the_error_matrix_and_counts_its_cost(tiny_scans, tm
     for j, scan_id in enumerate(report.scan_ids):
         expected = 1 - error[-1, j] / constant[scan_id]["phase_offset_free_mae"]
         assert skill[-1, j] == pytest.approx(expected)
-    assert (tmp_path / "plots" / "R_phase_mae.png").stat().st_size > 1000
+    assert (tmp_path / "plots" / "R_phase_offset_free_mae.png").stat().st_size > 1000
     assert (tmp_path / "R_phase_mae.csv").read_text().startswith("after_scan,")
     # the first and the newest scan stitched with the final model, beside their truth
     shown = sorted(p.name for p in (tmp_path / "plots").glob("reconstruction_*.png"))

@@ -92,6 +92,7 @@ def _ratio(streams: Streams, a: str, b: str) -> Interval:
 
 
 def _criterion(name: str, target: str, measured: dict, met: bool | None, why: str) -> dict:
+    met = None if met is None else bool(met)
     return {"name": name, "target": target, "measured": measured, "met": met, "reason": why}
 
 

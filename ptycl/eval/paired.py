@@ -49,7 +49,7 @@ def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> In
     if x.size < 2:
         return Interval(mean, math.nan, math.nan, int(x.size))
     half = stats.t.ppf((1 + confidence) / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
-    return Interval(mean, mean - half, mean + half, int(x.size))
+    return Interval(mean, float(mean - half), float(mean + half), int(x.size))
 
 
 def log_ratio_interval(

@@ -21,6 +21,7 @@ from ptycl.train.trainer import ContinualTrainer
 ERROR_METRICS = ("amplitude_mae", "phase_mae", "phase_offset_free_mae")
 # Skills against each scan's constant patch (higher is better): final and diagonal averages.
 SKILL_METRICS = ("amplitude_skill", "phase_skill")
+PLOTTED_METRICS = ("amplitude_mae", "phase_offset_free_mae")  # the raw phase MAE: CSV only
 FIRST_SCANS_PLOTTED = 6  # panels of the error-over-time plot: a stream of 4-6 domains whole
 
 
@@ -205,7 +206,7 @@ def write_report(report: RunReport, output_dir: Path, tables_and_plots: bool = T
     plots.mkdir(exist_ok=True)
     for name in MATRIX_NAMES:
         write_error_matrix_csv(report.matrix(name), report.scan_ids, output_dir / f"R_{name}.csv")
-    for name in ERROR_METRICS:
+    for name in PLOTTED_METRICS:
         matrix = report.matrix(name)
         plot_error_matrix(
             matrix,
