@@ -1,19 +1,6 @@
 """Sample-selection kernels of the rehearsal store, each as a Numba CPU twin and a CuPy GPU twin.
 
-Installed as ``ptycl.kernels`` (pyproject maps this folder there). Call them through
-``ptycl.rehearsal.select``, which picks the twin from where the inputs live and checks them.
-
-Kernels never draw random numbers: the caller passes uniforms in [0, 1) (float64),
-exponential draws or keys, so the two twins given the same inputs return identical outputs.
-Ties are broken by index, in the order documented in ``ptycl.kernels.topk``.
-
-=====================  ===========================================================
-reservoir              Algorithm R slots for a batch; last-writer-wins resolution
-random_keys            top-M random-key reservoir; exact top-k merge across ranks
-quotas                 per-group balanced quotas (class-balanced reservoir)
-weighted               k victims without replacement, probability ∝ weight
-draws                  k distinct indices from [0, n) (Floyd)
-=====================  ===========================================================
+Design notes: docs/design.md.
 """
 
 from ptycl.kernels.draws import distinct_indices_cpu, distinct_indices_gpu

@@ -1,26 +1,6 @@
 """Balanced quotas per group (class-balanced reservoir, Chrysakis & Moens 2020).
 
-Groups are scans. Recent scans bring many frames and old ones none, so a plain reservoir
-drifts toward the newest scans; this keeps every scan seen at an equal share instead:
-
-- while a slot is free, the candidate takes the lowest free slot;
-- once full, let quota = capacity // (groups holding slots, the candidate's own included):
-  * a candidate whose group holds fewer than the quota enters, evicting a uniformly chosen
-    slot of the group holding the most (lowest group index on ties);
-  * otherwise its group runs its own Algorithm R: the candidate is the group's item t
-    (t = the group's items offered before it) and replaces the group's member
-    j = floor(u * (t + 1)) when j < the group's count, else it is rejected.
-
-Every group's members stay a uniform sample of that group's stream (a uniform eviction of a
-uniform sample is still one), and groups offered enough end within one slot of each other.
-Each candidate uses its one uniform in the one branch it takes. Needs capacity >= groups.
-
-A batch is decided sequentially, so a slot may be written twice: pass the result through
-``last_writer_wins``. The caller then sets ``slot_group`` of the final slots to the
-candidates' groups and adds the batch's counts per group to ``group_seen``.
-
-Members of a group are ordered by slot at the start of the batch; an eviction moves the
-group's last member into the hole, and an entering slot is appended (both twins alike).
+Design notes: docs/design.md.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """Top-k selection by a bounded heap, the building block of the key-based kernels.
 
-Why a hand-written heap: ``np.argpartition`` inside ``@njit`` costs ~13 s of compile time
-(measured on the 2-core development machine), this heap ~1 s, and it fixes the order of
-ties, which the twins must share.
+Why a hand-written heap: ``np.argpartition`` inside ``@njit`` compiles far slower than this
+heap (docs/performance.md), and the heap fixes the order of ties, which the twins must share.
 
 Order used everywhere in ptycl.kernels: a larger key ranks higher; equal keys rank by
 position, the lower index first. This is also the order a stable ascending sort of the

@@ -22,57 +22,41 @@ log = logging.getLogger("ptycl")
 # `ptycl --help` answers instantly and a command never pays for torch it does not use.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "simulate": (
-        "ptycl.simulate.run",
+        "ptycl.commands.simulate",
         "main",
         "simulate a beamline: write scans (HDF5/CXI or Zarr), optionally in real time",
     ),
     "info": (
-        "ptycl.io.info",
+        "ptycl.commands.info",
         "main",
         "read scans back and summarise them (frames, geometry, labels, problems)",
     ),
     "train": (
-        "ptycl.train.run",
+        "ptycl.commands.train",
         "main",
-        "continual training over a sequence of scans (incremental, cumulative, er, der, derpp)",
+        "continual training over a sequence of scans, with a strategy of ptycl.train.strategies",
     ),
     "reconstruct": (
-        "ptycl.recon.run",
+        "ptycl.commands.reconstruct",
         "main",
         "infer a scan with a trained model and stitch the object image",
     ),
     "watch": (
-        "ptycl.stream.watch",
+        "ptycl.commands.watch",
         "main",
         "watch a beamline directory: follow scans as they are written, train, reconstruct",
     ),
-    "bench": ("ptycl.bench.run", "main", "run benchmark suites, write JSON, markdown and plots"),
+    "bench": (
+        "ptycl.commands.bench",
+        "main",
+        "run benchmark suites, write JSON, markdown and plots",
+    ),
     "config": (
-        "ptycl.config_command",
+        "ptycl.commands.config",
         "main",
         "print a run's settings after its overrides (all, or one with --get KEY)",
     ),
 }
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options every run-file-driven subcommand shares."""
-    parser.add_argument(
-        "-c", "--config", help="YAML run file (see configs/); defaults apply without one"
-    )
-    add_override_argument(parser, "e.g. --set train.alpha=0.3")
-
-
-def add_override_argument(parser: argparse.ArgumentParser, example: str) -> None:
-    """``--set KEY=VALUE``: a dotted-key override of one setting, repeatable."""
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help=f"override a setting by dotted key, {example} (repeatable)",
-    )
 
 
 def build_parser(command: str | None) -> argparse.ArgumentParser:

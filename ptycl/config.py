@@ -162,21 +162,20 @@ class StoreSettings(Section):
 
 
 class TrainSettings(Section):
-    strategy: Literal["incremental", "cumulative", "er", "der", "derpp"] = "derpp"
+    strategy: str = "derpp"  # a name in ptycl.train.strategies.STRATEGIES
     steps_per_scan: PositiveInt = 200
     # Both batch sizes count all MPI ranks together: under `mpiexec -n N` each rank takes its
     # share of every step's rows (and of every draw), so N ranks take the steps one process
     # would (each must be at least N).
     batch_size: PositiveInt = 32
-    replay_batch_size: PositiveInt = 16  # per replay draw (derpp draws twice)
+    replay_batch_size: PositiveInt = 16  # per replay draw (a strategy may draw more than once)
     alpha: Annotated[float, Field(ge=0.0)] = 0.3  # DER logit-matching weight
     beta: Annotated[float, Field(ge=0.0)] = 0.5  # DER++ replayed-label weight
     lr: PositiveFloat = 1e-3
     lr_min: Annotated[float, Field(ge=0.0)] = 1e-4
     schedule: Literal["cosine", "cyclic", "constant"] = "cosine"
     # Adam's moment estimates: started afresh when a new scan begins training, or carried over
-    # from the scans before. Carried, they kept a continual run from learning later scans:
-    # see ``ContinualTrainer._begin_task``.
+    # from the scans before (they kept a continual run from learning later scans).
     optimizer_state: Literal["fresh_per_scan", "carried"] = "fresh_per_scan"
     loss: Literal["mae", "mse"] = "mae"
     device: Literal["auto", "cpu", "cuda"] = "auto"

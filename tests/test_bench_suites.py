@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from ptycl.bench import infer, scale, train
-from ptycl.bench.run import SUITES
 from ptycl.bench.steps import PART_NAMES, StepWorkload
+from ptycl.commands.bench import SUITES
 from ptycl.config import Config, load_config
 
 MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")

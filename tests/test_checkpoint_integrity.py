@@ -22,6 +22,7 @@ import torch
 
 from ptycl.config import load_config
 from ptycl.errors import CheckpointError, ConfigError
+from ptycl.parallel import Distributed
 from ptycl.rehearsal import select
 from ptycl.train.checkpoint import (
     LATEST,
@@ -30,7 +31,6 @@ from ptycl.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from ptycl.train.distributed import Distributed
 from ptycl.train.run import run_continual
 from tests.conftest import tiny_config
 from tests.helpers_report import evaluated, read_matrices
@@ -307,7 +307,7 @@ def test_a_second_run_on_the_same_directory_is_refused_while_the_first_lives(tmp
     holds = (
         "import sys, torch; from pathlib import Path\n"
         "from ptycl.train.checkpoint import RunCheckpoints\n"
-        "from ptycl.train.distributed import Distributed\n"
+        "from ptycl.parallel import Distributed\n"
         "lock = RunCheckpoints(Path(sys.argv[1]), Distributed.single(torch.device('cpu')),"
         " 'ptycl watch')\n"
         "print('holding', flush=True)\n"

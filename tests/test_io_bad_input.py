@@ -215,9 +215,9 @@ def test_frames_smaller_than_the_model_input_are_one_scan_error(tmp_path: Path) 
     from ptycl.config import load_config
     from ptycl.errors import ConfigError
     from ptycl.model.ptychonn import build_model
+    from ptycl.prep.scan_data import load_scan
     from ptycl.recon.infer import infer_scan
     from ptycl.train.run import resolve_scans
-    from ptycl.train.scan_data import load_scan
 
     path = write_scan(tmp_path / "small.h5", tiny_scan(frame_shape=(16, 16)))
     config = load_config(None, ["model.width=4"])

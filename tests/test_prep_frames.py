@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from ptycl.errors import ScanError
-from ptycl.prep.frames import check_frames, prepare_frames, resize_frames
+from ptycl.io.guards import check_frames
+from ptycl.prep.frames import prepare_frames, resize_frames
 
 
 def _diffraction(n: int, size: int, photons: float, rng: np.random.Generator) -> np.ndarray:

@@ -1,23 +1,6 @@
 """Reconstruction throughput (``ptycl bench infer``): inference, stitching, end to end.
 
-At 64², 128² and 256² inputs, with the model width and depth of the configuration, on
-``train.device`` (auto: CUDA when available), three figures side by side:
-
-- inference: frames/s of ``ptycl.recon.infer.predict`` in batches (prepared frames in host
-  memory, to the device, patches back in host memory), on random frames;
-- stitching: patches/s of ``ScanPrediction.stitch`` (``ptycl.recon.stitch``) alone, on the
-  patches of a real scan;
-- end to end: frames/s of ``infer_scan`` (read and prepare a scan file, infer it in batches)
-  and the stitching of its patches, from the file to the object image;
-- compiled inference: the inference figure again with the same weights in a model built with
-  ``model.compile`` (torch.compile; its compilation falls in the warm-up round).
-
-The scans are simulated (``ptycl.simulate``, the configured beamline with the frame size set
-to the input and the probe diameter scaled with it, so the overlap is the configured one).
-Sizes and figures take turns round by round; ratios: stitching / inference, end to end /
-inference and compiled / plain inference. Target: >= 50,000 frames/s at 128² on one
-H100/H200 (inference), a GPU figure: on a CPU the figure is recorded and the GPU one is left
-to be measured.
+Design notes: docs/design.md.
 """
 
 from __future__ import annotations
@@ -41,9 +24,9 @@ from ptycl.bench.timing import interleaved_rounds
 from ptycl.config import Config, SimulateSettings
 from ptycl.model.ptychonn import build_model
 from ptycl.outputs import write_text
+from ptycl.parallel import resolve_device
 from ptycl.recon.infer import ScanPrediction, infer_scan, predict
 from ptycl.simulate.run import simulate_scans
-from ptycl.train.distributed import resolve_device
 
 log = logging.getLogger("ptycl.bench")
 

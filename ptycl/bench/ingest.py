@@ -1,17 +1,6 @@
 """Ingest benchmark: a finished scan file -> normalised float32 batches, beside a raw read.
 
-For HDF5 and Zarr, three readers of the same scan run side by side, round after round
-(interleaved, so drifting machine load hits them alike):
-
-- ``raw``: the library alone (h5py / zarr) reading the frames and translations slice by
-  slice in the same batch size: the floor any reader of these bytes pays;
-- ``source``: ``ScanSource.batches`` (refresh, committed count, translations -> positions,
-  count checks, FrameBatch records);
-- ``prepared``: the same plus ``prepare_frames`` (crop or bin, flux normalisation).
-
-Figures are frames/s, the best round and the median, with ratios of the best to ``raw``;
-the page cache is warm (the files were just written), so this measures the software, not
-the disk.
+Design notes: docs/design.md.
 """
 
 from __future__ import annotations

@@ -1,18 +1,6 @@
 """Weak scaling of data-parallel training (``ptycl bench scale``): 1, 2 and 4 ranks.
 
-Each rank trains on the same batch (and replay draws) at every job size, so N ranks do N
-times one rank's work per step: the real DDP steps of ``ContinualTrainer`` (``ptycl.train.
-distributed``'s init: gloo on CPUs, NCCL on GPUs; the configured strategy, with the global
-store for replay), timed by ``ptycl.bench.steps``. Figures: samples/s of all ranks together
-and the parallel efficiency samples/s(N) / (N x samples/s(1)), which is 1 at one rank and
-stays 1 under perfect scaling.
-
-Each rank computes with one torch thread, so that a rank's share of the machine is the same
-at every N (with cores / N threads a 1-rank job would measure threading, not scaling). A job
-is one mpiexec launch; launches take turns round by round (1, 2, 4, 1, 2, 4, ...), so that
-drifting machine load hits every size alike. Where ranks outnumber cores (4 ranks on the
-2-core development machine) they share cores: the job is bound by the cores, not by the
-all-reduce or the store, and efficiency can reach at most cores / N.
+Design notes: docs/design.md.
 """
 
 from __future__ import annotations

@@ -1,37 +1,6 @@
 """Training steps of the real ContinualTrainer, timed part by part (``train`` and ``scale``).
 
-The steps are ``ContinualTrainer.train_scan``'s own: the model, losses, optimiser and
-rehearsal store that the configuration builds, wrapped in DDP across ranks, on a synthetic
-scan (random frames and labels: no timing depends on the values) with the store filled to its
-steady state first (full, most offers rejected). The clock only listens at seams the trainer
-already has:
-
-- ``should_stop`` (asked at the top of every step) and ``on_step`` (called at its end) mark the
-  step; ``should_stop`` also pauses the scan after a few steps, so that variants take turns
-  round by round (``interleaved_rounds``), each resuming its scan where it paused;
-- a forward pre-hook on the replica: the step's first forward ends its data part;
-- the store, wrapped: each draw, with the drawn batch's move to the device;
-- DDP's communication hook (the default all-reduce, wrapped);
-- the optimiser's step pre- and post-hooks.
-
-A step's parts, in seconds, add up to the step:
-
-- ``data``: start to the first forward (the batch gathered and moved to the device);
-- ``replay_draw``: the store's draws, each with its batch's move to the device;
-- ``allreduce``: the gradient all-reduce the step waits for, from the launch of DDP's last
-  gradient bucket (backward has then produced every gradient) to the completion of all; what
-  earlier buckets' all-reduces overlap of backward is hidden and counts as backward;
-- ``forward_backward``: first forward to the optimiser, less draws and all-reduce (the losses
-  included);
-- ``optimizer``: ``optimizer.step()``;
-- ``store_offer``: after the optimiser (outputs to the CPU, the offer to the store, the
-  trainer's accounting).
-
-On CUDA the clock synchronises the device at its marks, so that each part is charged its own
-device work.
-
-Samples/s are the trainer's own accounting (``ScanCost``: new and replayed samples of all
-ranks together, per second of step time, the slowest rank's).
+Design notes: docs/design.md.
 """
 
 from __future__ import annotations
@@ -55,10 +24,10 @@ from ptycl.bench.settings import with_settings
 from ptycl.bench.timing import interleaved_rounds
 from ptycl.config import Config
 from ptycl.io.records import EV_J, ObjectImage, ScanGeometry, ScanMetadata
+from ptycl.parallel import Distributed, init_distributed
+from ptycl.prep.scan_data import ScanTensors
 from ptycl.rehearsal.samples import ReplaySamples
 from ptycl.rehearsal.store import RehearsalStore
-from ptycl.train.distributed import Distributed, init_distributed
-from ptycl.train.scan_data import ScanTensors
 from ptycl.train.trainer import ContinualTrainer, StreamPosition
 
 MODULE = "ptycl.bench.steps"  # what mpiexec runs on each rank (``rank_main`` below)

@@ -1,20 +1,6 @@
 """The rehearsal store, measured side by side in one run (``ptycl bench store``).
 
-1. Selection: candidates/s of every kernel, one thread (the per-core figure; target 5 M/s),
-   from ``ptycl.bench.kernels``; and of each policy's whole decision (``policies.decide``, its
-   random draws included) on a global batch, which is what every rank computes per offer.
-2. Global draw latency: ``draw(32)`` of 128² fp32 samples from a full store at 1, 2 and 4
-   ranks (synchronous), beside the local store's draw of the same size; the wait left in a
-   prefetched draw after a compute period; and the transports compared on the same draw,
-   idle and while every rank computes: MPI_Alltoallv, point-to-point (the store's), RMA Get.
-3. Training step: a PtychoNN step (64² or 128² per the configuration; 2 ranks, gradients
-   all-reduced as in data-parallel training) with no rehearsal, with a local-only replay
-   batch, and with an equally large global replay batch drawn synchronously and prefetched;
-   variants interleaved round by round so that drifting machine load hits all alike.
-4. Capacity: samples per GiB of store at 64², 128², 256², fp32 and fp16.
-
-Multi-rank parts run this module under mpiexec (``python -m mpi4py -m ptycl.bench.store
-PART OUT PARAMS``); rank 0 writes JSON that ``run`` gathers.
+Design notes: docs/design.md.
 """
 
 from __future__ import annotations

@@ -1,16 +1,6 @@
 """Training throughput (``ptycl bench train``): incremental and DER++ steps side by side.
 
-Samples/s (new and replayed samples counted alike, the trainer's own accounting) of the real
-``ContinualTrainer`` steps for ``incremental`` (no store) and ``derpp`` (a new batch plus two
-replay draws from the configured store, filled to its steady state) at 64² and 128² inputs,
-with the model width and depth of the configuration; the variants take turns round by round
-(``ptycl.bench.steps``). The comparison is the ratio derpp / incremental at each size (target:
->= 0.95, i.e. DER++ costs no more per sample than plain training, within 5%), on one rank in
-this process and on two ranks under mpiexec (DDP over gloo or NCCL, the global store). Each
-step is broken down into data, replay draw, forward + backward, all-reduce (two ranks),
-optimiser and store offer, in seconds per step. The full suite also times DER++ with
-``model.compile`` beside the plain model (``compiled_over_plain``). Absolute figures hold for
-the machine named in the JSON only.
+Design notes: docs/design.md.
 """
 
 from __future__ import annotations
@@ -33,7 +23,7 @@ from ptycl.bench.steps import (
 from ptycl.bench.tables import markdown_table
 from ptycl.config import Config
 from ptycl.outputs import write_text
-from ptycl.train.distributed import Distributed, resolve_device
+from ptycl.parallel import Distributed, resolve_device
 
 log = logging.getLogger("ptycl.bench")
 

@@ -1,17 +1,6 @@
 """The watcher's sustained rate (``ptycl bench watch``): what ``ptycl watch`` keeps up with.
 
-For each frame size and number of ranks, finished scans are written into a fresh directory
-and the real ``ptycl watch`` (a subprocess, under ``mpiexec -n N`` for N > 1) is left to work
-through them; it is stopped with SIGTERM once the ledger shows every scan trained. Its own
-counters (``status.json``) give:
-
-- the read rate: frames read and prepared per second of reading;
-- the training capacity: frames trained per second of training wall time, i.e. the frame rate
-  a beamline may write at without the backlog growing (the watcher's limit: see README);
-- the seconds per optimiser step and the steps per frame of the budget.
-
-The ranks of one run share the machine's cores (each rank gets cores / ranks threads), so on
-a 2-core machine two ranks measure the data-parallel overhead rather than a speed-up.
+Design notes: docs/design.md.
 """
 
 from __future__ import annotations

@@ -1,23 +1,6 @@
 """Continual-learning summaries of an error matrix (GEM's metrics, written for errors).
 
-``R[i, j]`` is the error on scan j (its held-out frames) after training through scan i; it is
-NaN for j > i (scan j not seen yet) and for any cell never evaluated: ``ptycl train`` fills the
-whole lower triangle, ``ptycl watch`` only the diagonal and a bounded sample of earlier scans
-per row (``ptycl.stream.evaluation_set``). Lower is better everywhere, so the signs are flipped
-from the accuracy versions: a positive backward transfer or forgetting means the model got
-*worse* on old scans.
-
-- final average error: mean of the last row over the scans evaluated in it, R[T-1, j] not NaN;
-- backward transfer: mean of R[T-1, j] - R[j, j] (final minus just-learned) over the scans
-  j < T-1 with both values;
-- forgetting of scan j < T-1: R[T-1, j] - min over j <= i < T-1 of R[i, j] (final minus the
-  best it ever was before the end), and the final / best ratio of the same two numbers; only
-  for scans with a final value and at least one earlier one (the others are left out, not
-  counted as zero).
-
-The last scan has no history, so the per-scan numbers cover scans 0 .. T-2 at most. Values above
-the diagonal (scans evaluated before training on them) are allowed and ignored. With every cell
-of the lower triangle present (``ptycl train``) these are the textbook definitions.
+Design notes: docs/design.md.
 """
 
 from __future__ import annotations
@@ -44,6 +27,7 @@ class ContinualSummary:
     scan_ids: tuple[str, ...]
     error_matrix: np.ndarray  # (T, T) R[i, j]; NaN: never evaluated (ignored above the diagonal)
     final_average_error: float  # over the scans evaluated in the last row
+    learning_error: float  # mean of the diagonal R[j, j] evaluated
     backward_transfer: float  # NaN for a single scan (or no scan with both values)
     average_error_per_step: tuple[float, ...]  # mean of R[i, :i+1] evaluated: the learning curve
     # scan id -> final minus best before the end, for scans j < T-1 with a final value and at
@@ -60,6 +44,7 @@ class ContinualSummary:
             "metric": self.metric,
             "scan_ids": list(self.scan_ids),
             "final_average_error": _json_float(self.final_average_error),
+            "learning_error": _json_float(self.learning_error),
             "backward_transfer": _json_float(self.backward_transfer),
             "average_error_per_step": [_json_float(v) for v in self.average_error_per_step],
             "forgetting": {k: _json_float(v) for k, v in self.forgetting.items()},
@@ -90,6 +75,7 @@ def summarize_errors(
         scan_ids=tuple(scan_ids),
         error_matrix=R,
         final_average_error=_mean(_finite(final)),
+        learning_error=_mean(_finite(np.diag(R))),
         backward_transfer=_mean(_finite(np.array([final[j] - R[j, j] for j in history]))),
         average_error_per_step=tuple(_mean(_finite(R[i, : i + 1])) for i in range(T)),
         forgetting={scan_ids[j]: float(final[j] - best[j]) for j in forgotten},

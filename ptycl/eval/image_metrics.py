@@ -1,17 +1,6 @@
 """How far predicted amplitude and phase are from the truth: MAE, PSNR and SSIM.
 
-PSNR and SSIM come from ``skimage.metrics`` with explicit data ranges: amplitude over 1.0,
-the range of a transmission in [0, 1] (the model's head, 2 sigmoid, reaches 2 so that 1.0 is
-not saturated; the measure is of the object, not of the head), phase over 2 pi. Phase is an
-angle, so every phase metric looks at the wrapped difference angle(exp(i (pred - true))): a
-prediction of -pi + 0.01 for a truth of pi - 0.01 is off by 0.02, not by 2 pi - 0.02. PSNR and SSIM get the
-same treatment by comparing the truth with ``truth + wrapped difference``, the prediction
-unwrapped onto the truth. For SSIM both are shifted by +pi, into [0, 2 pi] like an intensity
-image, because SSIM's luminance term is meaningless for signed data with means near 0.
-
-Stitched images are compared only where they are covered (a boolean mask). SSIM is then the
-mean of skimage's SSIM map over the mask eroded by half the SSIM window, so that no window
-reaching into the uncovered area (value 0) counts.
+Design notes: docs/design.md.
 """
 
 from __future__ import annotations
@@ -84,12 +73,31 @@ def object_errors(
     predicted: ObjectImage, truth: ObjectImage, mask: np.ndarray | None = None
 ) -> ImageErrors:
     """Errors of a stitched object against the truth on the same grid (stitch onto the truth's
-    grid with ``stitch_patches(..., canvas=truth)``), over ``mask`` (e.g. ``covered``)."""
+    grid with ``stitch_patches(..., canvas=truth)``), over ``mask`` (e.g. ``covered``), after
+    removing the phase offset and ramp of the prediction (``remove_phase_plane``)."""
     if not on_same_grid(predicted, truth):
         raise ValueError(
             "predicted and true objects lie on different grids: stitch onto the truth's grid"
         )
-    return image_errors(predicted.amplitude, predicted.phase, truth.amplitude, truth.phase, mask)
+    mask = np.ones(truth.values.shape, bool) if mask is None else np.asarray(mask, bool)
+    phase = predicted.phase
+    if mask.any():
+        phase = remove_phase_plane(phase, truth.phase, mask)
+    return image_errors(predicted.amplitude, phase, truth.amplitude, truth.phase, mask)
+
+
+def remove_phase_plane(predicted: np.ndarray, true: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``predicted`` (H, W) phase less the plane a + b y + c x that best fits (least squares)
+    its wrapped difference to ``true`` over ``mask``: the offset first, as a circular mean (so
+    an offset near pi is not split in two), then the ramp of what is left."""
+    difference = wrapped_phase_difference(predicted, true)[mask]
+    offset = np.angle(np.mean(np.exp(1j * difference)))
+    rows, cols = np.nonzero(mask)
+    basis = np.stack([np.ones(rows.size), rows, cols], axis=1).astype(np.float64)
+    residual = np.angle(np.exp(1j * (difference - offset)))
+    (a, b, c), *_ = np.linalg.lstsq(basis, residual, rcond=None)
+    y, x = np.indices(predicted.shape)
+    return np.asarray(predicted, np.float64) - (offset + a + b * y + c * x)
 
 
 def on_same_grid(a: ObjectImage, b: ObjectImage) -> bool:
@@ -112,7 +120,7 @@ def batch_errors(
     """Mean over a batch of (n, h, w) patches of each patch's errors.
 
     PSNR is averaged in dB, the usual per-image convention; a batch holding a perfect patch
-    has an infinite mean PSNR. About 1 ms per 64x64 patch (SSIM is most of it).
+    has an infinite mean PSNR.
     """
     shape = np.shape(true_amplitude)
     if (

@@ -1,21 +1,6 @@
 """Scan and label files are untrusted input: what the readers check before they believe them.
 
-A file on a beamline disk may be cut short, bit-flipped, written by another tool, or made to
-mislead. The readers (``hdf5_scan``, ``zarr_scan``, ``object_image``) apply three rules here,
-each before the bytes it protects are read:
-
-- Only regular files inside the scan's directory are read. An HDF5 external link, virtual
-  dataset source or external raw file, or a Zarr key behind a symbolic link, that leads out of
-  it is refused, and so is a FIFO or a device (one blocks the reader for ever, ``/dev/zero``
-  never ends). HDF5 is asked nothing until the place it would open has been worked out the
-  way HDF5 searches for it, the current directory included.
-- A declared size is believed only as far as the file stores it. A dataset declaring 10^12
-  frames, frames or chunks too large to hold in memory, chunks the file does not hold (which
-  HDF5 and Zarr would read back as fill values, as long as asked) are refused.
-- The storage libraries report a damaged file with their own exceptions; each becomes one
-  ScanError naming the file and the problem. Two ways HDF5 itself would never return are
-  headed off: a damaged global heap (it loops for ever) and, in SWMR mode, metadata retries
-  with doubling sleeps (its default adds up to 2^100 ns).
+Design notes: docs/design.md.
 """
 
 from __future__ import annotations
@@ -435,7 +420,7 @@ def hdf5_stored_rows(dataset: h5py.Dataset, path: Path, what: str) -> StoredRows
         # (H5Dchunk_iter) and walked again only when a read goes past them (a growing scan).
         # Why not a look-up per chunk: get_chunk_info_by_coord walks the whole index for each
         # chunk, and read_direct_chunk reads the chunk, which h5py's cache rarely still holds
-        # when the read follows, so every frame was read twice (ingest at 0.55x a raw read).
+        # when the read follows, so every frame was read twice.
         stored: set[tuple[int, ...]] = set()
 
         def probe(origin: tuple[int, ...]) -> str | None:
@@ -613,3 +598,24 @@ def check_zarr_stored(array: zarr.Array, path: Path, what: str) -> None:
     """Refuse to read a whole array whose chunks are not all in its store."""
     if array.shape:  # a 0-d array is one chunk; a wrong fill value is the caller's to check
         zarr_stored_rows(lambda: array, path, what).require(array.shape[0])
+
+
+def check_frames(frames: np.ndarray, path: str | Path, indices: np.ndarray | None = None) -> None:
+    """Raise ScanError naming the first frame holding NaN, Inf or negative counts.
+
+    Unsigned integer frames cannot hold any of these and are not scanned.
+    """
+    if frames.dtype.kind == "u" or frames.size == 0:
+        return
+    flat = frames.reshape(len(frames), -1)
+    for problem, bad in (
+        ("NaN or infinite", ~np.isfinite(flat).all(axis=1) if frames.dtype.kind == "f" else None),
+        ("negative", (flat < 0).any(axis=1)),
+    ):
+        if bad is not None and bad.any():
+            first = int(np.argmax(bad))
+            frame = int(indices[first]) if indices is not None else first
+            raise ScanError(
+                path,
+                f"frame {frame} has {problem} counts ({int(bad.sum())} bad frame(s) in this read)",
+            )

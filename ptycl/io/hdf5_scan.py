@@ -1,16 +1,6 @@
 """HDF5 scans in the CXI layout: a SWMR streaming writer, a finished-scan writer, a reader.
 
-Streaming: every dataset and attribute exists before ``swmr_mode`` is switched on (SWMR
-cannot create objects), then per batch of frames: resize + write + flush the frames, the same
-for the translations, and last the committed count. Completion is a pre-created scalar
-dataset set to 1 at the end. Files use ``libver=("v110", "v110")`` so that HDF5 1.10+ reads
-them. A reader opens a file a SWMR writer holds with ``swmr=True`` and refreshes each dataset
-before reading up to the smallest of the committed count and the datasets' lengths; a
-finished file opens normally (``guards._being_written_with_swmr`` says why).
-
-Known limit: HDF5 shares a file opened twice in one process, and refreshing a dataset through
-one handle breaks it for the other; keep one ScanSource per *growing* file per process
-(finished files, which are never refreshed, may be opened any number of times).
+Design notes: docs/design.md.
 """
 
 from __future__ import annotations
@@ -24,10 +14,7 @@ import numpy as np
 
 from ptycl.errors import ScanError
 from ptycl.io import cxi
-from ptycl.io.guards import hdf5_stored_rows, storage_errors
-from ptycl.io.object_image import has_object_image, read_object_image_from, write_object_image
-from ptycl.io.records import ObjectImage, ScanMetadata
-from ptycl.io.source import (
+from ptycl.io.base import (
     ScanSource,
     StreamingScanWriter,
     StreamProgress,
@@ -35,6 +22,9 @@ from ptycl.io.source import (
     check_scan_shape,
     committed_progress,
 )
+from ptycl.io.guards import hdf5_stored_rows, storage_errors
+from ptycl.io.object_image import has_object_image, read_object_image_from, write_object_image
+from ptycl.io.records import ObjectImage, ScanMetadata
 
 LIBVER = ("v110", "v110")
 TRANSLATION_CHUNK_ROWS = 1024

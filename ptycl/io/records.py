@@ -1,6 +1,6 @@
 """Typed records that travel between the stages of the data flow.
 
-Conventions (see README, "Conventions"):
+Conventions (README.md, "Conventions"):
 - positions are probe centres in metres relative to the object's centre, stored as (N, 2)
   arrays with columns (y, x);
 - images are indexed [row, column] = [y, x]; pixel sizes are (y, x) tuples in metres;

@@ -21,10 +21,7 @@ from zarr.storage import LocalStore
 
 from ptycl.errors import ScanError
 from ptycl.io import cxi
-from ptycl.io.guards import ZARR_ERRORS, ContainedStore, storage_errors, zarr_stored_rows
-from ptycl.io.object_image import has_object_image, read_object_image_from, write_object_image
-from ptycl.io.records import ObjectImage, ScanMetadata
-from ptycl.io.source import (
+from ptycl.io.base import (
     ScanSource,
     StreamingScanWriter,
     StreamProgress,
@@ -32,6 +29,9 @@ from ptycl.io.source import (
     check_scan_shape,
     committed_progress,
 )
+from ptycl.io.guards import ZARR_ERRORS, ContainedStore, storage_errors, zarr_stored_rows
+from ptycl.io.object_image import has_object_image, read_object_image_from, write_object_image
+from ptycl.io.records import ObjectImage, ScanMetadata
 
 TRANSLATION_CHUNK_ROWS = 1024
 # zarr leaves out a chunk equal to the fill value unless told otherwise; a reader then cannot

@@ -1,45 +1,13 @@
 """A PtychoNN-style encoder-decoder (Cherukara et al., APL 2020).
 
-One shared convolutional encoder, two decoders: amplitude (2 x sigmoid, in (0, 2)) and phase
-(tanh scaled by pi, in [-pi, pi]). Each level is conv-norm-ReLU-conv-norm-ReLU then max-pool
-(encoder) or upsample (decoder); widths double at each encoder level. At width 32 and depth 3
-the model has about 1.15 M parameters, in the range of the published network.
+Design notes: docs/design.md.
 
-Two departures from the published network, each measured on a simulated Manhattan scan
-(width 8, 300 steps of 32, held-out phase MAE over the illuminated support; the best constant
-patch scores 0.133 rad):
-
-- Amplitude is ``2 * sigmoid``, not ``sigmoid``. A transmission's amplitude is near 1 almost
-  everywhere (0.89-1.02 in that scan), where a plain sigmoid saturates: its output reached
-  exactly 1.0 in float32 within 50 steps and its gradient vanished, so the amplitude head never
-  learned (its error stayed at 0.01112 to the last digit). With ``2 * sigmoid``, amplitude 1
-  sits at the steepest point of the curve.
-- Each convolution is followed by a GroupNorm (``model.norm: group``; 4 groups or fewer).
-  Without it, the signal that depends on the frame fades layer by layer: the output varied by
-  1e-5 rad across a batch at initialisation, and the phase head settled on the constant patch
-  (0.133 rad after 300 steps once the amplitude head stopped blowing up the shared features, by
-  accident, as the saturated sigmoid had). GroupNorm keeps every layer's activations at unit
-  scale: 0.122 rad, and the amplitude error falls to 0.0098. GroupNorm and not BatchNorm
-  because it normalises each sample alone: a sample's output does not depend on the rest of
-  its batch, so DER's stored outputs, data-parallel shares of a batch and evaluation all see the
-  same function.
-
-An optional third departure, off by default (``model.linear_rank``): a low-rank linear path
-from the whole standardised frame to each head's output, added before the heads' activations.
-Why: for a weakly scattering sample the frame is, to first order, a linear function of the
-object's phase through a Fourier transform, a map in which every output pixel depends on every
-detector pixel. Local convolutions and pooling represent such a map poorly and learn it slowly;
-a dense layer represents it at once. Its output layers start at zero, so at initialisation the
-model is the convolutional network alone. Measured learning curves: docs/regime.md.
-
-The first thing the model does is standardise each detector pixel with a mean and spread fitted
-once, on the first scan's training frames (``fit_input_statistics``), and kept as buffers, so
-they travel with the weights into checkpoints, DDP replicas and reconstructions. Why: the frames
-of a scan differ from each other by a few percent; the probe's own diffraction, common to all of
-them, carries almost all of the intensity. Without the per-pixel standardisation the network
-sees nearly the same input for every frame and learns the mean patch (measured on a simulated
-Manhattan scan, width 8, 300 steps: phase MAE 0.139 rad raw, 0.108 standardised, 0.157 for the
-mean patch).
+``model.linear_rank`` (off by default) adds a low-rank linear path from the whole standardised
+frame to each head's output, before the heads' activations. For a weakly scattering sample a
+frame is, to first order, a linear function of the object's phase through a Fourier transform,
+a map in which every output pixel depends on every detector pixel; local convolutions and
+pooling represent it poorly and learn it slowly, a dense layer at once. Its output layers start
+at zero, so at initialisation the model is the convolutional network alone (docs/regime.md).
 """
 
 from __future__ import annotations
@@ -178,12 +146,8 @@ class PtychoNN(nn.Module):
 
         The spread gets a floor at its median: a pixel can be divided down to unit spread but
         never scaled up more than the typical pixel is. Why: a pixel that barely varies on the
-        first scan may vary a lot on the next. Measured on configs/continual-64.yaml, with the
-        spread fitted on scan 0 (Manhattan, whose diffraction streaks along the axes): the
-        floor at 1% of the median left the other scans' standardised inputs at RMS 3-31 (up to
-        810 in a pixel of a Siemens star), and 600 steps on that star took the model to 0.56
-        rad on the two scans before it, 4x their constant-patch error. With the floor at the
-        median: RMS 0.8-4, at most 31, and scan 0 itself learned to 0.107 rad, not 0.122.
+        first scan may vary a lot on the next, and a low floor blew later scans' inputs up
+        (docs/results-continual.md, "The model used to stop learning").
         """
         if frames.shape[1:] != self.input_mean.shape[1:]:
             raise ValueError(

@@ -10,35 +10,11 @@ whatever the beam did. A frame with no counts stays all zero.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from ptycl.errors import ScanError
-
 Resize = Literal["crop", "bin"]
-
-
-def check_frames(frames: np.ndarray, path: str | Path, indices: np.ndarray | None = None) -> None:
-    """Raise ScanError naming the first frame holding NaN, Inf or negative counts.
-
-    Unsigned integer frames cannot hold any of these and are not scanned.
-    """
-    if frames.dtype.kind == "u" or frames.size == 0:
-        return
-    flat = frames.reshape(len(frames), -1)
-    for problem, bad in (
-        ("NaN or infinite", ~np.isfinite(flat).all(axis=1) if frames.dtype.kind == "f" else None),
-        ("negative", (flat < 0).any(axis=1)),
-    ):
-        if bad is not None and bad.any():
-            first = int(np.argmax(bad))
-            frame = int(indices[first]) if indices is not None else first
-            raise ScanError(
-                path,
-                f"frame {frame} has {problem} counts ({int(bad.sum())} bad frame(s) in this read)",
-            )
 
 
 def input_size_problem(frame_shape: tuple[int, int], input_size: int) -> str | None:

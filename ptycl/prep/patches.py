@@ -1,18 +1,6 @@
 """Object patches under the probe: the exit-wave input of the simulator and the model's labels.
 
-A patch of ``size`` pixels belongs to a probe position when its centre pixel
-(size // 2, size // 2) sits exactly at that position, on the object's own pixel grid.
-
-Interpolation: Keys cubic convolution (a = -0.5, "bicubic" in most imaging tools), applied
-separably to the complex values. It was chosen over the alternatives because
-- it is exact at integer positions: the weights are then exactly (0, 1, 0, 0), so a patch at a
-  whole-pixel offset equals a plain slice of the object bit for bit;
-- its 4x4 support keeps errors local (a Fourier shift rings across the whole patch at an object
-  edge; spline interpolation spreads every sample over the image through its prefilter);
-- its error falls as the cube of the pixel size: for a band-limited object whose finest period
-  is 8 px, a half-pixel shift is off by about 2 % of the feature's amplitude, 0.2 % at 16 px.
-Patches may reach the object's last pixel: the interpolation's outer taps then use the edge
-value repeated.
+Design notes: docs/design.md.
 """
 
 from __future__ import annotations

@@ -15,12 +15,11 @@ import torch
 from ptycl.config import PrepSettings
 from ptycl.errors import ScanError
 from ptycl.io.records import ObjectImage, ScanMetadata
-from ptycl.io.source import open_scan
 from ptycl.model.ptychonn import PtychoNN
-from ptycl.prep.frames import input_size_problem, prepare_frames
 from ptycl.prep.patches import label_pixel_m
+from ptycl.prep.reader import PreparedScanReader
+from ptycl.prep.scan_data import prepare_label
 from ptycl.recon.stitch import CanvasGrid, StitchedObject, stitch_patches
-from ptycl.train.scan_data import prepare_label
 
 
 @torch.inference_mode()
@@ -75,18 +74,14 @@ def infer_scan(
 ) -> ScanPrediction:
     """Infer every frame of a finished scan, reading and preparing batch by batch."""
     amplitude, phase, positions = [], [], []
-    with open_scan(path) as source:
-        metadata, truth = source.metadata, source.label()
-        if problem := input_size_problem(metadata.geometry.frame_shape, prep.input_size):
-            raise ScanError(path, problem)
-        for batch in source.batches(batch_size):
-            inputs = torch.from_numpy(
-                prepare_frames(batch.frames, prep.input_size, prep.resize, mask=metadata.mask)
-            )
-            predicted = predict(model, inputs.unsqueeze(1), device, batch_size).numpy()
+    with PreparedScanReader(path, prep) as reader:
+        metadata, truth = reader.metadata, reader.source.label()
+        for prepared, positions_m in reader.batches(batch_size):
+            inputs = torch.from_numpy(prepared).unsqueeze(1)
+            predicted = predict(model, inputs, device, batch_size).numpy()
             amplitude.append(predicted[:, 0])
             phase.append(predicted[:, 1])
-            positions.append(batch.positions_m)
+            positions.append(positions_m)
     if not positions:
         raise ScanError(path, "the scan has no frames")
     positions_m = np.concatenate(positions)

@@ -1,21 +1,6 @@
 """Stitch predicted object patches into one object image by probe position.
 
-Each patch is the model's amplitude and phase of the object under the probe, its centre pixel
-(h // 2, w // 2) sitting at the probe position. Patches overlap (ptychography scans overlap by
-design), so every object pixel is a weighted average of the patches that cover it:
-
-- Weights: a smooth window (Tukey by default, or Hann, or any (h, w) array such as the probe
-  intensity) so that a patch's edges, where the model is least reliable, count less than its
-  centre. Windows come from ``scipy.signal.windows``.
-- Sub-pixel positions: each patch is *splatted* with bilinear weights onto the four canvas
-  pixels around where its pixels land (the adjoint of bilinear interpolation). No patch is
-  resampled, so nothing is extrapolated beyond a patch's edge; a patch at an integer position
-  lands exactly on the canvas pixels.
-- Phase wrapping: amplitude is the weighted mean of the amplitudes, phase is the angle of the
-  weighted mean of the unit phasors exp(i phase), so patches at +pi and -pi agree instead of
-  averaging to 0, and a disagreement in phase does not shrink the amplitude.
-- Vectorised numpy over chunks of patches, then one slice-add per patch (see
-  ``_splat_bilinear``): 4096 64x64 patches take about 0.3 s on one core.
+Design notes: docs/design.md.
 """
 
 from __future__ import annotations
@@ -204,13 +189,12 @@ def _splat_bilinear(
     bilinear weights are separable, so a chunk of patches is spread along y, then along x, into
     one (h + 1, w + 1) footprint per patch (vectorised over the chunk), which lands on the
     canvas with one contiguous slice-add per patch, all four sums at once (they are interleaved
-    on the last axis). Measured on 4096 64x64 patches, this beats ``np.bincount`` /
-    ``np.add.at`` on flat indices (0.3 s against 0.5 s): the adds run on contiguous memory and
-    no index arrays are built. Rows and columns off the canvas are clipped.
+    on the last axis). This beats ``np.bincount`` / ``np.add.at`` on flat indices
+    (docs/performance.md): the adds run on contiguous memory and no index arrays are built. Rows and columns off the canvas are clipped.
 
-    Patch quantities are float32 (numpy's float32 cos/sin are vectorised, ~10x faster than
-    float64); the sums are float64. The chunk buffers are allocated once: fresh multi-MB
-    temporaries per chunk are mmapped and page-faulted by glibc, which doubled the time.
+    Patch quantities are float32 (numpy vectorises float32 cos/sin, not float64); the sums are
+    float64. The chunk buffers are allocated once: fresh multi-MB temporaries per chunk are
+    mmapped and page-faulted by glibc.
     """
     n, h, w = amplitude.shape
     chunk, depth = min(n, CHUNK_PATCHES), len(SUMS)

@@ -104,11 +104,10 @@ def exchange_rows(
     return the rows received, grouped by source rank.
 
     An all-to-all of variable sizes, made of nonblocking point-to-point messages to and from
-    the ranks that have rows to exchange. Measured against MPI_Alltoallv with MPICH: while the
-    ranks' main threads compute, the collective's shared-memory pipeline advances only when
-    both ranks' threads get a core in turn (a 5 MB exchange took the whole 100 ms compute
-    window), where point-to-point messages use single-copy transfers and finished in ~7 ms.
-    Peers with nothing to exchange cost nothing, which also matters at many ranks.
+    the ranks that have rows to exchange. Why not MPI_Alltoallv: with MPICH, while the ranks'
+    main threads compute, the collective's shared-memory pipeline advances only when both
+    ranks' threads get a core in turn, where point-to-point messages use single-copy transfers
+    (docs/performance.md). Peers with nothing to exchange cost nothing.
     """
     received = np.empty((int(recv_counts.sum()), *rows.shape[1:]), dtype=rows.dtype)
     row_nbytes = rows.dtype.itemsize * int(np.prod(rows.shape[1:], dtype=np.int64))

@@ -1,19 +1,6 @@
 """Which offered samples a store keeps, and which held ones they replace.
 
-A policy is a pure function of the slot table, the batch of candidates (in stream order) and
-a random generator; it returns the writes, and the store applies them. Because nothing else
-goes in, the single-process store and every rank of the distributed store run the same code
-and, given the same table and generator state, reach the same decisions.
-
-- ``reservoir``: Algorithm R over the whole stream. Every sample offered so far is held with
-  probability capacity / seen, from the first sample on.
-- ``balanced``: per-scan quotas (class-balanced reservoir, Chrysakis & Moens 2020). Every
-  scan seen gets an equal share of the slots, and within its share a uniform sample of its
-  own frames, so a long recent scan cannot crowd out short old ones.
-- ``loss_aware``: Algorithm R decides *whether* a candidate enters (so the store turns over
-  at the reservoir's rate), and the sample it replaces is drawn with probability ∝ 1 / loss,
-  the task loss the training step computed when the sample was offered. Hard samples stay
-  longer; the store is deliberately no longer a uniform sample.
+Design notes: docs/design.md.
 """
 
 from __future__ import annotations

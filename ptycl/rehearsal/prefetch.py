@@ -1,16 +1,6 @@
 """Draws fetched ahead: the next step's replay batches move over MPI while the step computes.
 
-The training loop asks the same draws every step (one for ER and DER, two for DER++, of the
-configured size). So when a step's offer() has updated the store, the store issues that
-step's draws again at once, for the next step: it picks the slots on the calling thread
-(so the draw RNG is used in exactly the order a synchronous run uses it) and hands the
-exchange to one background thread, which runs exchanges in the order issued. The next
-draw() of a matching size takes the first pending one; any other size is drawn
-synchronously after the pending ones are dropped.
-
-A prefetched draw is chosen from, and reads, the store as it stands after the offer that
-precedes it, which is what a synchronous draw at that point would read: prefetching changes
-when samples move, never which samples a draw returns.
+Design notes: docs/design.md.
 """
 
 from __future__ import annotations

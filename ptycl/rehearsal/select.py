@@ -1,17 +1,6 @@
 """Sample selection for the rehearsal store: one call per kernel, run where the data lives.
 
-Each function runs the CuPy twin when any array argument lives on a CUDA device (a CuPy
-array, a CUDA torch tensor: anything with ``__cuda_array_interface__``) and the Numba twin
-otherwise. Results are CuPy arrays in the first case and NumPy arrays in the second
-(``torch.as_tensor`` takes either without a copy). CuPy is imported only when a GPU input
-arrives, so this module imports on machines without CuPy or without a GPU.
-
-Randomness comes in as arguments, drawn with ``draw_uniforms`` / ``draw_exponentials`` /
-``draw_keys`` from a NumPy or CuPy ``Generator``; the same draws give the same selection on
-either device. Slots, indices and groups are int64, -1 meaning "none".
-
-Arguments are checked here (shape, range of indices) because the compiled kernels do not
-bounds-check: a bad slot index would write outside an array instead of raising.
+Design notes: docs/design.md.
 """
 
 from __future__ import annotations

@@ -1,22 +1,6 @@
 """Synthetic sample objects, one family per domain, randomised per scan.
 
-Every family is built as a projection through a thin sample: a phase shift ``phi`` (>= 0) and
-an attenuation ``att`` (>= 0) per pixel give the transmission ``exp(-att) * exp(-i * phi)``,
-so amplitude is in (0, 1] and phase in [-phi_max, 0] with ``phi_max <= 1.5`` rad. Hard X-rays
-shift the phase far more than they absorb (delta/beta of 5-20), which the ratios below mimic.
-
-Projections are blurred by about half a pixel before exponentiating: reconstructions (the labels
-of real data) have finite resolution, and pixel-sharp edges would alias in the far field.
-
-Families differ in the statistics a model could latch on to:
-
-- ``manhattan``: integrated-circuit layers of rectilinear wires and vias, strong phase, weak
-  absorption, gradients only along the axes;
-- ``particles``: catalyst-like nanoparticles on larger support grains; spheres whose projected
-  thickness ``t`` gives phase ``-delta t`` and amplitude ``exp(-mu t)`` for each material;
-- ``siemens``: a Siemens star, binary with a random spoke count, rotation and support rings;
-- ``texture``: natural-image content (scikit-image's bundled photographs, randomly scaled,
-  rotated and cropped) as phase, and a 1/f random field as amplitude.
+Design notes: docs/design.md.
 """
 
 from __future__ import annotations

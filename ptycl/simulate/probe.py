@@ -1,17 +1,6 @@
 """Illumination probes on the object-pixel grid, centred at pixel (size // 2, size // 2).
 
-Lengths are in object pixels, so the wavelength never appears: a Fresnel propagation over a
-distance z multiplies the angular spectrum by exp(-i pi (lambda z) f^2), and only the product
-``lambda * z`` (in pixels^2) matters. A beam whose angular spectrum reaches ``f_max`` cycles/px
-spreads geometrically to a diameter ``2 * lambda * z * f_max`` after defocus ``z``.
-
-- ``zone_plate``: a Fresnel zone plate's pupil (a disc with a central stop, i.e. the bright-field
-  disc the detector sees) focused to an Airy-like spot and taken a little out of focus.
-- ``aperture``: a pinhole of the given diameter, Fresnel-propagated a short way downstream
-  (a disc with edge fringes).
-
-Every probe is normalised to unit power (sum |P|^2 = 1), which ``forward.expected_counts`` uses
-to turn the photon budget into counts.
+Design notes: docs/design.md.
 """
 
 from __future__ import annotations

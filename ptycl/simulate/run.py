@@ -1,12 +1,4 @@
-"""Simulate a beamline: write scans as HDF5 (CXI layout) or Zarr, optionally in real time.
-
-    ptycl simulate -c configs/continual-64.yaml [--set simulate.frame_rate_hz=200] [--reuse-existing]
-
-Scan i is ``simulate.out_dir/scanNNNN_FAMILY.h5`` (or ``.zarr``), its random numbers drawn from
-(simulate.seed, i), so any scan can be regenerated alone. Labels (the true object) go in the
-scan file, in ``scanNNNN_FAMILY.label.h5`` beside it, or nowhere (``simulate.labels``). With
-``simulate.frame_rate_hz`` set, each scan is written frame by frame at that rate, readable
-while it grows and marked complete only after its last frame; a separate label follows it.
+"""Simulated scans written to disk: ``simulate_scans``, the work of ``ptycl simulate``.
 
 Scan i belongs to domain i mod the number of domains (``simulate.domains``, or one per family).
 With ``simulate.unseen_scans_per_domain`` k > 0, each domain d also gets k scans that the
@@ -16,7 +8,6 @@ stream never trains on, ``out_dir/unseen/domainDD_FAMILY_K.h5``, from random num
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from dataclasses import replace
@@ -24,13 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ptycl.cli import add_config_arguments
-from ptycl.config import SimulateSettings, load_config
+from ptycl.config import SimulateSettings
 from ptycl.errors import ScanError
 from ptycl.io.object_image import label_path_for, write_object_image
 from ptycl.io.records import SimulatedScan
 from ptycl.io.source import SUFFIXES, open_scan, open_streaming_writer, write_scan
-from ptycl.logs import progress, setup_logging
+from ptycl.logs import progress
 
 log = logging.getLogger("ptycl.simulate")
 
@@ -38,15 +28,6 @@ log = logging.getLogger("ptycl.simulate")
 # would simulate; settings that change only how or where it is written are left out.
 NOT_PROVENANCE = {"out_dir", "format", "n_scans", "frame_rate_hz", "labels"}
 PROVENANCE_ATTR = "simulate_settings"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser)
-    parser.add_argument(
-        "--reuse-existing",
-        action="store_true",
-        help="keep scans already on disk that are complete and were simulated with the same settings",
-    )
 
 
 def scan_path(settings: SimulateSettings, scan_index: int) -> Path:
@@ -162,10 +143,3 @@ def simulate_scans(settings: SimulateSettings, reuse_existing: bool = False) -> 
         f" ({reused} complete scan(s) reused)" if reused else "",
     )
     return paths
-
-
-def main(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.overrides)
-    setup_logging(config.run.log_level)
-    simulate_scans(config.simulate, reuse_existing=args.reuse_existing)
-    return 0

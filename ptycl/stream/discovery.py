@@ -1,27 +1,6 @@
 """Discover scans and labels in a watched directory with watchdog: inotify, or polling.
 
-``ScanDiscovery`` runs a watchdog observer on the directory (not its sub-directories, so
-``quarantine/`` and the inside of Zarr groups stay out of it) and hands what it sees to the
-watch loop through a queue: watchdog calls handlers in its own thread, the loop drains the
-queue in the main thread. Two observers:
-
-- inotify (``watchdog.observers.Observer`` on Linux): events as they happen, for local disks;
-- polling (``PollingObserver``, ``watch.polling`` / ``--polling``): a directory listing every
-  ``poll_interval_s``, compared with the last one; for NFS, Lustre and GPFS, where inotify
-  does not see files written from other nodes.
-
-What an event means for readiness (measured: ``created`` fires while a file is still
-empty): a ``moved`` event (write-then-rename, as every ptycl writer and rsync do) or a
-``closed`` after writing (inotify only) says the writer is done with the *name*; a ``created``
-one says only that the name exists. The watch loop opens a candidate either way, but a scan
-that looks *finished* is read only after a settling event or ``settle_s`` without change
-(``Candidate``); a scan still being written in ptycl's streaming layout (SWMR HDF5, Zarr with a
-committed count) is followed at once, its committed count saying which frames are safe.
-Entries already in the directory at start-up are reported as ``created``.
-
-Names: scans are ``*.h5``, ``*.cxi``, ``*.hdf5`` files and ``*.zarr`` directories; labels are
-``<scan stem>.label.h5``; hidden names (``.x.partial`` writers' temporaries) and the watcher's
-own outputs (``*.recon.*``) are ignored.
+Design notes: docs/design.md.
 """
 
 from __future__ import annotations

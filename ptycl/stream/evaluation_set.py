@@ -1,18 +1,6 @@
 """Which earlier scans the watcher evaluates after each new one: a reservoir over the run.
 
-After training through scan ``i`` the watcher fills row ``i`` of the error matrices with the
-scan just trained (the diagonal ``R[i, i]``, always) and the scans this set holds: at most
-``watch.evaluation_scans`` of scans ``0 .. i-1``, so evaluating a row costs the same, and holds
-the same memory, after ten scans or after ten thousand.
-
-Why a reservoir (Vitter's Algorithm R) and not the last K scans: a sliding window never looks
-back further than K scans, so it cannot see the forgetting of old scans, which is what the error
-matrices are for. The reservoir holds a uniform sample of *every* scan trained so far: after
-``n`` scans each of them is in the set with the same probability ``min(1, K / n)``, the first
-scan as likely as the newest, so old scans stay measured (each column gets a value now and then
-over the whole run) at a constant cost per scan. The sample is drawn by a seeded generator whose
-state travels in the watcher's checkpoint, so a resumed watcher goes on with the same set and the
-same future choices as one never stopped.
+Design notes: docs/design.md.
 """
 
 from __future__ import annotations

@@ -2,15 +2,7 @@
 (``ScanBuffer``): prepared frames, positions, the label once known, and from them the
 training segments and the evaluation set.
 
-Reading goes through ``ptycl.io.source`` and so obeys the readers' rules: only frames below
-the committed count the writer publishes after each frame are read (a half-written frame is
-never seen), and the scan is complete only when the writer says so. Frames are prepared
-(resize, normalise) as they are read and kept in memory with their positions (a scan of 450
-64² frames is 7 MB), because training segments, evaluation, the reconstruction and a late
-label all need them; the buffer is dropped once the scan is trained or reconstructed.
-
-One ``ScanSource`` per growing file per process (see ``ptycl.io.hdf5_scan``): the follower
-closes its source as soon as the scan is complete.
+Design notes: docs/design.md.
 """
 
 from __future__ import annotations
@@ -21,13 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from ptycl.config import PrepSettings
-from ptycl.errors import ScanError
+from ptycl.io.base import ScanSource
 from ptycl.io.object_image import label_path_for, read_object_image
 from ptycl.io.records import ObjectImage, ScanMetadata
-from ptycl.io.source import ScanSource, open_scan
-from ptycl.prep.frames import input_size_problem, prepare_frames
+from ptycl.prep.reader import PreparedScanReader, UnusableScan
+from ptycl.prep.scan_data import PreparedLabel, ScanTensors, prepare_label, scan_tensors
 from ptycl.stream.segments import holdout_rows, segment_bounds, segment_seed
-from ptycl.train.scan_data import PreparedLabel, ScanTensors, prepare_label, scan_tensors
 
 
 class GrowingArray:
@@ -73,18 +64,13 @@ class ScanFollower:
         self.frames_read = 0
         self.complete = False
         # Opening raises ScanError for a file that is not (yet) a readable scan.
-        self._source: ScanSource | None = open_scan(self.path)
+        self._reader: PreparedScanReader | None = PreparedScanReader(
+            self.path, prep, expected_frame_shape
+        )
+        self._source: ScanSource | None = self._reader.source
         try:
-            self.metadata: ScanMetadata = self._source.metadata
+            self.metadata: ScanMetadata = self._reader.metadata
             self.frame_shape = self.metadata.geometry.frame_shape
-            if expected_frame_shape is not None and self.frame_shape != tuple(expected_frame_shape):
-                raise UnusableScan(
-                    self.path,
-                    f"shape mismatch: frames are {self.frame_shape[0]}x{self.frame_shape[1]}, "
-                    f"this run's scans are {expected_frame_shape[0]}x{expected_frame_shape[1]}",
-                )
-            if problem := input_size_problem(self.frame_shape, prep.input_size):
-                raise UnusableScan(self.path, problem)
             # A label inside the scan is written when the file is created (before any frame).
             self._label_in_file = self._source.label_in_file()
             self.looks_finished = self._source.progress().complete
@@ -113,12 +99,7 @@ class ScanFollower:
         new = None
         if stop > self.frames_read:
             batch = self._source.read(np.arange(self.frames_read, stop))
-            try:
-                prepared = prepare_frames(
-                    batch.frames, self.prep.input_size, self.prep.resize, mask=self.metadata.mask
-                )
-            except ValueError as exc:
-                raise ScanError(self.path, f"frames cannot be prepared: {exc}") from None
+            prepared = self._reader.prepare(batch.frames)
             new = (prepared, batch.positions_m)
             self.frames_read = stop
             self.last_arrival = time.monotonic()
@@ -138,14 +119,9 @@ class ScanFollower:
         return read_label_file(self.path)
 
     def close(self) -> None:
-        if self._source is not None:
-            self._source.close()
-            self._source = None
-
-
-class UnusableScan(ScanError):
-    """A scan that opened but can never be used (wrong shape, no frames): quarantine it now
-    rather than wait for it to become readable."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = self._source = None
 
 
 def read_label_file(scan_path: Path) -> tuple[ObjectImage, str] | None:

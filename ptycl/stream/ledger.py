@@ -1,28 +1,6 @@
 """The watcher's ledger: what became of every scan it has opened, and how far it got.
 
-One ``ScanRecord`` per scan file, keyed by the file's name in the watched directory. States:
-
-    seen ──> training ──> trained
-      │  ╲         ╲
-      │   ╲         ╰──> quarantined
-      │    ╰──> reconstructed ──> training (a label arrived late)
-      ╰──> quarantined
-
-- ``seen``: opened and followed; no label yet (frames are read, nothing trained);
-- ``training``: labelled; ``segments_trained`` segments (``frames_trained`` frames) are done;
-- ``trained``: every segment of the finished scan is trained and the scan evaluated;
-- ``reconstructed``: finished without a label; its image was inferred with the model;
-- ``quarantined``: unusable (``reason`` says why, in one line); never looked at again.
-
-``evaluated`` lists the trained scans in the order of the error matrices' rows and columns.
-``in_progress`` names the segment whose optimiser steps were under way at the last checkpoint
-(the trainer's position holds the step), so a resumed run finishes exactly that segment first.
-
-Durability: the ledger travels *inside* the training checkpoint (``to_state`` holds only
-plain values, so ``torch.load(weights_only=True)`` reads it), so the model, the store and the
-ledger that says which frames they have seen are replaced together by one atomic rename. A
-JSON copy (``write_json``, also atomic) sits beside it for people and scripts; resuming reads
-the checkpoint's copy.
+Design notes: docs/design.md.
 """
 
 from __future__ import annotations

@@ -2,8 +2,7 @@
 
 ``metrics.json`` is written after every scan: it holds only the cells evaluated, so it grows
 linearly. The dense ``R_*.csv`` tables and the plots grow with the square of the scans seen
-(six 17 MB tables at 4,000 scans, 1.5 s each), so after every scan they would in the end take
-longer than the scans. They are redrawn once at least ``spacing`` times their last drawing's
+so after every scan they would in the end take longer than the scans. They are redrawn once at least ``spacing`` times their last drawing's
 duration has passed: after every scan while drawing is quick, at most 1/spacing of the time
 once it is not, and always at shutdown.
 """

@@ -1,19 +1,6 @@
 """How a scan that arrives frame by frame is cut into training segments, and what each costs.
 
-Segment ``k`` of a scan is frames ``[k·S, (k+1)·S)`` with ``S = watch.segment_frames``; it
-is ready once those frames are committed, or, for the last one, once the writer marks the scan
-complete (it is then shorter). The cut depends only on ``S`` and the scan's final length, never
-on when the frames arrived or whether the watcher was restarted in between, so a resumed run
-rebuilds exactly the segments, held-out rows and phase reference of the first.
-
-Cost: a scan of ``nominal_frames_per_scan`` frames gets ``train.steps_per_scan`` steps, as
-with ``ptycl train``; frames ``[a, b)`` get ``T(b) - T(a)`` steps, ``T(m) = round(steps_per_scan
-· m / nominal)``, so the steps of a scan's segments add up to ``T(N)`` whatever the cut, but
-for one floor: every segment gets at least one step, so the frames of a short tail are seen
-too. That floor adds at most one step per segment owed none, so it matters only when a
-segment is owed less than a step (``segment_frames`` under ``nominal / steps_per_scan``, about
-3 frames for the shipped watch config, where a scan would cost up to a step per segment).
-Cost per frame does not grow with the number of scans seen.
+Design notes: docs/design.md.
 """
 
 from __future__ import annotations
@@ -22,7 +9,7 @@ import math
 
 import torch
 
-from ptycl.train.scan_data import split_rows
+from ptycl.prep.scan_data import split_rows
 
 
 def cumulative_steps(frames: int, steps_per_scan: int, nominal_frames: int) -> int:

@@ -1,74 +1,10 @@
 """Watch a beamline directory: follow scans while they are written, train on them, reconstruct.
 
-    ptycl watch DIR -c configs/watch-64.yaml [--polling] [--resume] [--set watch.segment_frames=64]
-    mpiexec -n 4 ptycl watch DIR -c configs/watch-64.yaml        # the same, data-parallel
-
-What it does with each scan that appears in DIR (``ptycl.stream.discovery``):
-
-- follows it while the detector writes it (``ptycl.stream.follower``): only frames below the
-  writer's committed count are read, a scan is finished only when the writer says so, and a
-  file that merely appeared is not read as a finished scan until it settles;
-- trains on its frames as they arrive once its label is known: in the scan file, or in
-  ``<stem>.label.h5`` beside it, which may arrive long after the last frame;
-- a scan that finishes with no label (within ``watch.label_wait_s``) is reconstructed with the
-  current model and its image written beside it (``<stem>.recon.h5`` and ``.recon.png``, or
-  under ``watch.recon_dir``); a label arriving later still trains on it;
-- a bad scan (truncated, NaN frames, wrong shape, stalled writer...) is quarantined with a
-  one-line reason (``ptycl.stream.quarantine``) and the watcher goes on;
-- after each trained scan: a row of the error matrices (``ErrorMatrices``), the run's
-  ``metrics.json``, CSVs and plots (``ptycl.train.report``), a checkpoint; a live status line
-  all along (``ptycl.stream.status``).
-
-What R means here: ``R[i, j]`` is the error on scan j's held-out frames after training through
-scan i, as in ``ptycl train``, but row i is filled only for the scan just trained (the diagonal
-``R[i, i]``, always) and the scans of the evaluation set: a uniform sample of at most
-``watch.evaluation_scans`` of the earlier trained scans, kept as a reservoir over the whole run
-(``ptycl.stream.evaluation_set``). Every other cell is NaN, never evaluated (empty in the CSVs,
-not in the row's ``columns`` in ``metrics.json``), and the summaries use the cells that were:
-the final average error is over the scans evaluated in the last row, forgetting is given for
-the scans with a final value and an earlier one. So evaluating costs the same after every scan
-however long the run, and rank 0 holds only the set's scans (``EvaluationScan``: frames,
-positions, truth, held-out labels), not every scan trained; each trained scan still has the
-same chance to be measured again later, so the forgetting of old scans stays in view. The set
-(its scans, its counter and its generator's state) is in the checkpoint; ``--resume`` reloads
-those scans from DIR and goes on with the same set.
-
-Training granularity: segments, with steps in proportion to frames. A scan's frames are cut
-into fixed segments of ``watch.segment_frames`` (``ptycl.stream.segments``); a segment is
-trained as soon as its frames are committed (the last, shorter one when the scan completes),
-for ``train.steps_per_scan × frames / watch.nominal_frames_per_scan`` steps, so a scan of the
-nominal length costs exactly what ``ptycl train`` spends on it, and the cost per frame is
-constant however many scans came before and however fast they arrive. Why segments and not
-"a batch as soon as it arrives" or "the whole scan at the end": the model learns from a scan
-while it is being measured (so the next scan's reconstruction is already better), but each
-step still draws its batch from a few hundred frames of the scan, not from the last 32, and
-offers each frame to the rehearsal store once, after the segment has trained on it (the DER
-outputs stored are the model's considered answer, as with whole scans). Segment boundaries
-depend only on the segment size and the scan's final length, never on arrival times, so a
-restart rebuilds the very same segments, held-out frames and phase reference. Each segment
-restarts the learning-rate schedule (the scan's length is not known while it streams).
-Held-out frames (``prep.holdout_fraction`` of every segment) are never trained on; they fill
-the error matrices.
-
-Stopping and resuming: SIGINT/SIGTERM (or SIGUSR1, which batch schedulers send ahead of a
-time limit) stop at the next optimiser step; the watcher writes a
-checkpoint (model, optimiser, store, and the ledger of scan states of ``ptycl.stream.ledger``
-in the same file, so they are replaced together by one atomic rename), the report and the
-ledger's JSON copy, and exits 0. ``--resume`` reloads them, finishes the interrupted segment
-from the step it stopped at, and carries on: no frame is trained on twice, none is skipped.
-
-MPI (``mpiexec -n N``; ``ptycl.train.distributed``): rank 0 watches the directory, reads the
-files and makes every decision (open, quarantine, label ready, which segment to train); it
-broadcasts them with the prepared frames once per loop, so every rank holds the same scans and
-ledger, and all ranks train each segment together, each on its share of every batch
-(``ContinualTrainer`` with DDP). Rank 0 evaluates and writes every output. One reader and one
-decider keep the ranks in lockstep without agreeing on file-system timing, which on a shared
-file system differs from node to node.
+Design notes: docs/design.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import time
@@ -79,15 +15,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ptycl.cli import add_config_arguments
-from ptycl.config import Config, dump_config, load_config
+from ptycl.config import Config, dump_config
 from ptycl.errors import ConfigError, OutputError, ScanError
 from ptycl.eval.evaluate import ErrorMatrices, EvaluationScan
 from ptycl.io.object_image import label_path_for
 from ptycl.io.records import ObjectImage, ScanMetadata
-from ptycl.logs import setup_logging
 from ptycl.outputs import write_text
+from ptycl.parallel import Distributed
 from ptycl.prep.patches import label_pixel_m
+from ptycl.prep.reader import UnusableScan
 from ptycl.recon.infer import ScanPrediction, predict
 from ptycl.recon.output import write_reconstruction
 from ptycl.stream.discovery import (
@@ -98,38 +34,22 @@ from ptycl.stream.discovery import (
     signature,
 )
 from ptycl.stream.evaluation_set import EvaluationReservoir
-from ptycl.stream.follower import ScanBuffer, ScanFollower, UnusableScan, read_label_file
+from ptycl.stream.follower import ScanBuffer, ScanFollower, read_label_file
 from ptycl.stream.ledger import Ledger
 from ptycl.stream.quarantine import QUARANTINE_LIST, quarantine
 from ptycl.stream.report_cadence import ReportCadence
 from ptycl.stream.segments import segment_steps
 from ptycl.stream.status import StatusLine, StatusSnapshot, WatchCounters
 from ptycl.train.checkpoint import RunCheckpoints
-from ptycl.train.distributed import Distributed, init_distributed
 from ptycl.train.report import RunReport, write_report
+from ptycl.train.strategies import STRATEGIES, strategy_named
 from ptycl.train.trainer import ContinualTrainer, StreamPosition
 
 log = logging.getLogger("ptycl.stream")
 
-WATCH_STRATEGIES = ("incremental", "er", "der", "derpp")
 RETRY_OPEN_S = 0.5  # a scan that cannot be opened yet is tried again after this long
 LEDGER_JSON = "ledger.json"
 STATUS_JSON = "status.json"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("directory", type=Path, help="the directory the scans are written to")
-    add_config_arguments(parser)
-    parser.add_argument(
-        "--polling",
-        action="store_true",
-        help="poll the directory instead of inotify (NFS, Lustre, GPFS): watch.polling=true",
-    )
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue from the run's checkpoint and ledger (run.output_dir)",
-    )
 
 
 class SegmentTrainer(ContinualTrainer):
@@ -204,12 +124,13 @@ class Watcher:
                 "'balanced' keeps a slot for every scan, and a watched stream has no last "
                 "scan: use 'reservoir' or 'loss_aware'",
             )
-        if config.train.strategy not in WATCH_STRATEGIES:
+        if strategy_named(config.train.strategy).keeps_every_scan:
+            bounded = [name for name, s in STRATEGIES.items() if not s.keeps_every_scan]
             raise ConfigError(
                 "<config>",
                 "train.strategy",
                 f"{config.train.strategy!r} retrains on every scan seen, a cost without bound; "
-                f"watch mode trains with one of {', '.join(WATCH_STRATEGIES)}",
+                f"watch mode trains with one of {', '.join(bounded)}",
             )
         directory = Path(directory)
         if not directory.is_dir():
@@ -797,9 +718,7 @@ class Watcher:
         held = [j for j in self.evaluation_set.members if self.eval_scans.get(j) is not None]
         scans = [self.eval_scans[j] for j in held] + [newest]
         columns = [*held, column]
-        row = self.matrices.add_row(
-            trainer.model, scans, trainer.device, trainer.support, columns=columns
-        )
+        row = self.matrices.add_row(trainer.model, scans, trainer.device, columns=columns)
         self.matrices.scan_ids = [
             self.ledger.scans[name].scan_id or name for name in self.ledger.evaluated
         ]
@@ -942,19 +861,3 @@ def _merge_costs(trainer: ContinualTrainer) -> None:
 def run_watch(directory: Path, config: Config, dist: Distributed, resume: bool = False) -> None:
     """Watch ``directory`` until SIGINT/SIGTERM (collective: every rank of a job calls it)."""
     Watcher(directory, config, dist).run(resume=resume)
-
-
-def main(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.overrides)
-    if args.polling:
-        config = config.model_copy(
-            update={"watch": config.watch.model_copy(update={"polling": True})}
-        )
-    dist = init_distributed(config.train.device)
-    setup_logging(config.run.log_level, dist.rank)
-    try:
-        with dist.fail_fast():
-            run_watch(args.directory, config, dist, resume=args.resume)
-    finally:
-        dist.close()
-    return 0

@@ -1,42 +1,6 @@
 """Checkpoints: the last K kept, each checked by SHA-256 before it is loaded.
 
-Files in a run's checkpoint directory (one every rank sees: a shared filesystem on a cluster):
-
-- ``checkpoint-{n}.pt``: checkpoint number n (n grows by one per checkpoint, never reused), one
-  ``torch.save`` file of tensors and plain Python values only, so ``torch.load(weights_only=
-  True)`` reads it and a checkpoint from an untrusted place cannot run code;
-- ``store-step{S}-rank{r}of{N}.pt``: in a data-parallel run of N ranks, rank r's
-  rehearsal-store shard at global step S;
-- ``checkpoint-{n}.json``: its manifest, the size and SHA-256 of checkpoint n's file and of every
-  store shard it uses; written last, it is the commit point;
-- ``latest.pt``: a symbolic link to the newest committed checkpoint's file, for scripts (the
-  Slurm requeue tests that it exists) and people; loading never relies on it;
-- ``.lock``: the run holding the directory (POSIX lock, with its command, pid and host).
-  A second run on the same directory, which would prune the first one's checkpoints, stops
-  with one line naming it; the lock goes with the process, so a killed run leaves none.
-
-Every file is written to a temporary file in the same directory, fsynced, then renamed into
-place, and the directory is fsynced after the rename. A checkpoint is saved in this order:
-every rank its shard; rank 0 the checkpoint file, then the manifest, then ``latest.pt``; then
-rank 0 removes every checkpoint but the newest ``keep`` (``train.keep_checkpoints``), the shards
-no kept manifest names, and the temporary files of writers that were killed, while the other
-ranks wait. A checkpoint at the same step as an earlier one (a stop before the first step after
-a resume) rewrites that step's shards with the same bytes: the store changes only in steps, and
-its settings cannot change on a resume; a resume on another number of ranks, whose shards
-differ, writes other names. Were the bytes to differ, the earlier checkpoint would fail its
-check and be skipped, never loaded with a shard it did not record.
-
-What is guaranteed: a process or job killed at any moment (SIGKILL included) leaves the last
-committed checkpoint whole, with its shards, and ``latest.pt`` exists only once one is
-committed. Loading takes the newest checkpoint whose manifest reads and whose files (its own and
-all its shards) have the sizes and SHA-256 sums the manifest records, checked before
-``torch.load`` sees them (the ranks share the checking out and agree on the same checkpoint).
-A checkpoint that fails (torn, corrupted, missing or unreadable, e.g. by a disk or a filesystem
-that does not keep its promises) is skipped with a one-line warning naming the file and why,
-and the previous one is taken; it stays on disk until newer ones push it out. A file whose sum
-matches but that torch cannot load (another torch's format) stops the resume: an older
-checkpoint would fail alike. A run started afresh over another run's checkpoints removes those
-when it commits its first one, so a resume never falls back into the other run.
+Design notes: docs/design.md.
 """
 
 from __future__ import annotations
@@ -57,7 +21,7 @@ from typing import Any, BinaryIO, NamedTuple
 import torch
 
 from ptycl.errors import CheckpointError
-from ptycl.train.distributed import Distributed
+from ptycl.parallel import Distributed
 
 log = logging.getLogger("ptycl.train.checkpoint")
 

@@ -1,37 +1,10 @@
-"""Continual training over a sequence of scans, each scan one task, in arrival order.
-
-    ptycl train -c configs/continual-64.yaml [--set train.strategy=der] [--resume] [--max-steps N]
-
-Scans come from ``scans:`` in the config (files or directories, in that order), or, when it is
-empty, from the simulated beamline described by ``simulate:`` (simulated first if absent).
-After each scan the run evaluates every scan seen so far, checkpoints, and at the end writes
-metrics (JSON, CSV) and plots under ``run.output_dir``. SIGINT/SIGTERM stop at the next step
-with a checkpoint; ``--resume`` continues exactly where the run stopped.
-
-Checkpoints (``ptycl.train.checkpoint``) go to ``run.output_dir/checkpoints`` every
-``train.checkpoint_every_steps`` steps and at each scan's end; the last
-``train.keep_checkpoints`` are kept, each with a manifest of SHA-256 sums. A run killed at any
-moment, SIGKILL included, resumes from its last committed checkpoint; one that was damaged
-afterwards is skipped with a warning for the one before. The resumed run ends with the weights
-of an uninterrupted one bit for bit (same number of ranks and of torch threads).
-
-Data-parallel on N MPI ranks (one per GPU, or several per CPU node):
-
-    mpiexec -n 4 ptycl train -c configs/continual-64.yaml
-    srun --mpi=pmi2 ptycl train -c configs/continual-64.yaml     # Slurm, MPICH (pmix: Open MPI)
-
-Each rank trains on its share of every step's ``train.batch_size`` rows (the batch of all ranks
-together), so N ranks take the steps one process would; the rehearsal store is spread over the
-ranks (``train.store`` capacities are per rank). The ranks share the evaluation out; rank 0
-writes the outputs; each rank checkpoints its store shard. ``--resume`` on the same number of ranks continues exactly; on
-another number (above one) the store's samples are redistributed over the new ranks. A rank
-that fails ends the job with one line naming the rank and the error.
-"""
+"""Continual training over a sequence of scans, each scan one task, in arrival order:
+``run_continual``, the work of ``ptycl train``."""
 
 from __future__ import annotations
 
-import argparse
 import logging
+import math
 import signal
 import time
 from dataclasses import dataclass
@@ -39,36 +12,20 @@ from pathlib import Path
 
 import torch
 
-from ptycl.cli import add_config_arguments
-from ptycl.config import Config, dump_config, load_config
+from ptycl.config import Config, dump_config
 from ptycl.errors import CheckpointError, ConfigError, ScanError
-from ptycl.eval.evaluate import ErrorMatrices, stitch_scan
+from ptycl.eval.evaluate import ErrorMatrices, holdout_errors, stitch_scan
 from ptycl.eval.plots import plot_reconstruction
 from ptycl.io.source import expand_scan_paths
-from ptycl.logs import setup_logging
 from ptycl.outputs import write_text
+from ptycl.parallel import Distributed, resolve_device
 from ptycl.prep.frames import input_size_problem
+from ptycl.prep.scan_data import ScanTensors, load_scan
 from ptycl.train.checkpoint import RunCheckpoints
-from ptycl.train.distributed import Distributed, init_distributed, resolve_device
 from ptycl.train.report import RunReport, write_report
-from ptycl.train.scan_data import ScanTensors, load_scan
 from ptycl.train.trainer import ContinualTrainer, StreamPosition
 
 log = logging.getLogger("ptycl.train")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser)
-    parser.add_argument(
-        "--resume", action="store_true", help="continue from the run's latest checkpoint"
-    )
-    parser.add_argument(
-        "--max-steps",
-        type=int,
-        default=None,
-        metavar="N",
-        help="stop (with a checkpoint) after N optimiser steps in total, e.g. to fit a batch-job time limit",
-    )
 
 
 def resolve_scans(config: Config) -> list[Path]:
@@ -106,8 +63,10 @@ def run_continual(
     resume: bool = False,
     max_steps: int | None = None,
     dist: Distributed | None = None,
+    plots: bool = True,
 ) -> RunReport:
-    """Train through the stream; returns the report (also written under run.output_dir).
+    """Train through the stream; returns the report (also written under run.output_dir, with
+    its tables and plots unless ``plots`` is False).
 
     ``dist``: this process's place in a data-parallel job (``init_distributed``); None for a
     run in this process alone. In a job, every rank calls this at the same time: rank 0 picks
@@ -172,6 +131,7 @@ def run_continual(
     started = time.perf_counter()
     # Rank 0 lists (or simulates) the scans: every rank then reads the same ones, in order.
     paths = dist.broadcast(resolve_scans(config) if dist.is_main else None)
+    trainer.scans_in_stream = len(paths)
     try:
         _check_store_holds_every_scan(config, trainer, len(paths), dist)
         for path in paths:
@@ -196,11 +156,13 @@ def run_continual(
             if task < trainer.state.position.scan_index:
                 continue  # trained on before the resume point
             log.info(
-                "scan %d: %s (%d frames, %d held out)",
+                "scan %d: %s (%d frames: %d to train on, %d held out, %d in the guard band)",
                 task,
                 scan.scan_id,
                 len(scan),
+                len(scan.train_rows),
                 len(scan.holdout_rows),
+                len(scan) - len(scan.train_rows) - len(scan.holdout_rows),
             )
             finished = trainer.train_scan(scan, task, should_stop=should_stop, on_step=on_step)
             if not finished:
@@ -216,23 +178,28 @@ def run_continual(
                     )
                 break
             # The ranks share the evaluation out; every rank gets the row.
-            row = matrices.add_row(trainer.model, scans, trainer.device, trainer.support, dist)
+            row = matrices.add_row(trainer.model, scans, trainer.device, dist)
             trainer.state.position = StreamPosition(task + 1, 0, trainer.state.position.global_step)
             checkpoint()
             cost = trainer.state.costs[-1]
             if dist.is_main:
                 log.info(
-                    "scan %d done: %d steps, %d samples, %.1f s; phase MAE now %s",
+                    "scan %d done: %d steps, %d samples, %.1f s; offset-free phase MAE now %s "
+                    "rad (constant patch %s), phase skill %s, amplitude skill %s",
                     task,
                     cost.steps,
                     cost.samples,
                     cost.seconds,
-                    " ".join(f"{v:.3f}" for v in row["phase_mae"]),
+                    " ".join(f"{v:.3f}" for v in row["phase_offset_free_mae"]),
+                    " ".join(f"{v:.3f}" for v in _constants(matrices, scans)),
+                    " ".join(f"{v:.2f}" for v in row["phase_skill"]),
+                    " ".join(f"{v:.2f}" for v in row["amplitude_skill"]),
                 )
     finally:
         for s, handler in previous_handlers.items():
             signal.signal(s, handler)
     trainer.close()
+    unseen = _unseen_errors(config, trainer) if stopped is None and dist.is_main else {}
     report = RunReport.build(
         config,
         trainer,
@@ -240,12 +207,47 @@ def run_continual(
         rejected,
         wall_seconds=time.perf_counter() - started,
         stopped=stopped,
+        unseen=unseen,
     )
     if dist.is_main:
-        write_report(report, output_dir)
-        if stopped is None:  # a stopped run is to resume, and soon: no plots to draw
+        write_report(report, output_dir, tables_and_plots=plots)
+        if stopped is None and plots:  # a stopped run is to resume, and soon: no plots
             _plot_reconstructions(trainer, scans, output_dir / "plots")
     return report
+
+
+def _unseen_errors(config: Config, trainer: ContinualTrainer) -> dict[str, dict[str, float]]:
+    """The final model on the simulated scans of each domain that the stream never trained on
+    (``simulate.unseen_scans_per_domain``), every frame of each held out: scan id -> errors
+    and skills against the scan's constant patch. Empty for listed scans."""
+    if config.scans or not config.simulate.unseen_scans_per_domain:
+        return {}
+    from ptycl.simulate.run import unseen_scan_paths
+
+    out = {}
+    for path in (p for domain in unseen_scan_paths(config.simulate) for p in domain):
+        try:
+            scan = load_scan(path, config.prep, seed=config.run.seed)
+        except ScanError as exc:
+            log.error("unseen scan skipped: %s", exc)
+            continue
+        scan.holdout_rows = torch.arange(len(scan))  # never trained on: all of it scores
+        out[scan.scan_id] = holdout_errors(trainer.model, scan, trainer.device)
+        log.info(
+            "unseen scan %s: offset-free phase MAE %.3f rad, phase skill %.2f",
+            scan.scan_id,
+            out[scan.scan_id]["phase_offset_free_mae"],
+            out[scan.scan_id]["phase_skill"],
+        )
+    return out
+
+
+def _constants(matrices: ErrorMatrices, scans: list[ScanTensors]) -> list[float]:
+    """The offset-free phase MAE of each scan's constant patch (NaN: none held out)."""
+    return [
+        matrices.constants.get(s.scan_id, {}).get("phase_offset_free_mae", math.nan)
+        for s in scans
+    ]
 
 
 def _check_store_holds_every_scan(
@@ -293,7 +295,7 @@ def _plot_reconstructions(trainer: ContinualTrainer, scans: list[ScanTensors], p
     """The first and the newest scan stitched with the final model, beside their truth: what
     the model still knows of the oldest data, and what it learnt last."""
     for scan in {id(s): s for s in (scans[:1] + scans[-1:])}.values():
-        stitched = stitch_scan(trainer.model, scan, trainer.device, trainer.support)
+        stitched = stitch_scan(trainer.model, scan, trainer.device)
         plot_reconstruction(
             stitched.image,
             scan.truth,
@@ -301,23 +303,3 @@ def _plot_reconstructions(trainer: ContinualTrainer, scans: list[ScanTensors], p
             plots / f"reconstruction_{scan.scan_id}.png",
             title=f"{scan.scan_id} after the last scan",
         )
-
-
-def main(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.overrides)
-    dist = init_distributed(config.train.device)
-    setup_logging(config.run.log_level, rank=dist.rank)
-    with dist.fail_fast():
-        if dist.is_distributed:
-            log.info(
-                "data-parallel over %d ranks (%s, torch.distributed %s); a step's %d rows are "
-                "shared out among them",
-                dist.world_size,
-                dist.device,
-                torch.distributed.get_backend(),
-                config.train.batch_size,
-            )
-        report = run_continual(config, resume=args.resume, max_steps=args.max_steps, dist=dist)
-        log.info("%s", report.summary_line())
-        dist.close()
-    return 0

@@ -1,19 +1,6 @@
 """The continual trainer: one model, one optimiser, one store, a stream of scans.
 
-Built from the one ``Config`` by ``ContinualTrainer.build``; every component is an explicit
-attribute (model, optimiser, store, history), nothing lives in module globals. A step is
-
-    new batch -> forward -> task loss
-    (+ replay draws -> forward -> ER / DER / DER++ terms)
-    -> backward -> optimiser step -> offer the new batch (with its pre-step outputs) to the store
-
-Data-parallel (``Distributed`` with world_size > 1, see ``ptycl.train.distributed``): every
-rank follows the same plan of batches (a function of the run seed), takes its contiguous share
-of each step's ``batch_size`` rows and of each ``replay_batch_size`` draw, and trains a
-``DistributedDataParallel`` replica; each rank's loss is weighted so that DDP's average of the
-ranks' gradients is the gradient of the loss over the whole global batch, so N ranks take the
-steps one rank would. The store is the global ``DistributedRehearsalStore``: every rank offers
-its share every step (zero rows included) and draws from all ranks' shards.
+Design notes: docs/design.md.
 """
 
 from __future__ import annotations
@@ -30,17 +17,16 @@ from torch.nn.parallel import DistributedDataParallel
 from ptycl.config import Config
 from ptycl.errors import ConfigError
 from ptycl.model.ptychonn import ModelOutput, PtychoNN, build_model
+from ptycl.parallel import Distributed, resolve_device
+from ptycl.prep.scan_data import ScanTensors
 from ptycl.rehearsal.local_store import LocalReservoirStore, samples_per_rank_for_bytes
 from ptycl.rehearsal.samples import ReplaySamples
 from ptycl.rehearsal.store import RehearsalStore
-from ptycl.train.distributed import Distributed, resolve_device
-from ptycl.train.losses import der_distance, per_sample_task_loss, task_loss
-from ptycl.train.scan_data import ScanTensors
+from ptycl.train.losses import per_sample_task_loss
 from ptycl.train.schedule import learning_rate, plan_scan
+from ptycl.train.strategies import ReplayTerms, strategy_named
 
 log = logging.getLogger("ptycl.train")
-
-REPLAY_STRATEGIES = ("er", "der", "derpp")
 
 # The settings that decide what the trainer learns: a checkpoint saves them and a resume must
 # bring the same, or it would continue another run than the one saved (the batches, learning
@@ -128,7 +114,7 @@ class TrainerState:
 def build_store(config: Config, dist: Distributed) -> RehearsalStore | None:
     """The rehearsal store of a replay strategy: one process's, or the global one over
     ``dist.comm`` (capacities are per rank, see ``StoreSettings``); None without replay."""
-    if config.train.strategy not in REPLAY_STRATEGIES:
+    if strategy_named(config.train.strategy).draws == 0:
         return None
     settings = config.train.store
     frame_shape = (config.prep.input_size, config.prep.input_size)
@@ -156,7 +142,7 @@ def build_store(config: Config, dist: Distributed) -> RehearsalStore | None:
 
 def _check_batches_cover_ranks(config: Config, dist: Distributed) -> None:
     sizes = {"train.batch_size": config.train.batch_size}
-    if config.train.strategy in REPLAY_STRATEGIES:
+    if strategy_named(config.train.strategy).draws:
         sizes["train.replay_batch_size"] = config.train.replay_batch_size
     for key, size in sizes.items():
         if size < dist.world_size:
@@ -174,6 +160,7 @@ class ContinualTrainer:
     ) -> None:
         self.config = config
         self.settings = config.train
+        self.strategy = strategy_named(config.train.strategy)
         self.dist = dist
         self.device = dist.device
         # ``model`` is the module itself (evaluation, checkpoints, reconstruction use it);
@@ -188,13 +175,16 @@ class ContinualTrainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.settings.lr)
         self.store = store
         self.state = TrainerState()
-        # The cumulative strategy retrains on every scan seen: it keeps them all (the cost
-        # the rehearsal strategies avoid).
+        # Every scan seen, for a strategy that retrains on them all (the cost rehearsal avoids).
         self.pool: list[ScanTensors] = []
-        # The field of view the model learns: the first scan's illuminated support, kept for
-        # the whole run (one beamline set-up per run) and saved with the model, so replayed
-        # samples, evaluation and reconstruction all score the same pixels.
+        # The pixels each scan's frames say something about: the disc of its own probe, by
+        # scan index (new and replayed samples alike are scored on their scan's), and the
+        # newest one, saved with the model for reconstruction.
+        self.supports: dict[int, torch.Tensor] = {}
         self.support: torch.Tensor | None = None
+        # The stream's length where it is known in advance (``ptycl train``), for a strategy
+        # whose budget depends on it.
+        self.scans_in_stream: int | None = None
 
     @classmethod
     def build(cls, config: Config, dist: Distributed | None = None) -> ContinualTrainer:
@@ -217,9 +207,9 @@ class ContinualTrainer:
     # -- the stream -----------------------------------------------------------------------
 
     def steps_for_scan(self, scan_index: int) -> int:
-        if self.settings.strategy == "cumulative":
-            return self.settings.steps_per_scan * (scan_index + 1)
-        return self.settings.steps_per_scan
+        return self.strategy.steps_for_scan(
+            self.settings.steps_per_scan, scan_index, self.scans_in_stream
+        )
 
     def arrived(self, scan: ScanTensors) -> None:
         """A scan joined the stream (also called for the scans before a resume point)."""
@@ -229,7 +219,7 @@ class ContinualTrainer:
         # and fits on the next scan, not on NaN.
         if not self.model.input_fitted and len(scan.train_rows) >= 2:
             self.model.fit_input_statistics(scan.inputs[scan.train_rows])
-        if self.settings.strategy == "cumulative":
+        if self.strategy.keeps_every_scan:
             self.pool.append(scan)
 
     def train_scan(
@@ -245,6 +235,8 @@ class ContinualTrainer:
         job: every rank trains the same scan from the same position, and ``should_stop`` must
         answer the same on every rank (``Distributed.any``).
         """
+        self.supports[scan_index] = scan.support.to(self.device)
+        self.support = self.supports[scan_index]
         inputs, labels, scan_of_row = self._training_rows(scan, scan_index)
         steps = self.steps_for_scan(scan_index)
         plan = plan_scan(
@@ -259,7 +251,7 @@ class ContinualTrainer:
                 costs.append(ScanCost(scan.scan_id))
         cost = self.state.costs[-1]
         if scan_index > self.state.newest_task:
-            self._begin_task(scan_index)
+            self._begin_task(scan_index, inputs)
         self.replica.train()
         share = self.dist.share(self.settings.batch_size)  # this rank's part of each batch
         while position.step_in_scan < steps:
@@ -270,7 +262,7 @@ class ContinualTrainer:
             last_seen = plan.offer[position.step_in_scan][share]
             for group in self.optimizer.param_groups:
                 group["lr"] = learning_rate(self.settings, position.step_in_scan, steps)
-            samples, outputs, losses = self._step(inputs[rows], labels[rows])
+            samples, outputs, losses = self._step(inputs[rows], labels[rows], scan_of_row[rows])
             if self.store is not None:  # collective under MPI: every rank offers, maybe nothing
                 offered = rows[last_seen]
                 self.store.offer(
@@ -292,29 +284,30 @@ class ContinualTrainer:
                 on_step(position)
         return True
 
-    def _begin_task(self, scan_index: int) -> None:
+    def _begin_task(self, scan_index: int, inputs: torch.Tensor) -> None:
         """A new scan starts training: under ``optimizer_state: fresh_per_scan`` Adam forgets
         its moment estimates (a watched scan's later segments, and scans written at the same
         time and trained in turn, keep theirs).
 
-        Why: carried over, they cost the model its ability to learn. Measured on
-        configs/continual-64.yaml with plain fine-tuning at 600 steps a scan (width 8): after
-        scans 0-3 the model could no longer learn scan 4. Its outputs collapsed onto one patch
-        (spread over frames 0.026 -> 0.002 rad) at 0.182 rad, the constant patch's error. The
-        same weights with a fresh Adam reached 0.172, a fresh model 0.153. Over the sequence,
-        fresh moments took scans 3, 4 and 5 to 0.054, 0.163 and 0.082 rad, where carried ones
-        left them at 0.103, 0.181 and 0.106 (constant patches: 0.113, 0.182, 0.115). Adam's
-        second moments decay over ~1/(1 - 0.999) = 1000 steps, longer than a scan's budget, so
-        the previous scans' gradient sizes set each weight's step size on the new one.
+        Why: Adam's second moments decay over ~1/(1 - 0.999) = 1000 steps, longer than a scan's
+        budget, so carried over, the previous scans' gradient sizes set each weight's step on
+        the new one and the model stops learning (docs/results-continual.md).
         """
         if self.settings.optimizer_state == "fresh_per_scan":
             self.optimizer.state.clear()  # Adam fills it again at its next step
+        if self.strategy.fresh_model_per_scan:
+            torch.manual_seed(self.config.run.seed + scan_index)
+            fresh = build_model(self.config.model, self.config.prep.input_size)
+            self.model.load_state_dict(fresh.state_dict())
+            if len(inputs) >= 2:
+                self.model.fit_input_statistics(inputs)
+            self.optimizer.state.clear()
         self.state.newest_task = scan_index
 
     def _training_rows(
         self, scan: ScanTensors, scan_index: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        scans = self.pool if self.settings.strategy == "cumulative" else [scan]
+        scans = self.pool if self.strategy.keeps_every_scan else [scan]
         first_index = scan_index - len(scans) + 1
         inputs = torch.cat([s.inputs[s.train_rows] for s in scans])
         labels = torch.cat([s.labels[s.train_rows] for s in scans])
@@ -326,8 +319,12 @@ class ContinualTrainer:
         )
         return inputs, labels, scan_of_row
 
+    def _supports_of(self, scan_index: torch.Tensor) -> torch.Tensor:
+        """(n, S, S): the support of each sample's scan."""
+        return torch.stack([self.supports[int(i)] for i in scan_index])
+
     def _step(
-        self, inputs: torch.Tensor, labels: torch.Tensor
+        self, inputs: torch.Tensor, labels: torch.Tensor, scan_index: torch.Tensor
     ) -> tuple[int, torch.Tensor, torch.Tensor]:
         """One optimiser step on this rank's share of the batch.
 
@@ -336,23 +333,22 @@ class ContinualTrainer:
         of the ranks' gradients is the gradient of each term's mean over all ranks' samples
         (with one process the weights are 1).
 
-        DER++'s two replay draws go through the model in one forward: GroupNorm normalises
-        each sample alone, so a sample's output does not depend on what shares its batch, and
-        on a CPU a batch of 16 costs more per sample than one of 32 (the ``train`` bench:
-        DER++ at 0.93 of incremental's samples/s at 64² with a forward per draw, 1.04 with
-        one for both). The new batch keeps its own forward: merged with the draws into one
-        batch of 64, the activations at 128² outgrow the CPU's caches (0.75).
+        The replay draws go through the model in one forward: GroupNorm normalises each sample
+        alone, so a sample's output does not depend on what shares its batch, and a larger
+        batch costs less per sample. The new batch keeps its own forward: merged with the
+        draws, the activations at 128² outgrow a CPU's caches (docs/performance.md).
         """
-        kind, strategy = self.settings.loss, self.settings.strategy
-        support = self.support
+        settings = self.settings
         predicted = self.replica(inputs.to(self.device, non_blocking=True))
         per_sample = per_sample_task_loss(
-            predicted, labels.to(self.device, non_blocking=True), kind, support
+            predicted,
+            labels.to(self.device, non_blocking=True),
+            settings.loss,
+            self._supports_of(scan_index),
         )
         loss = per_sample.mean() * self._weight(len(inputs), self.settings.batch_size)
         samples = self.settings.batch_size
-        draws = self._draw_replay() if strategy in REPLAY_STRATEGIES else []
-        # (index of the draw, the draw): index 0 is ER's and DER's draw, 1 DER++'s second
+        draws = self._draw_replay()
         drawn = [(index, draw) for index, draw in enumerate(draws) if draw is not None]
         if drawn:
             together = self.replica(torch.cat([draw.inputs for _, draw in drawn])).stacked()
@@ -362,12 +358,10 @@ class ContinualTrainer:
             ):
                 output = ModelOutput.from_stacked(values)
                 samples += drawn_total
-                if strategy == "er":
-                    term = task_loss(output, draw.labels, kind, support)
-                elif index == 0:  # der and derpp: match the outputs stored at insertion
-                    term = self.settings.alpha * der_distance(output, draw.outputs, kind, support)
-                else:  # derpp's second draw: the stored labels
-                    term = self.settings.beta * task_loss(output, draw.labels, kind, support)
+                terms = ReplayTerms(
+                    settings.loss, settings.alpha, settings.beta, self._supports_of(draw.scan_index)
+                )
+                term = self.strategy.replay_term(index, output, draw, terms)
                 loss = loss + term * self._weight(len(draw), drawn_total)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # under DDP, also averages the gradients over the ranks
@@ -375,13 +369,12 @@ class ContinualTrainer:
         return samples, predicted.stacked().detach().cpu(), per_sample.detach().cpu()
 
     def _draw_replay(self) -> list[ReplaySamples | None]:
-        """This rank's share of each replay draw of the step (derpp draws twice), on the
+        """This rank's share of each of the strategy's replay draws of the step, on the
         device; None for a draw from an empty store. Collective under MPI, as each draw is."""
         if self.store is None:
             return []
         share = self.dist.share_sizes(self.settings.replay_batch_size)[self.dist.rank]
-        count = 2 if self.settings.strategy == "derpp" else 1
-        draws = [self.store.draw(share) for _ in range(count)]
+        draws = [self.store.draw(share) for _ in range(self.strategy.draws)]
         return [None if d is None else d.to(self.device, torch.float32) for d in draws]
 
     def _replay_drawn_total(self) -> int:
@@ -403,6 +396,7 @@ class ContinualTrainer:
         return {
             "model": self.model.state_dict(),
             "support": None if self.support is None else self.support.cpu(),
+            "supports": {i: support.cpu() for i, support in self.supports.items()},
             "optimizer": self.optimizer.state_dict(),
             "store": self.store.state_dict() if self.store is not None else None,
             "position": [position.scan_index, position.step_in_scan, position.global_step],
@@ -427,6 +421,11 @@ class ContinualTrainer:
         self.model.load_state_dict(state["model"])
         if state["support"] is not None:
             self.support = state["support"].to(self.device)
+        # A checkpoint from before each scan kept its own: every scan had the one support.
+        saved = state.get("supports")
+        if saved is None and state["support"] is not None:
+            saved = {i: state["support"] for i in range(state["position"][0] + 1)}
+        self.supports = {int(i): support.to(self.device) for i, support in (saved or {}).items()}
         self.optimizer.load_state_dict(state["optimizer"])
         if self.store is not None and store_shards is not None:
             self.store.load_resharded(store_shards)

@@ -1,23 +1,6 @@
 """Data-parallel training across MPI ranks: who this process is, and how the ranks agree.
 
-``mpiexec -n N ptycl train ...`` (or ``srun --mpi=pmi2 ...`` under Slurm) starts N processes;
-``init_distributed`` turns them into one job:
-
-- rank and world size come from MPI (mpi4py's COMM_WORLD), the node-local rank from a
-  ``COMM_TYPE_SHARED`` split; on CUDA each rank takes GPU ``local_rank % device_count``;
-- torch.distributed is initialised over TCP at rank 0's host and a free port rank 0 picks and
-  broadcasts over MPI, unless MASTER_ADDR / MASTER_PORT are set (e.g. by a Slurm script);
-  backend gloo on CPUs, NCCL on GPUs;
-- on CPUs the node's cores are shared out: each rank gets cores / local ranks threads for
-  torch and Numba, unless OMP_NUM_THREADS / NUMBA_NUM_THREADS say otherwise.
-
-A process not started by an MPI launcher (no PMI/PMIx/Open MPI/Slurm step variables) never
-imports mpi4py: ``Distributed.single`` is world 1 with no torch.distributed, and everything
-collective below is then a local no-op. So is a job of one rank.
-
-``Distributed.fail_fast`` makes one rank's failure end the job: the rank prints one line
-naming itself and the error, then calls MPI_Abort, instead of leaving the other ranks waiting
-in a collective forever.
+Design notes: docs/design.md.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from ptycl.cli import add_override_argument
+from ptycl.commands.options import add_override_argument
 from ptycl.config import load_config
 from ptycl.errors import ScanError
 from ptycl.eval.image_metrics import object_errors

@@ -14,7 +14,7 @@ import argparse
 
 import yaml
 
-from ptycl.cli import add_config_arguments
+from ptycl.commands.options import add_config_arguments
 from ptycl.config import dump_config, load_config
 from ptycl.errors import ConfigError
 
