@@ -18,7 +18,7 @@ import torch
 from ptycl.bench.settings import with_settings
 from ptycl.bench.verdict import ERROR, StreamResult, criteria, strategy_table
 from ptycl.bench.verdict_markdown import verdict_markdown
-from ptycl.config import Config
+from ptycl.config import Config, dump_config
 from ptycl.errors import ConfigError, PtyclError
 from ptycl.eval.plots import (
     plot_cost_per_scan,
@@ -53,6 +53,8 @@ def _train_strategy(config: Config, resume: bool, threads: int | None = None) ->
     if threads is not None:
         torch.set_num_threads(threads)
         setup_logging(config.run.log_level, label=config.train.strategy)
+    if resume and (finished := _finished(config)) is not None:
+        return finished
     resume = resume and has_checkpoint(config.run.output_dir / "checkpoints")
     try:
         return run_continual(config, resume=resume, plots=config.run.name.startswith("seed-0/"))
@@ -60,6 +62,19 @@ def _train_strategy(config: Config, resume: bool, threads: int | None = None) ->
         # As its message only: the subclasses' own arguments do not survive the pickling
         # that brings a worker's exception back.
         raise PtyclError(f"{config.run.name}: {exc}") from None
+
+
+def _finished(config: Config) -> RunReport | None:
+    """The report of a run that went through under this very config (its ``config.yaml``
+    the same), read from its ``metrics.json``; None for any other: a resumed suite reads
+    finished runs back without loading a scan."""
+    out = config.run.output_dir
+    try:
+        same = (out / "config.yaml").read_text() == dump_config(config)
+        report = RunReport.read(out / "metrics.json") if same else None
+    except (OSError, ValueError, TypeError):
+        return None
+    return report if report is not None and report.stopped is None else None
 
 
 class _SuiteStop:
