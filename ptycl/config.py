@@ -305,6 +305,62 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         raise ConfigError(source, key, msg) from None
 
 
+# The settings that decide what the trainer learns: a checkpoint saves them and a resume must
+# bring the same, or it would continue another run than the one saved (the batches, learning
+# rates and replay of every later step follow from them). Every other setting of these
+# sections may change on a resume: where and how fast the run goes, not what it computes.
+LEARNING_SECTIONS = ("run", "prep", "model", "train")
+RESUMABLE_SETTINGS = frozenset(
+    {
+        "run.name",
+        "run.output_dir",
+        "run.log_level",
+        "model.precision",
+        "model.channels_last",
+        "model.compile",
+        "train.device",
+        "train.checkpoint_every_steps",
+        "train.keep_checkpoints",
+        "train.store.device",
+        "train.store.prefetch",
+    }
+)
+
+
+def learning_settings(config: Config) -> dict[str, Any]:
+    """``config``'s settings that a resume must keep, as {dotted key: JSON value}."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}", inner)
+        elif prefix not in RESUMABLE_SETTINGS:
+            flat[prefix] = value
+
+    dumped = config.model_dump(mode="json")
+    for section in LEARNING_SECTIONS:
+        walk(section, dumped[section])
+    return flat
+
+
+def check_same_learning_settings(saved: dict[str, Any], config: Config) -> None:
+    """Refuse to resume with learning settings other than the checkpoint's (one line naming
+    the first that differs and how many do). A setting only one side has (a checkpoint of
+    another ptycl version) is not compared: nothing says what it was on the other side."""
+    now = learning_settings(config)
+    differing = [key for key in sorted(saved.keys() & now.keys()) if saved[key] != now[key]]
+    if differing:
+        key = differing[0]
+        more = f" (and {len(differing) - 1} more)" if len(differing) > 1 else ""
+        raise ConfigError(
+            "--resume",
+            key,
+            f"the run was trained with {saved[key]!r}, this config has {now[key]!r}"
+            f"{more}: resume with the run's own config.yaml, or start a new run.output_dir",
+        )
+
+
 def dump_config(config: Config) -> str:
     """The resolved configuration as YAML (written beside every run's outputs)."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -22,15 +22,15 @@ import torch
 
 from ptycl.config import load_config
 from ptycl.errors import CheckpointError, ConfigError
-from ptycl.parallel import Distributed
-from ptycl.rehearsal import select
-from ptycl.train.checkpoint import (
+from ptycl.lifecycle.checkpoint import (
     LATEST,
     LOCK,
     RunCheckpoints,
     load_checkpoint,
     save_checkpoint,
 )
+from ptycl.parallel import Distributed
+from ptycl.rehearsal import select
 from ptycl.train.run import run_continual
 from tests.conftest import tiny_config
 from tests.helpers_report import evaluated, read_matrices
@@ -64,7 +64,7 @@ class _Messages(logging.Handler):
 def warnings_seen() -> Iterator[list[str]]:
     """The checkpoint module's warnings, by a handler of its own: an in-process CLI run earlier
     in the session may have stopped propagation to the root logger that caplog listens on."""
-    logger = logging.getLogger("ptycl.train.checkpoint")
+    logger = logging.getLogger("ptycl.lifecycle.checkpoint")
     handler = _Messages()
     logger.addHandler(handler)
     yield handler.messages
@@ -306,7 +306,7 @@ def test_a_second_run_on_the_same_directory_is_refused_while_the_first_lives(tmp
 
     holds = (
         "import sys, torch; from pathlib import Path\n"
-        "from ptycl.train.checkpoint import RunCheckpoints\n"
+        "from ptycl.lifecycle.checkpoint import RunCheckpoints\n"
         "from ptycl.parallel import Distributed\n"
         "lock = RunCheckpoints(Path(sys.argv[1]), Distributed.single(torch.device('cpu')),"
         " 'ptycl watch')\n"

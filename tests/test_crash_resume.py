@@ -8,7 +8,7 @@ checkpoint or a shard, mid-evaluation), and the run is started again with ``--re
 start runs to the end. Then:
 
 - after each kill every checkpoint left is whole (sizes and SHA-256 as its manifest records,
-  checked here independently of ptycl.train.checkpoint); at the end only the last
+  checked here independently of ptycl.lifecycle.checkpoint); at the end only the last
   ``train.keep_checkpoints`` are on disk, with the shards they name, and no temporary file;
 - metrics.json holds one row per scan with the scans seen so far, the steps add up to scans x
   steps_per_scan, and the costs in samples are those of the uninterrupted run;
@@ -46,8 +46,8 @@ import pytest
 import torch
 
 from ptycl.config import dump_config, load_config
+from ptycl.lifecycle.checkpoint import LATEST, LOCK, load_checkpoint
 from ptycl.rehearsal import select
-from ptycl.train.checkpoint import LATEST, LOCK, load_checkpoint
 from ptycl.train.run import run_continual
 from tests.conftest import tiny_config
 from tests.helpers_report import evaluated, read_matrices

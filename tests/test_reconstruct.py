@@ -13,10 +13,10 @@ import torch
 from ptycl.cli import main
 from ptycl.config import load_config
 from ptycl.eval.image_metrics import object_errors
+from ptycl.lifecycle.checkpoint import load_checkpoint
 from ptycl.model.ptychonn import build_model
 from ptycl.recon.infer import infer_scan
 from ptycl.simulate.run import simulate_scans
-from ptycl.train.checkpoint import load_checkpoint
 from ptycl.train.run import run_continual
 from tests.conftest import TINY
 

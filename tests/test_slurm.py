@@ -26,7 +26,7 @@ import pytest
 from ptycl.cli import COMMANDS
 from ptycl.cli import main as cli_main
 from ptycl.config import dump_config
-from ptycl.train.checkpoint import load_checkpoint
+from ptycl.lifecycle.checkpoint import load_checkpoint
 from tests.conftest import tiny_config
 
 REPO = Path(__file__).resolve().parent.parent

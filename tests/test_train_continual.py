@@ -10,7 +10,7 @@ import torch
 
 from ptycl.errors import CheckpointError, ConfigError
 from ptycl.eval.evaluate import MATRIX_NAMES
-from ptycl.train.checkpoint import load_checkpoint
+from ptycl.lifecycle.checkpoint import load_checkpoint
 from ptycl.train.run import run_continual
 from ptycl.train.strategies import STRATEGIES
 from tests.conftest import tiny_config

@@ -28,7 +28,7 @@ import torch
 
 from ptycl.config import dump_config
 from ptycl.errors import CheckpointError
-from ptycl.train.checkpoint import load_checkpoint
+from ptycl.lifecycle.checkpoint import load_checkpoint
 from ptycl.train.run import run_continual
 from tests.conftest import tiny_config
 from tests.helpers_report import evaluated, read_matrices

@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 
 from ptycl.io.object_image import label_path_for, read_object_image, write_object_image
+from ptycl.lifecycle.checkpoint import load_checkpoint, save_checkpoint
 from ptycl.stream.evaluation_set import EvaluationReservoir
 from ptycl.stream.ledger import Ledger, LedgerError, ScanRecord
 from ptycl.stream.segments import segment_count, segment_steps
-from ptycl.train.checkpoint import load_checkpoint, save_checkpoint
 from tests.helpers_report import read_matrices
 from tests.helpers_scans import BEAMLINE_SCANS, beamline_scan
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from ptycl.lifecycle.checkpoint import load_checkpoint
 from ptycl.stream.ledger import Ledger
-from ptycl.train.checkpoint import load_checkpoint
 from tests.helpers_report import read_matrices
 from tests.test_watch import (
     FRAMES,

@@ -39,8 +39,8 @@ import numpy as np
 import pytest
 
 from ptycl.io.source import write_scan
+from ptycl.lifecycle.checkpoint import load_checkpoint
 from ptycl.stream.ledger import Ledger
-from ptycl.train.checkpoint import load_checkpoint
 from tests.helpers_report import read_matrices
 from tests.helpers_scans import beamline_scan
 from tests.test_watch import (

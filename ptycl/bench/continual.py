@@ -25,9 +25,9 @@ from ptycl.eval.plots import (
     plot_error_against_cost,
     plot_error_over_time,
 )
+from ptycl.lifecycle.checkpoint import has_checkpoint
 from ptycl.logs import setup_logging
 from ptycl.outputs import write_text
-from ptycl.train.checkpoint import has_checkpoint
 from ptycl.train.report import RunReport
 from ptycl.train.run import resolve_scans, run_continual
 

@@ -22,7 +22,13 @@ from zarr.storage import LocalStore
 from ptycl.config import Config
 from ptycl.io import cxi
 from ptycl.io.records import EV_J, ScanGeometry, ScanMetadata
-from ptycl.io.source import SUFFIXES, ScanFormat, open_scan, open_streaming_writer
+from ptycl.io.source import (
+    SUFFIXES,
+    ScanFormat,
+    bytes_on_disk,
+    open_scan,
+    open_streaming_writer,
+)
 from ptycl.prep.frames import prepare_frames
 
 log = logging.getLogger("ptycl.bench")
@@ -110,6 +116,18 @@ def _summarise(
     return figures
 
 
+def _log_figures(fmt: str, figures: dict[str, Any]) -> None:
+    log.info(
+        "ingest %s: raw %.0f, source %.0f (%.2fx), prepared %.0f frames/s (%.2fx raw)",
+        fmt,
+        figures["raw_frames_per_s"],
+        figures["source_frames_per_s"],
+        figures["source_over_raw"],
+        figures["prepared_frames_per_s"],
+        figures["prepared_over_raw"],
+    )
+
+
 def run(out_dir: Path, quick: bool, config: Config | None = None) -> dict[str, Any]:
     """Measure and return the results (``ptycl bench`` writes them). ``config.prep`` sets the
     input size and resize mode (defaults: 64, crop)."""
@@ -126,11 +144,7 @@ def run(out_dir: Path, quick: bool, config: Config | None = None) -> dict[str, A
         for fmt in FORMATS:
             path = scratch / f"bench{SUFFIXES[fmt]}"
             _write_scan(path, n_frames, size, rng)
-            scan_bytes[fmt] = (
-                sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-                if path.is_dir()
-                else path.stat().st_size
-            )
+            scan_bytes[fmt] = bytes_on_disk(path)
             readers[fmt, "raw"] = _raw_reader(path, fmt, batch_size)
             readers[fmt, "source"] = _source_reader(path, batch_size, None)
             readers[fmt, "prepared"] = _source_reader(path, batch_size, (input_size, resize))
@@ -147,15 +161,7 @@ def run(out_dir: Path, quick: bool, config: Config | None = None) -> dict[str, A
     results = {fmt: _summarise(samples, fmt, size) for fmt in FORMATS}
     for fmt, figures in results.items():
         figures["scan_bytes"] = scan_bytes[fmt]
-        log.info(
-            "ingest %s: raw %.0f, source %.0f (%.2fx), prepared %.0f frames/s (%.2fx raw)",
-            fmt,
-            figures["raw_frames_per_s"],
-            figures["source_frames_per_s"],
-            figures["source_over_raw"],
-            figures["prepared_frames_per_s"],
-            figures["prepared_over_raw"],
-        )
+        _log_figures(fmt, figures)
     result = {
         "suite": "ingest",
         "quick": quick,

@@ -20,11 +20,11 @@ from ptycl.errors import ScanError
 from ptycl.eval.image_metrics import object_errors
 from ptycl.eval.plots import plot_reconstruction
 from ptycl.io.source import expand_scan_paths
+from ptycl.lifecycle.checkpoint import load_checkpoint
 from ptycl.logs import progress, setup_logging
 from ptycl.model.ptychonn import build_model
 from ptycl.recon.infer import infer_scan
 from ptycl.recon.output import write_reconstruction
-from ptycl.train.checkpoint import load_checkpoint
 from ptycl.train.trainer import resolve_device
 
 log = logging.getLogger("ptycl.recon")

@@ -17,11 +17,13 @@ from ptycl.config import load_config
 from ptycl.logs import setup_logging
 from ptycl.parallel import init_distributed
 from ptycl.train.run import run_continual
+from ptycl.train.strategies import STRATEGIES
 
 log = logging.getLogger("ptycl.train")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = f"train.strategy: one of {', '.join(STRATEGIES)} (ptycl/train/strategies.py)"
     add_config_arguments(parser)
     parser.add_argument(
         "--resume", action="store_true", help="continue from the run's latest checkpoint"

@@ -32,6 +32,21 @@ from ptycl.io.object_image import label_path_for, read_object_image
 from ptycl.io.records import FrameBatch, ObjectImage, ScanMetadata
 
 
+class Closes:
+    """Closed on leaving ``with``."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
 @dataclass(frozen=True)
 class StreamProgress:
     """One consistent look at a scan being written."""
@@ -40,7 +55,7 @@ class StreamProgress:
     complete: bool  # the writer has finished; committed_frames is final
 
 
-class ScanSource(ABC):
+class ScanSource(Closes, ABC):
     """One scan, readable while it grows. Use as a context manager, or call ``close()``."""
 
     def __init__(self, path: Path, metadata: ScanMetadata, frame_dtype: np.dtype) -> None:
@@ -159,14 +174,6 @@ class ScanSource(ABC):
         separate = label_path_for(self.path)
         return read_object_image(separate) if separate.exists() else None
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
     # -- shared checks ------------------------------------------------------------------
     @contextmanager
     def _reading(self) -> Iterator[None]:
@@ -254,7 +261,7 @@ def check_scan_shape(
         raise ScanError(path, f"{n_frames} frames but {n_translations} translations")
 
 
-class StreamingScanWriter(ABC):
+class StreamingScanWriter(Closes, ABC):
     """Writes one scan frame by frame so that readers in other processes can follow it.
 
     The file appears under its name only once every dataset exists and it is readable; each
@@ -300,11 +307,3 @@ class StreamingScanWriter(ABC):
             frames.astype(self.frame_dtype, copy=False), translation_from_positions(positions_m)
         )
         self.n_committed += len(frames)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

@@ -69,6 +69,13 @@ def expand_scan_paths(paths: Iterable[Path]) -> list[Path]:
     return scans
 
 
+def bytes_on_disk(path: Path) -> int:
+    """A scan file's size, or a Zarr group's files together; 0 for nothing there."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size if path.exists() else 0
+
+
 def open_scan(path: str | Path, expected_frame_shape: tuple[int, int] | None = None) -> ScanSource:
     """Open a scan for reading; bad input raises ScanError naming the file and the problem."""
     path = Path(path)

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import numpy as np
 
 from ptycl.config import PrepSettings
 from ptycl.errors import ScanError
-from ptycl.io.base import ScanSource
+from ptycl.io.base import Closes, ScanSource
 from ptycl.io.source import open_scan
 from ptycl.prep.frames import input_size_problem, prepare_frames
 
@@ -25,7 +23,7 @@ class UnusableScan(ScanError):
     quarantines it now rather than wait for it to become readable."""
 
 
-class PreparedScanReader:
+class PreparedScanReader(Closes):
     """``open_scan`` and ``prepare_frames`` together; raises ScanError (``UnusableScan`` for
     frames this run cannot use) naming the file."""
 
@@ -69,11 +67,3 @@ class PreparedScanReader:
 
     def close(self) -> None:
         self.source.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

@@ -19,7 +19,7 @@ from ptycl.config import SimulateSettings
 from ptycl.errors import ScanError
 from ptycl.io.object_image import label_path_for, write_object_image
 from ptycl.io.records import SimulatedScan
-from ptycl.io.source import SUFFIXES, open_scan, open_streaming_writer, write_scan
+from ptycl.io.source import SUFFIXES, bytes_on_disk, open_scan, open_streaming_writer, write_scan
 from ptycl.logs import progress
 
 log = logging.getLogger("ptycl.simulate")
@@ -74,12 +74,6 @@ def _reusable(path: Path, settings: SimulateSettings) -> bool:
     return same and done and labelled
 
 
-def _bytes_on_disk(path: Path) -> int:
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return path.stat().st_size if path.exists() else 0
-
-
 def _stream(path: Path, scan: SimulatedScan, settings: SimulateSettings) -> None:
     """Write frame by frame at ``frame_rate_hz``, as a detector would."""
     label = scan.truth if settings.labels == "in_scan" else None
@@ -131,7 +125,7 @@ def simulate_scans(settings: SimulateSettings, reuse_existing: bool = False) -> 
         else:
             _stream(path, scan, settings)
         written_frames += len(scan.frames)
-        written_bytes += _bytes_on_disk(path) + _bytes_on_disk(label_path_for(path))
+        written_bytes += bytes_on_disk(path) + bytes_on_disk(label_path_for(path))
         log.debug("wrote %s (%d frames)", path, len(scan.frames))
     log.info(
         "simulate: wrote %d scan(s), %d frames, %.1f MB in %.1f s to %s%s",

@@ -6,7 +6,6 @@ Design notes: docs/design.md.
 from __future__ import annotations
 
 import logging
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,12 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ptycl.config import Config, dump_config
+from ptycl.config import Config
 from ptycl.errors import ConfigError, OutputError, ScanError
 from ptycl.eval.evaluate import ErrorMatrices, EvaluationScan
 from ptycl.io.object_image import label_path_for
 from ptycl.io.records import ObjectImage, ScanMetadata
-from ptycl.outputs import write_text
+from ptycl.lifecycle.run import RunLifecycle
 from ptycl.parallel import Distributed
 from ptycl.prep.patches import label_pixel_m
 from ptycl.prep.reader import UnusableScan
@@ -40,7 +39,6 @@ from ptycl.stream.quarantine import QUARANTINE_LIST, quarantine
 from ptycl.stream.report_cadence import ReportCadence
 from ptycl.stream.segments import segment_steps
 from ptycl.stream.status import StatusLine, StatusSnapshot, WatchCounters
-from ptycl.train.checkpoint import RunCheckpoints
 from ptycl.train.report import RunReport, write_report
 from ptycl.train.strategies import STRATEGIES, strategy_named
 from ptycl.train.trainer import ContinualTrainer, StreamPosition
@@ -50,15 +48,6 @@ log = logging.getLogger("ptycl.stream")
 RETRY_OPEN_S = 0.5  # a scan that cannot be opened yet is tried again after this long
 LEDGER_JSON = "ledger.json"
 STATUS_JSON = "status.json"
-
-
-class SegmentTrainer(ContinualTrainer):
-    """The continual trainer with a step budget set per call: one segment's share."""
-
-    segment_steps = 0
-
-    def steps_for_scan(self, scan_index: int) -> int:
-        return self.segment_steps
 
 
 # -- what rank 0 decides, and every rank applies ---------------------------------------------
@@ -140,18 +129,21 @@ class Watcher:
         self.settings = config.watch
         self.dist = dist
         self.main = dist.is_main
-        self.output_dir = config.run.output_dir
-        self.checkpoint_dir = self.output_dir / "checkpoints"
-        self.checkpoints = RunCheckpoints(
-            self.checkpoint_dir, dist, "ptycl watch", config.train.keep_checkpoints
-        )
-        self.trainer = SegmentTrainer.build(config, dist)
+        self.lifecycle = RunLifecycle(config, dist, "ptycl watch")
+        self.output_dir = self.lifecycle.output_dir
+        self.checkpoint_dir = self.lifecycle.checkpoint_dir
+        self.trainer = ContinualTrainer.build(config, dist)
         self.matrices = ErrorMatrices()
         self.ledger = Ledger(segment_frames=self.settings.segment_frames)
         # which earlier trained scans each new row evaluates (every rank keeps it, in step)
         self.evaluation_set = EvaluationReservoir(self.settings.evaluation_scans, config.run.seed)
         self.buffers: dict[str, ScanBuffer] = {}  # every rank: scans being followed / trained
-        self.stop_signal: str | None = None
+        self.lifecycle.states = {
+            "trainer": self.trainer.state_dict,
+            "matrices": lambda: self.matrices.state_dict(),
+            "evaluation_set": lambda: self.evaluation_set.state_dict(),
+            "ledger": lambda: self.ledger.to_state(),
+        }
         # rank 0 only: the directory, the files, the clocks, evaluation and outputs
         self.discovery: ScanDiscovery | None = None
         self.candidates: dict[str, Candidate] = {}
@@ -174,13 +166,11 @@ class Watcher:
 
     def run(self, resume: bool = False) -> None:
         # From here on SIGINT/SIGTERM stop the loop cleanly (checked at each step and loop).
-        previous = {
-            s: signal.signal(s, lambda signum, _: self._signalled(signum))
-            for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
-        }
+        with self.lifecycle.stop:
+            self._run(resume)
+
+    def _run(self, resume: bool) -> None:
         try:
-            if self.main:
-                self.output_dir.mkdir(parents=True, exist_ok=True)
             if resume:
                 self._resume()
             elif self.main and (self.checkpoint_dir / "latest.pt").exists():
@@ -188,8 +178,8 @@ class Watcher:
                     "%s holds a checkpoint: starting afresh over it (--resume continues it)",
                     self.checkpoint_dir,
                 )
-            if self.main:  # after a resume was accepted: a refused one leaves the run's config
-                write_text(self.output_dir / "config.yaml", dump_config(self.config))
+            self.lifecycle.began()
+            if self.main:
                 self.status = StatusLine(
                     self.settings.status_every_s, self.output_dir / STATUS_JSON
                 )
@@ -222,12 +212,6 @@ class Watcher:
             raise
         else:
             self._shutdown()
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-
-    def _signalled(self, signum: int) -> None:
-        self.stop_signal = signal.Signals(signum).name
 
     def _meet_and_check_stop(self) -> bool:
         """Collective, at the top of every loop: under MPI the other ranks wait for rank 0
@@ -242,7 +226,7 @@ class Watcher:
 
     def _should_stop(self) -> bool:
         """Collective: every rank stops at the same point when any rank was signalled."""
-        return self.dist.any(self.stop_signal is not None)
+        return self.lifecycle.should_stop()
 
     def _close(self) -> None:
         if self.discovery is not None:
@@ -263,7 +247,7 @@ class Watcher:
             counts = self.ledger.counts()
             log.info(
                 "watch stopped (%s): %s; checkpoint in %s, continue with --resume",
-                self.stop_signal or "done",
+                self.lifecycle.stop.signalled or "done",
                 ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no scans",
                 self.checkpoint_dir,
             )
@@ -647,9 +631,12 @@ class Watcher:
                 position = trainer.state.position
                 trainer.state.position = StreamPosition(record.task, 0, position.global_step)
                 self.ledger.in_progress = (name, index)
-            trainer.segment_steps = steps
             finished = trainer.train_scan(
-                segment, record.task, should_stop=self._should_stop, on_step=self._on_step
+                segment,
+                record.task,
+                steps=steps,  # the segment's share of the scan's budget
+                should_stop=self._should_stop,
+                on_step=self._on_step,
             )
             if not finished:
                 return False  # stopping: the shutdown checkpoints mid-segment
@@ -728,18 +715,12 @@ class Watcher:
 
     def _checkpoint(self) -> None:
         """Collective: the trainer, the error matrices and the ledger, in one atomic file."""
-        state: dict[str, Any] = {
-            "trainer": self.trainer.state_dict(),
-            "matrices": self.matrices.state_dict(),
-            "evaluation_set": self.evaluation_set.state_dict(),
-            "ledger": self.ledger.to_state(),
-        }
-        self.checkpoints.save(state)
+        self.lifecycle.checkpoint()
         if self.main:
             self.ledger.write_json(self.output_dir / LEDGER_JSON)
 
     def _resume(self) -> None:
-        state, shards = self.checkpoints.load()
+        state, shards = self.lifecycle.load()
         ledger = Ledger.from_state(state["ledger"])
         if ledger.segment_frames != self.settings.segment_frames:
             raise ConfigError(

@@ -5,23 +5,20 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ptycl.config import Config, dump_config
+from ptycl.config import Config
 from ptycl.errors import CheckpointError, ConfigError, ScanError
 from ptycl.eval.evaluate import ErrorMatrices, holdout_errors, stitch_scan
 from ptycl.eval.plots import plot_reconstruction
 from ptycl.io.source import expand_scan_paths
-from ptycl.outputs import write_text
+from ptycl.lifecycle.run import RunLifecycle
 from ptycl.parallel import Distributed, resolve_device
 from ptycl.prep.frames import input_size_problem
 from ptycl.prep.scan_data import ScanTensors, load_scan
-from ptycl.train.checkpoint import RunCheckpoints
 from ptycl.train.report import RunReport, write_report
 from ptycl.train.trainer import ContinualTrainer, StreamPosition
 
@@ -41,23 +38,6 @@ def resolve_scans(config: Config) -> list[Path]:
     return expand_scan_paths(config.scans)
 
 
-@dataclass
-class _StopRequest:
-    """Set by SIGINT/SIGTERM or the step budget; the loop stops at the next step boundary."""
-
-    max_global_steps: int | None = None
-    signalled: str | None = None
-
-    def __call__(self, position: StreamPosition | None = None) -> bool:
-        if self.signalled is not None:
-            return True
-        return (
-            self.max_global_steps is not None
-            and position is not None
-            and position.global_step >= self.max_global_steps
-        )
-
-
 def run_continual(
     config: Config,
     resume: bool = False,
@@ -75,18 +55,13 @@ def run_continual(
     same report.
     """
     dist = dist or Distributed.single(resolve_device(config.train.device))
-    output_dir = config.run.output_dir
-    checkpoint_dir = output_dir / "checkpoints"
-    if dist.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
+    lifecycle = RunLifecycle(config, dist, "ptycl train")
+    output_dir, checkpoint_dir = lifecycle.output_dir, lifecycle.checkpoint_dir
     trainer = ContinualTrainer.build(config, dist)
     matrices = ErrorMatrices()
     rejected: list[str] = []
-    checkpoints = RunCheckpoints(
-        checkpoint_dir, dist, "ptycl train", keep=config.train.keep_checkpoints
-    )
     if resume:
-        state, old_store_shards = checkpoints.load()
+        state, old_store_shards = lifecycle.load()
         trainer.load_state_dict(state["trainer"], store_shards=old_store_shards)
         matrices = ErrorMatrices.from_state(state["matrices"])
         rejected = list(state["rejected"])
@@ -98,33 +73,24 @@ def run_continual(
             state.get("ranks", 1),
             dist.world_size,
         )
-    if dist.is_main:  # after a resume was accepted: a refused one leaves the run's config
-        write_text(output_dir / "config.yaml", dump_config(config))
-
-    def checkpoint() -> None:
-        state = {
-            "trainer": trainer.state_dict(),
-            "matrices": matrices.state_dict(),
-            "rejected": rejected,
-        }
-        checkpoints.save(state)
-
-    stop = _StopRequest(max_global_steps=max_steps)
-    previous_handlers = {
-        s: signal.signal(
-            s, lambda signum, _: setattr(stop, "signalled", signal.Signals(signum).name)
-        )
-        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+    lifecycle.began()
+    lifecycle.states = {
+        "trainer": trainer.state_dict,
+        "matrices": lambda: matrices.state_dict(),
+        "rejected": lambda: rejected,
     }
+    checkpoint = lifecycle.checkpoint
     every = config.train.checkpoint_every_steps
 
     def on_step(position: StreamPosition) -> None:
         if every and position.global_step % every == 0:
             checkpoint()
 
+    def budget_spent() -> bool:
+        return max_steps is not None and trainer.state.position.global_step >= max_steps
+
     def should_stop() -> bool:
-        # A signal may reach the ranks at different steps: all stop at the first step any saw it.
-        return dist.any(stop(trainer.state.position))
+        return lifecycle.should_stop(also=budget_spent())
 
     scans: list[ScanTensors] = []
     stopped: str | None = None
@@ -132,7 +98,7 @@ def run_continual(
     # Rank 0 lists (or simulates) the scans: every rank then reads the same ones, in order.
     paths = dist.broadcast(resolve_scans(config) if dist.is_main else None)
     trainer.scans_in_stream = len(paths)
-    try:
+    with lifecycle.stop:
         _check_store_holds_every_scan(config, trainer, len(paths), dist)
         for path in paths:
             scan, problem = None, None
@@ -167,8 +133,8 @@ def run_continual(
             finished = trainer.train_scan(scan, task, should_stop=should_stop, on_step=on_step)
             if not finished:
                 checkpoint()
-                budget = stop(trainer.state.position) and f"--max-steps {max_steps}"
-                stopped = stop.signalled or budget or "another rank was signalled"
+                budget = budget_spent() and f"--max-steps {max_steps}"
+                stopped = lifecycle.stop.signalled or budget or "another rank was signalled"
                 if dist.is_main:
                     log.warning(
                         "stopped (%s) at scan %d step %d; continue with --resume",
@@ -195,9 +161,6 @@ def run_continual(
                     " ".join(f"{v:.2f}" for v in row["phase_skill"]),
                     " ".join(f"{v:.2f}" for v in row["amplitude_skill"]),
                 )
-    finally:
-        for s, handler in previous_handlers.items():
-            signal.signal(s, handler)
     trainer.close()
     unseen = _unseen_errors(config, trainer) if stopped is None and dist.is_main else {}
     report = RunReport.build(

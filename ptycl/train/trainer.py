@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ptycl.config import Config
+from ptycl.config import Config, check_same_learning_settings, learning_settings
 from ptycl.errors import ConfigError
 from ptycl.model.ptychonn import ModelOutput, PtychoNN, build_model
 from ptycl.parallel import Distributed, resolve_device
@@ -27,61 +27,6 @@ from ptycl.train.schedule import learning_rate, plan_scan
 from ptycl.train.strategies import ReplayTerms, strategy_named
 
 log = logging.getLogger("ptycl.train")
-
-# The settings that decide what the trainer learns: a checkpoint saves them and a resume must
-# bring the same, or it would continue another run than the one saved (the batches, learning
-# rates and replay of every later step follow from them). Every other setting of these
-# sections may change on a resume: where and how fast the run goes, not what it computes.
-LEARNING_SECTIONS = ("run", "prep", "model", "train")
-RESUMABLE_SETTINGS = frozenset(
-    {
-        "run.name",
-        "run.output_dir",
-        "run.log_level",
-        "model.precision",
-        "model.channels_last",
-        "model.compile",
-        "train.device",
-        "train.checkpoint_every_steps",
-        "train.keep_checkpoints",
-        "train.store.device",
-        "train.store.prefetch",
-    }
-)
-
-
-def learning_settings(config: Config) -> dict[str, Any]:
-    """``config``'s settings that a resume must keep, as {dotted key: JSON value}."""
-    flat: dict[str, Any] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for key, inner in value.items():
-                walk(f"{prefix}.{key}", inner)
-        elif prefix not in RESUMABLE_SETTINGS:
-            flat[prefix] = value
-
-    dumped = config.model_dump(mode="json")
-    for section in LEARNING_SECTIONS:
-        walk(section, dumped[section])
-    return flat
-
-
-def check_same_learning_settings(saved: dict[str, Any], config: Config) -> None:
-    """Refuse to resume with learning settings other than the checkpoint's (one line naming
-    the first that differs and how many do). A setting only one side has (a checkpoint of
-    another ptycl version) is not compared: nothing says what it was on the other side."""
-    now = learning_settings(config)
-    differing = [key for key in sorted(saved.keys() & now.keys()) if saved[key] != now[key]]
-    if differing:
-        key = differing[0]
-        more = f" (and {len(differing) - 1} more)" if len(differing) > 1 else ""
-        raise ConfigError(
-            "--resume",
-            key,
-            f"the run was trained with {saved[key]!r}, this config has {now[key]!r}"
-            f"{more}: resume with the run's own config.yaml, or start a new run.output_dir",
-        )
 
 
 @dataclass
@@ -226,29 +171,26 @@ class ContinualTrainer:
         self,
         scan: ScanTensors,
         scan_index: int,
+        steps: int | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         on_step: Callable[[StreamPosition], None] | None = None,
     ) -> bool:
         """Train on one scan from the current position; False if stopped before its end.
 
-        The scan must have been passed to ``arrived`` first. Collective in a data-parallel
+        ``steps``: the scan's budget, the strategy's (``steps_for_scan``) when None. The scan
+        must have been passed to ``arrived`` first. Collective in a data-parallel
         job: every rank trains the same scan from the same position, and ``should_stop`` must
         answer the same on every rank (``Distributed.any``).
         """
         self.supports[scan_index] = scan.support.to(self.device)
         self.support = self.supports[scan_index]
         inputs, labels, scan_of_row = self._training_rows(scan, scan_index)
-        steps = self.steps_for_scan(scan_index)
+        if steps is None:
+            steps = self.steps_for_scan(scan_index)
         plan = plan_scan(
             len(inputs), steps, self.settings.batch_size, self.config.run.seed, scan_index
         )
-        position = self.state.position
-        if position.scan_index != scan_index or position.step_in_scan == 0:
-            self.state.position = position = StreamPosition(scan_index, 0, position.global_step)
-            costs = self.state.costs
-            # A run stopped before this scan's first step left its entry, empty, behind.
-            if not costs or costs[-1].scan_id != scan.scan_id or costs[-1].steps:
-                costs.append(ScanCost(scan.scan_id))
+        position = self._position_in(scan, scan_index)
         cost = self.state.costs[-1]
         if scan_index > self.state.newest_task:
             self._begin_task(scan_index, inputs)
@@ -283,6 +225,18 @@ class ContinualTrainer:
             if on_step is not None:
                 on_step(position)
         return True
+
+    def _position_in(self, scan: ScanTensors, scan_index: int) -> StreamPosition:
+        """Where training on ``scan`` goes on: its first step unless stopped inside it, with
+        its cost entry last in ``state.costs``."""
+        position = self.state.position
+        if position.scan_index != scan_index or position.step_in_scan == 0:
+            self.state.position = position = StreamPosition(scan_index, 0, position.global_step)
+            costs = self.state.costs
+            # A run stopped before this scan's first step left its entry, empty, behind.
+            if not costs or costs[-1].scan_id != scan.scan_id or costs[-1].steps:
+                costs.append(ScanCost(scan.scan_id))
+        return position
 
     def _begin_task(self, scan_index: int, inputs: torch.Tensor) -> None:
         """A new scan starts training: under ``optimizer_state: fresh_per_scan`` Adam forgets

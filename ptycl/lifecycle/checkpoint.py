@@ -23,7 +23,7 @@ import torch
 from ptycl.errors import CheckpointError
 from ptycl.parallel import Distributed
 
-log = logging.getLogger("ptycl.train.checkpoint")
+log = logging.getLogger("ptycl.lifecycle.checkpoint")
 
 LATEST = "latest.pt"
 LOCK = ".lock"
