@@ -35,6 +35,31 @@ def constant_patch_phase_error(phases: np.ndarray, disc: np.ndarray) -> float:
     return float(np.abs(difference - difference.mean(axis=1, keepdims=True)).mean())
 
 
+def _draw_truth(
+    family: str,
+    object_shape: tuple[int, int],
+    pixel_m: tuple[float, float],
+    positions_m: np.ndarray,
+    disc: np.ndarray,
+    min_contrast_rad: float,
+    rng: np.random.Generator,
+) -> tuple[ObjectImage, np.ndarray]:
+    """An object of ``family`` centred on the scan, phase-referenced, and its patches at the
+    positions; drawn again while the scan would be near-flat (``constant_patch_phase_error``)."""
+    size = disc.shape[0]
+    for _ in range(MAX_OBJECT_DRAWS):
+        obj = ObjectImage(make_object(family, object_shape, rng), pixel_m, center_m=(0.0, 0.0))
+        truth = reference_phase(obj, positions_m, size)
+        patches = cut_patches(truth, positions_m, size)
+        contrast = constant_patch_phase_error(np.angle(patches), disc)
+        if contrast >= min_contrast_rad:
+            return truth, patches
+    raise ValueError(
+        f"{family}: no object of {MAX_OBJECT_DRAWS} draws reached simulate."
+        f"min_phase_contrast_rad {min_contrast_rad} (last: {contrast:.3f})"
+    )
+
+
 def _disc(size: int, diameter_px: float) -> np.ndarray:
     offsets = np.arange(size) - size // 2
     return np.hypot(offsets[:, None], offsets[None, :]) <= diameter_px / 2
@@ -68,20 +93,9 @@ def simulate_scan(
     reach_px = np.ceil(np.max(np.abs(positions_m) / np.asarray(pixel_m), axis=0)).astype(int)
     object_shape = tuple(int(v) for v in 2 * (reach_px + size // 2 + OBJECT_MARGIN_PX))
     disc = _disc(size, domain.probe_diameter_px)
-    for _ in range(MAX_OBJECT_DRAWS):
-        obj = ObjectImage(
-            make_object(family, object_shape, rng), pixel_m=pixel_m, center_m=(0.0, 0.0)
-        )
-        truth = reference_phase(obj, positions_m, size)
-        patches = cut_patches(truth, positions_m, size)
-        contrast = constant_patch_phase_error(np.angle(patches), disc)
-        if contrast >= settings.min_phase_contrast_rad:
-            break
-    else:
-        raise ValueError(
-            f"{family}: no object of {MAX_OBJECT_DRAWS} draws reached simulate."
-            f"min_phase_contrast_rad {settings.min_phase_contrast_rad} (last: {contrast:.3f})"
-        )
+    truth, patches = _draw_truth(
+        family, object_shape, pixel_m, positions_m, disc, settings.min_phase_contrast_rad, rng
+    )
 
     probe = make_probe(domain.probe, size, domain.probe_diameter_px, rng)
     truth = dataclasses.replace(truth, probe=probe)  # the label carries its illumination
