@@ -190,18 +190,7 @@ def run(
         )
     suite_dir = out_dir / "continual"
     streams = stream_configs(config, seeds, suite_dir)
-    configs = {}
-    for k, stream in enumerate(streams):
-        resolve_scans(stream)  # simulate once, before the strategies share the scans
-        for strategy in strategies:
-            configs[f"seed-{k}/{strategy}"] = with_settings(
-                stream,
-                run={
-                    "name": f"seed-{k}/{strategy}",
-                    "output_dir": stream.run.output_dir / strategy,
-                },
-                train={"strategy": strategy, **strategy_settings(strategy, stream)},
-            )
+    configs = run_configs(streams, strategies)
     reports = _train_strategies(configs, jobs, resume)
     stopped = {s: r.stopped for s, r in reports.items() if r.stopped}
     stopped |= {s: "not begun" for s in configs if s not in reports}
@@ -231,10 +220,12 @@ def run(
     write_text(out_dir / "continual.md", table)
     write_text(out_dir / "verdict.json", json.dumps(verdict, indent=2, allow_nan=False))
     print(table)
+    return {"suite": "continual", "quick": quick, "jobs": jobs, **_json(by_stream, verdict, plots)}
+
+
+def _json(by_stream: list[dict[str, RunReport]], verdict: dict, plots: list[Path]) -> dict:
+    """The suite's JSON beside the verdict: each stream's runs, summaries and costs."""
     return {
-        "suite": "continual",
-        "quick": quick,
-        "jobs": jobs,
         "scans": next(iter(by_stream[0].values())).scan_ids,
         **verdict,
         "runs": [
@@ -246,6 +237,24 @@ def run(
         ],
         "plots": [str(p) for p in plots],
     }
+
+
+def run_configs(streams: list[Config], strategies: list[str]) -> dict[str, Config]:
+    """"seed-k/strategy" -> its run's config, every strategy on every stream (each stream's
+    scans simulated first, once, before the strategies share them)."""
+    configs = {}
+    for k, stream in enumerate(streams):
+        resolve_scans(stream)
+        for strategy in strategies:
+            configs[f"seed-{k}/{strategy}"] = with_settings(
+                stream,
+                run={
+                    "name": f"seed-{k}/{strategy}",
+                    "output_dir": stream.run.output_dir / strategy,
+                },
+                train={"strategy": strategy, **strategy_settings(strategy, stream)},
+            )
+    return configs
 
 
 def strategy_settings(strategy: str, stream: Config) -> dict:

@@ -97,95 +97,100 @@ def _criterion(name: str, target: str, measured: dict, met: bool | None, why: st
 
 
 def criteria(streams: Streams) -> list[dict]:
-    """The three criteria on ``streams``; a criterion whose strategies did not all run is
-    reported as not evaluated (``met`` None)."""
+    """The criteria on ``streams``; a criterion whose strategies did not all run is reported
+    as not evaluated (``met`` None)."""
     have = set.intersection(*(set(s) for s in streams)) if streams else set()
     out = []
     vacuous = ""
     skills = [s["cumulative"].phase_skill for s in streams if "cumulative" in s]
     if "cumulative" in have and None not in skills:
-        skill = mean_interval(skills)
-        learned = math.isfinite(skill.low) and skill.low >= LEARNED_SKILL_MIN
-        out.append(
-            _criterion(
-                "models_learn",
-                f"cumulative's final phase skill: lower end >= {LEARNED_SKILL_MIN}",
-                {"phase_skill": skill.to_dict()},
-                learned,
-                f"cumulative's final phase skill {skill.text(2)}",
-            )
-        )
-        if not learned:
+        learned = _models_learn(skills)
+        out.append(learned)
+        if not learned["met"]:
             vacuous = " (vacuous: the models do not learn, see models_learn)"
     if {"derpp", "cumulative"} <= have:
-        ratio = _ratio(streams, "derpp", "cumulative")
-        last = [s["derpp"].samples[-1] / s["cumulative"].samples[-1] for s in streams]
-        steady = [s["derpp"].samples[1:] or s["derpp"].samples for s in streams]
-        spread = max(max(v) / min(v) - 1 for v in steady)
-        parts = {
-            "error ratio upper end <= 1.15": ratio.high <= DERPP_OVER_CUMULATIVE_MAX,
-            "last-scan cost <= 1/3": max(last) <= LAST_SCAN_COST_MAX,
-            "cost per scan flat": spread <= FLAT_TOLERANCE,
-        }
-        out.append(
-            _criterion(
-                "derpp_vs_cumulative",
-                f"DER++/cumulative final error: upper end <= {DERPP_OVER_CUMULATIVE_MAX}; "
-                f"last-scan samples <= 1/3 of cumulative's; samples per scan flat within "
-                f"{FLAT_TOLERANCE:.0%} from the second scan",
-                {
-                    "error_ratio": ratio.to_dict(),
-                    "last_scan_cost_ratio": max(last),
-                    "cost_per_scan_spread": spread,
-                },
-                math.isfinite(ratio.high) and all(parts.values()),
-                _reason(parts, f"error ratio {ratio.text()}") + vacuous,
-            )
-        )
+        out.append(_derpp_vs_cumulative(streams, vacuous))
     if "incremental" in have:
-        logs = [float(np.mean(np.log(s["incremental"].final_over_best))) for s in streams]
-        forgetting = ratio_of_logs(logs)
-        per_scan = [
-            ratio_of_logs([math.log(s["incremental"].final_over_best[j]) for s in streams])
-            for j in range(len(streams[0]["incremental"].final_over_best))
-        ]
-        parts = {"lower end >= 1.5": forgetting.low >= FORGETTING_MIN}
-        out.append(
-            _criterion(
-                "incremental_forgetting",
-                f"incremental final/best on the scans before the last (geometric mean over "
-                f"them): lower end >= {FORGETTING_MIN}",
-                {
-                    "final_over_best": forgetting.to_dict(),
-                    "per_scan": [p.to_dict() for p in per_scan],
-                },
-                math.isfinite(forgetting.low) and all(parts.values()),
-                _reason(parts, f"final/best {forgetting.text()}"),
-            )
-        )
+        out.append(_incremental_forgetting(streams))
     if {"derpp", "full_replay"} <= have:
-        ratio = _ratio(streams, "derpp", "full_replay")
-        costs = [sum(s["derpp"].samples) / sum(s["full_replay"].samples) for s in streams]
-        parts = {
-            "error ratio upper end <= 1.05": ratio.high <= DERPP_OVER_REPLAY_MAX,
-            "same cost": max(abs(c - 1) for c in costs) <= SAME_COST_TOLERANCE,
-        }
-        out.append(
-            _criterion(
-                "derpp_vs_full_replay",
-                f"DER++/full replay final error: upper end <= {DERPP_OVER_REPLAY_MAX} at total "
-                f"samples within {SAME_COST_TOLERANCE:.0%}",
-                {"error_ratio": ratio.to_dict(), "total_cost_ratio": costs},
-                math.isfinite(ratio.high) and all(parts.values()),
-                _reason(parts, f"error ratio {ratio.text()}") + vacuous,
-            )
-        )
+        out.append(_derpp_vs_full_replay(streams, vacuous))
     named = {c["name"] for c in out}
     for name, needs in NEEDS.items():
         if name not in named:
             missing = ", ".join(sorted(needs - have))
             out.append(_criterion(name, "", {}, None, f"not evaluated: {missing} did not run"))
     return out
+
+
+def _models_learn(skills: list[float]) -> dict:
+    skill = mean_interval(skills)
+    return _criterion(
+        "models_learn",
+        f"cumulative's final phase skill: lower end >= {LEARNED_SKILL_MIN}",
+        {"phase_skill": skill.to_dict()},
+        math.isfinite(skill.low) and skill.low >= LEARNED_SKILL_MIN,
+        f"cumulative's final phase skill {skill.text(2)}",
+    )
+
+
+def _derpp_vs_cumulative(streams: Streams, vacuous: str) -> dict:
+    ratio = _ratio(streams, "derpp", "cumulative")
+    last = [s["derpp"].samples[-1] / s["cumulative"].samples[-1] for s in streams]
+    steady = [s["derpp"].samples[1:] or s["derpp"].samples for s in streams]
+    spread = max(max(v) / min(v) - 1 for v in steady)
+    parts = {
+        "error ratio upper end <= 1.15": ratio.high <= DERPP_OVER_CUMULATIVE_MAX,
+        "last-scan cost <= 1/3": max(last) <= LAST_SCAN_COST_MAX,
+        "cost per scan flat": spread <= FLAT_TOLERANCE,
+    }
+    return _criterion(
+        "derpp_vs_cumulative",
+        f"DER++/cumulative final error: upper end <= {DERPP_OVER_CUMULATIVE_MAX}; "
+        f"last-scan samples <= 1/3 of cumulative's; samples per scan flat within "
+        f"{FLAT_TOLERANCE:.0%} from the second scan",
+        {
+            "error_ratio": ratio.to_dict(),
+            "last_scan_cost_ratio": max(last),
+            "cost_per_scan_spread": spread,
+        },
+        math.isfinite(ratio.high) and all(parts.values()),
+        _reason(parts, f"error ratio {ratio.text()}") + vacuous,
+    )
+
+
+def _incremental_forgetting(streams: Streams) -> dict:
+    logs = [float(np.mean(np.log(s["incremental"].final_over_best))) for s in streams]
+    forgetting = ratio_of_logs(logs)
+    per_scan = [
+        ratio_of_logs([math.log(s["incremental"].final_over_best[j]) for s in streams])
+        for j in range(len(streams[0]["incremental"].final_over_best))
+    ]
+    parts = {"lower end >= 1.5": forgetting.low >= FORGETTING_MIN}
+    return _criterion(
+        "incremental_forgetting",
+        f"incremental final/best on the scans before the last (geometric mean over "
+        f"them): lower end >= {FORGETTING_MIN}",
+        {"final_over_best": forgetting.to_dict(), "per_scan": [p.to_dict() for p in per_scan]},
+        math.isfinite(forgetting.low) and all(parts.values()),
+        _reason(parts, f"final/best {forgetting.text()}"),
+    )
+
+
+def _derpp_vs_full_replay(streams: Streams, vacuous: str) -> dict:
+    ratio = _ratio(streams, "derpp", "full_replay")
+    costs = [sum(s["derpp"].samples) / sum(s["full_replay"].samples) for s in streams]
+    parts = {
+        "error ratio upper end <= 1.05": ratio.high <= DERPP_OVER_REPLAY_MAX,
+        "same cost": max(abs(c - 1) for c in costs) <= SAME_COST_TOLERANCE,
+    }
+    return _criterion(
+        "derpp_vs_full_replay",
+        f"DER++/full replay final error: upper end <= {DERPP_OVER_REPLAY_MAX} at total "
+        f"samples within {SAME_COST_TOLERANCE:.0%}",
+        {"error_ratio": ratio.to_dict(), "total_cost_ratio": costs},
+        math.isfinite(ratio.high) and all(parts.values()),
+        _reason(parts, f"error ratio {ratio.text()}") + vacuous,
+    )
 
 
 NEEDS = {
