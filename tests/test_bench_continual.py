@@ -94,7 +94,7 @@ def test_a_suite_stopped_by_sigterm_resumes_to_the_unbroken_numbers(tiny_scans, 
     assert suite.returncode == 2
     (error,) = [line for line in stderr.splitlines() if line.startswith("ptycl: error:")]
     assert "cumulative: SIGTERM" in error and "continue with --resume" in error
-    assert "derpp: not begun" in error  # no strategy starts after the stop
+    assert "incremental: not begun" in error  # no strategy starts after the stop
     assert not (out / "continual.json").exists()
 
     resumed = subprocess.run(
