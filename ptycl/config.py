@@ -52,8 +52,24 @@ class DetectorSettings(Section):
     gap_columns: Annotated[int, Field(ge=0)] = 0  # width of a vertical module gap at the centre
 
 
+ProbeKind = Literal["zone_plate", "aperture"]
+
+
+class DomainSettings(Section):
+    """One domain of a stream: a sample family seen through its own kind and size of probe
+    (a change of probe is what most changes what a PtychoNN-style model must learn)."""
+
+    family: SampleFamily
+    probe: ProbeKind = "zone_plate"
+    probe_diameter_px: Annotated[float, Field(gt=1.0)] = 16.0  # in object pixels
+
+
 class SimulateSettings(Section):
-    """The simulated beamline (``ptycl simulate``)."""
+    """The simulated beamline (``ptycl simulate``).
+
+    Scan i belongs to domain i mod len(domains). ``domains`` empty: one domain per family of
+    ``families``, all seen through ``probe`` of ``probe_diameter_px``.
+    """
 
     out_dir: Path = Path("data/sim")
     format: Literal["hdf5", "zarr"] = "hdf5"
@@ -64,8 +80,15 @@ class SimulateSettings(Section):
     scan_path: Literal["fermat", "raster"] = "fermat"
     step_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.35  # step / probe diameter (overlap)
     jitter_fraction: Annotated[float, Field(ge=0.0, le=0.5)] = 0.05  # position jitter / step
-    probe: Literal["zone_plate", "aperture"] = "zone_plate"
+    probe: ProbeKind = "zone_plate"
     probe_diameter_px: Annotated[float, Field(gt=1.0)] = 16.0  # in object pixels
+    domains: list[DomainSettings] = []
+    # Per domain, this many further scans (own random numbers, never trained on) written to
+    # out_dir/unseen/: how well a model knows the domain beyond the scans it was taught.
+    unseen_scans_per_domain: Annotated[int, Field(ge=0)] = 0
+    # A scan whose median patch already predicts every frame to within this phase error (rad,
+    # offset-free, over the probe's disc) gets another object: a near-flat scan scores nothing.
+    min_phase_contrast_rad: Annotated[float, Field(ge=0.0)] = 0.0
     photons_per_frame: PositiveFloat = 1e6
     energy_ev: PositiveFloat = 8800.0
     distance_m: PositiveFloat = 2.0
@@ -77,9 +100,27 @@ class SimulateSettings(Section):
 
     @model_validator(mode="after")
     def _probe_fits(self) -> SimulateSettings:
-        if self.probe_diameter_px >= self.frame_size:
-            raise ValueError("probe_diameter_px must be smaller than frame_size")
+        for domain in self.all_domains():
+            if domain.probe_diameter_px >= self.frame_size:
+                raise ValueError(
+                    f"probe_diameter_px {domain.probe_diameter_px} must be smaller than "
+                    f"frame_size {self.frame_size}"
+                )
         return self
+
+    def all_domains(self) -> list[DomainSettings]:
+        if self.domains:
+            return list(self.domains)
+        return [
+            DomainSettings(
+                family=family, probe=self.probe, probe_diameter_px=self.probe_diameter_px
+            )
+            for family in self.families
+        ]
+
+    def domain(self, scan_index: int) -> DomainSettings:
+        domains = self.all_domains()
+        return domains[scan_index % len(domains)]
 
 
 class IOSettings(Section):
@@ -109,6 +150,9 @@ class ModelSettings(Section):
     # GroupNorm after every convolution ("none": the published network's plain conv-ReLU); see
     # ptycl.model.ptychonn for why it is on by default.
     norm: Literal["group", "none"] = "group"
+    # Rank of a linear path from the whole frame to both heads (0: none, the published network);
+    # see ptycl.model.ptychonn. Costs 3 x rank x input_size^2 parameters.
+    linear_rank: Annotated[int, Field(ge=0)] = 0
     # Fast paths, for GPUs above all; each gives the plain path's outputs within the tolerance
     # stated in tests/test_model_fast_paths.py. bf16: the convolutions run under bfloat16
     # autocast (the heads' sigmoid and tanh in float32); channels_last: NHWC memory layout,

@@ -9,11 +9,12 @@ import pytest
 from ptycl.config import Config, load_config
 from ptycl.simulate.run import simulate_scans
 
-# A run small enough for a 2-core CI machine: 3 scans of 48 frames at 32x32... the model needs
+# A run small enough for a 2-core CI machine: 3 scans of 96 frames (a tenth held out as a
+# region, a guard band around it) at 32x32... the model needs
 # 2**depth | input size, and the prep supports 64 and up, so frames stay 64x64 with a tiny model.
 TINY = [
     "simulate.n_scans=3",
-    "simulate.frames_per_scan=48",
+    "simulate.frames_per_scan=96",
     "simulate.families=[manhattan, siemens, particles]",
     "model.width=4",
     "model.depth=2",
@@ -23,7 +24,7 @@ TINY = [
     "train.store.capacity_samples=40",
     "train.checkpoint_every_steps=0",
     "train.keep_checkpoints=3",  # the tests that count checkpoints were written for 3
-    "prep.holdout_fraction=0.25",
+    "prep.holdout_fraction=0.1",
     "run.log_level=WARNING",
 ]
 

@@ -165,3 +165,18 @@ def test_a_samples_outputs_do_not_depend_on_what_shares_its_batch():
     frames = torch.rand(64, 1, 64, 64)
     alone, together = model(frames[:32]).stacked(), model(frames).stacked()[:32]
     torch.testing.assert_close(together, alone, rtol=0, atol=1e-6)
+
+
+def test_each_sample_may_be_scored_on_its_own_scans_support():
+    labels = torch.zeros(2, 2, 4, 4)
+    small = torch.zeros(4, 4, dtype=torch.bool)
+    small[1:3, 1:3] = True
+    large = torch.ones(4, 4, dtype=torch.bool)
+    predicted = _output(0.5, 0.0)
+    predicted.amplitude[1, ..., 0, :] = 1.0  # sample 1 is wrong on the first row
+    per_sample = per_sample_task_loss(predicted, labels, "mae", torch.stack([small, large]))
+    alone = [
+        per_sample_task_loss(predicted, labels, "mae", s)[k] for k, s in enumerate((small, large))
+    ]
+    assert per_sample.tolist() == pytest.approx([a.item() for a in alone], rel=1e-6)
+    assert per_sample[1] > per_sample_task_loss(predicted, labels, "mae", small)[1]

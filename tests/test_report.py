@@ -84,4 +84,4 @@ def test_a_full_lower_triangle_round_trips_through_metrics_json(tmp_path):
         np.testing.assert_array_equal(csv_matrix, dense)
     for name in ERROR_METRICS:
         assert back.summary[name] == summarize_errors(matrices.matrix(name), ids, name).to_dict()
-    assert (tmp_path / "plots" / "R_phase_mae.png").stat().st_size > 1000
+    assert (tmp_path / "plots" / "R_phase_offset_free_mae.png").stat().st_size > 1000

@@ -13,12 +13,13 @@ from ptycl.errors import CheckpointError, ConfigError
 from ptycl.eval.evaluate import MATRIX_NAMES
 from ptycl.lifecycle.checkpoint import load_checkpoint
 from ptycl.train.run import run_continual
+from ptycl.train.strategies import STRATEGIES
 from tests.conftest import tiny_config
 from tests.helpers_report import evaluated
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["incremental", "cumulative", "er", "der", "derpp"])
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
 def test_each_strategy_fills_the_error_matrix_and_counts_its_cost(tiny_scans, tmp_path, strategy):
     report = run_continual(tiny_config(tiny_scans, tmp_path, f"train.strategy={strategy}"))
     assert len(report.scan_ids) == 3
@@ -32,9 +33,14 @@ def test_each_strategy_fills_the_error_matrix_and_counts_its_cost(tiny_scans, tm
     if strategy == "cumulative":
         assert steps == [6, 12, 18]  # retrains on every scan seen: cost grows
         assert samples == [s * batch for s in steps]
+    elif strategy == "joint":
+        assert steps == [0, 0, 18]  # all at the end, cumulative's last budget
+        assert samples == [s * batch for s in steps]
     else:
         assert steps == [6, 6, 6]  # a constant budget per scan
-        draws = {"incremental": 0, "er": 1, "der": 1, "derpp": 2}[strategy]
+        draws = {"incremental": 0, "er": 1, "der": 1, "derpp": 2, "full_replay": 2, "fresh": 0}[
+            strategy
+        ]
         # the store is empty only before the first offer; after scan 0 every step replays
         assert samples[1] == samples[2] == 6 * (batch + draws * replay)
     written = json.loads((tmp_path / "metrics.json").read_text())
@@ -42,7 +48,14 @@ def test_each_strategy_fills_the_error_matrix_and_counts_its_cost(tiny_scans, tm
         written["strategy"] == strategy
         and written["summary"]["phase_mae"]["final_average_error"] > 0
     )
-    assert (tmp_path / "plots" / "R_phase_mae.png").stat().st_size > 1000
+    # each scan's constant patch beside the errors, and the skills against it
+    assert set(written["constants"]) == set(report.scan_ids)
+    skill = report.matrix("phase_skill")
+    error, constant = report.matrix("phase_offset_free_mae"), written["constants"]
+    for j, scan_id in enumerate(report.scan_ids):
+        expected = 1 - error[-1, j] / constant[scan_id]["phase_offset_free_mae"]
+        assert skill[-1, j] == pytest.approx(expected)
+    assert (tmp_path / "plots" / "R_phase_offset_free_mae.png").stat().st_size > 1000
     assert (tmp_path / "R_phase_mae.csv").read_text().startswith("after_scan,")
     # the first and the newest scan stitched with the final model, beside their truth
     shown = sorted(p.name for p in (tmp_path / "plots").glob("reconstruction_*.png"))
@@ -249,3 +262,22 @@ def test_the_balanced_policy_is_refused_where_it_cannot_keep_a_slot_per_scan(tin
     assert not (tmp_path / "run" / "metrics.json").exists()
     with pytest.raises(ConfigError, match=r"train\.store\.policy: 'balanced' keeps a slot"):
         Watcher(tiny_scans, config, Distributed.single(torch.device("cpu")))
+
+
+def test_a_fresh_model_per_scan_forgets_what_it_learned_and_joint_learns_at_the_end(
+    tiny_scans, tmp_path
+):
+    """``fresh`` starts each scan from new weights (seeded by the scan), so the model after
+    scan 1 owes nothing to scan 0; ``joint`` trains a new model only at the last scan."""
+    fresh = run_continual(tiny_config(tiny_scans, tmp_path / "fresh", "train.strategy=fresh"))
+    alone = run_continual(tiny_config(tiny_scans, tmp_path / "alone", "train.strategy=incremental"))
+    # scan 0 is trained alike (a fresh model is the run's initial one, seeded by scan 0)...
+    R_fresh, R_alone = fresh.matrix("phase_mae"), alone.matrix("phase_mae")
+    assert R_fresh[0, 0] == pytest.approx(R_alone[0, 0], rel=1e-6)
+    # ...after that, a fresh model's row differs from fine-tuning's
+    assert R_fresh[1, 1] != pytest.approx(R_alone[1, 1], rel=1e-3)
+    joint = run_continual(tiny_config(tiny_scans, tmp_path / "joint", "train.strategy=joint"))
+    R_joint = joint.matrix("phase_mae")
+    # nothing trained before the last scan: rows 0 and 1 are the untrained models'
+    assert R_joint[0, 0] != pytest.approx(R_alone[0, 0], rel=1e-3)
+    assert [c["steps"] for c in joint.costs] == [0, 0, 18]

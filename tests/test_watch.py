@@ -315,7 +315,7 @@ def test_watch_follows_trains_reconstructs_quarantines_then_resumes_idle(
     assert all(0 <= v <= math.pi for row in phase for v in row if not math.isnan(v))
     _check_evaluated_rows(output)
     assert [c["steps"] for c in metrics["costs"]] == [r.steps for r in trained]
-    assert (output / "plots" / "R_phase_mae.png").exists()
+    assert (output / "plots" / "R_phase_offset_free_mae.png").exists()
     status = json.loads((output / "status.json").read_text())
     assert status["mode"] == "inotify" and status["scans"]["trained"] == 3
     text = log.read_text()

@@ -1,10 +1,12 @@
-"""The continual suite: all five strategies over one scan sequence, side by side.
+"""The continual suite: every strategy over the same scan streams, side by side, over paired
+seeds, with the verdict of the continual claim.
 
 Design notes: docs/design.md.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import os
@@ -12,13 +14,19 @@ import signal
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ptycl.bench.settings import with_settings
-from ptycl.config import Config
-from ptycl.errors import PtyclError
-from ptycl.eval.plots import METRIC_LABELS, plot_costs, plot_error_over_time
+from ptycl.bench.verdict import ERROR, StreamResult, criteria, strategy_table
+from ptycl.bench.verdict_markdown import verdict_markdown
+from ptycl.config import Config, dump_config
+from ptycl.errors import ConfigError, PtyclError
+from ptycl.eval.plots import (
+    METRIC_LABELS,
+    plot_costs,
+    plot_error_against_cost,
+    plot_error_over_time,
+)
 from ptycl.lifecycle.checkpoint import has_checkpoint
 from ptycl.logs import setup_logging
 from ptycl.outputs import write_text
@@ -27,96 +35,48 @@ from ptycl.train.run import resolve_scans, run_continual
 
 log = logging.getLogger("ptycl.bench")
 
-STRATEGIES = ("incremental", "cumulative", "er", "der", "derpp")
-FIRST_SCANS = 2  # "the first scans" whose forgetting the suite reports
-
-
-def _criteria(reports: dict[str, RunReport]) -> dict[str, dict]:
-    phase = {s: r.matrix("phase_mae") for s, r in reports.items()}
-    final_average = {s: float(np.nanmean(m[-1])) for s, m in phase.items()}
-    incremental = phase["incremental"]
-    first = range(min(FIRST_SCANS, incremental.shape[0]))
-    best = [np.nanmin(incremental[j:, j]) for j in first]
-    final_over_best = [float(incremental[-1, j] / b) for j, b in zip(first, best, strict=True)]
-    # Not a criterion, the story behind it: the worst a first scan got at any point after it
-    # was learned (a scan later in the run may undo forgetting that the final row hides).
-    worst_over_best = [
-        float(np.nanmax(incremental[j:, j]) / b) for j, b in zip(first, best, strict=True)
-    ]
-    samples = {s: [c["samples"] for c in r.costs] for s, r in reports.items()}
-    # Cost per scan once the store can replay: on the first scan it starts empty, so the
-    # rehearsal strategies replay less there (a one-off, not growth with the scans seen).
-    steady = {s: v[1:] if len(v) > 1 else v for s, v in samples.items()}
-    return {
-        "derpp_phase_error_over_cumulative": {
-            "value": final_average["derpp"] / final_average["cumulative"],
-            "target": "<= 1.15",
-            "met": final_average["derpp"] <= 1.15 * final_average["cumulative"],
-        },
-        "incremental_first_scans_final_over_best": {
-            "value": final_over_best,
-            "target": ">= 1.5 on the first scans",
-            "met": bool(np.mean(final_over_best) >= 1.5),
-            "worst_over_best_during_the_run": worst_over_best,
-        },
-        "derpp_last_scan_cost_over_cumulative": {
-            "value": samples["derpp"][-1] / samples["cumulative"][-1],
-            "target": "<= 1/3",
-            "met": samples["derpp"][-1] <= samples["cumulative"][-1] / 3,
-        },
-        "cost_per_scan_last_over_second": {
-            "value": {s: v[-1] / v[0] for s, v in steady.items()},
-            "first_scan": {s: v[0] for s, v in samples.items()},
-            "target": "derpp ~1 (flat), cumulative growing (from the second scan, when the "
-            "store can replay from the start)",
-            "met": abs(steady["derpp"][-1] / steady["derpp"][0] - 1) < 0.05
-            and samples["cumulative"][-1] > 2 * samples["cumulative"][0],
-        },
-    }
-
-
-def _fmt(value: float | None, digits: int = 4) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def _markdown(reports: dict[str, RunReport], criteria: dict[str, dict]) -> str:
-    lines = [
-        "| strategy | final phase MAE (rad) | final amplitude MAE | phase forgetting | phase BWT | samples, last scan | samples, total | train s |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for s, r in reports.items():
-        p, a = r.summary["phase_mae"], r.summary["amplitude_mae"]
-        lines.append(
-            f"| {s} | {_fmt(p['final_average_error'])} | {_fmt(a['final_average_error'])} | {_fmt(p['mean_forgetting'])} | "
-            f"{_fmt(p['backward_transfer'])} | {r.costs[-1]['samples']} | {sum(c['samples'] for c in r.costs)} | "
-            f"{sum(c['seconds'] for c in r.costs):.0f} |"
-        )
-    lines += ["", "| criterion | value | target | met |", "|---|---|---|---|"]
-    for name, c in criteria.items():
-        value = c["value"]
-        shown = (
-            ", ".join(f"{k}={v:.2f}" for k, v in value.items())
-            if isinstance(value, dict)
-            else (
-                ", ".join(f"{v:.2f}" for v in value) if isinstance(value, list) else f"{value:.3f}"
-            )
-        )
-        lines.append(f"| {name} | {shown} | {c['target']} | {'yes' if c['met'] else 'NO'} |")
-    return "\n".join(lines) + "\n"
+STRATEGIES = (
+    "incremental",
+    "cumulative",
+    "er",
+    "der",
+    "derpp",
+    "full_replay",
+    "fresh",
+    "joint",
+)
+# Started first within a stream, so the last to finish is not the longest.
+LONGEST_FIRST = ("cumulative", "joint", "full_replay", "derpp")
 
 
 def _train_strategy(config: Config, resume: bool, threads: int | None = None) -> RunReport:
-    """One strategy's run; ``threads`` set: in a worker process of its own."""
+    """One strategy's run; ``threads`` set: in a worker process of its own. The first
+    stream's runs draw their plots; the others write their numbers only."""
     if threads is not None:
         torch.set_num_threads(threads)
         setup_logging(config.run.log_level, label=config.train.strategy)
+    if resume and (finished := _finished(config)) is not None:
+        return finished
     resume = resume and has_checkpoint(config.run.output_dir / "checkpoints")
     try:
-        return run_continual(config, resume=resume)
+        return run_continual(config, resume=resume, plots=config.run.name.startswith("seed-0/"))
     except PtyclError as exc:
         # As its message only: the subclasses' own arguments do not survive the pickling
         # that brings a worker's exception back.
-        raise PtyclError(f"{config.train.strategy}: {exc}") from None
+        raise PtyclError(f"{config.run.name}: {exc}") from None
+
+
+def _finished(config: Config) -> RunReport | None:
+    """The report of a run that went through under this very config (its ``config.yaml``
+    the same), read from its ``metrics.json``; None for any other: a resumed suite reads
+    finished runs back without loading a scan."""
+    out = config.run.output_dir
+    try:
+        same = (out / "config.yaml").read_text() == dump_config(config)
+        report = RunReport.read(out / "metrics.json") if same else None
+    except (OSError, ValueError, TypeError):
+        return None
+    return report if report is not None and report.stopped is None else None
 
 
 class _SuiteStop:
@@ -146,9 +106,16 @@ def _train_strategies(configs: dict[str, Config], jobs: int, resume: bool) -> di
             log.info("%s", reports[strategy].summary_line())
         return reports
     threads = max(1, torch.get_num_threads() // jobs)
-    # Longest first, so the last to finish is not the one that takes longest.
-    waiting = sorted(configs, key=lambda s: s != "cumulative")
-    log.info("training %d strategies at a time, %d torch thread(s) each", jobs, threads)
+
+    def order(run: str) -> tuple[int, int]:
+        """Stream by stream (a suite stopped early leaves whole streams to read back), the
+        longest strategy first within each."""
+        strategy = configs[run].train.strategy
+        rank = LONGEST_FIRST.index(strategy) if strategy in LONGEST_FIRST else len(LONGEST_FIRST)
+        return configs[run].run.seed, rank
+
+    waiting = sorted(configs, key=order)
+    log.info("training %d runs at a time, %d torch thread(s) each", jobs, threads)
     stop = _SuiteStop()
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
     done: dict[str, RunReport] = {}
@@ -186,21 +153,46 @@ def _train_strategies(configs: dict[str, Config], jobs: int, resume: bool) -> di
     return {s: done[s] for s in configs if s in done}
 
 
-def run(config: Config, out_dir: Path, quick: bool, jobs: int = 1, resume: bool = False) -> dict:
+def stream_configs(config: Config, seeds: int, suite_dir: Path) -> list[Config]:
+    """One config per stream: simulation and run seed moved on together by the stream's
+    index, each stream's scans in a directory of their own."""
+    return [
+        with_settings(
+            config,
+            simulate={
+                "seed": config.simulate.seed + k,
+                "out_dir": config.simulate.out_dir / f"seed-{config.simulate.seed + k}",
+            },
+            run={"seed": config.run.seed + k, "output_dir": suite_dir / f"seed-{k}"},
+        )
+        for k in range(seeds)
+    ]
+
+
+def run(
+    config: Config,
+    out_dir: Path,
+    quick: bool,
+    jobs: int = 1,
+    resume: bool = False,
+    seeds: int = 1,
+    command: str = "",
+    strategies: list[str] | None = None,
+) -> dict:
     if quick:
         config = with_settings(
             config, simulate={"n_scans": 4, "frames_per_scan": 200}, train={"steps_per_scan": 30}
         )
-    suite_dir = out_dir / "continual"
-    resolve_scans(config)  # simulate once, before the strategies share the scans
-    configs = {
-        strategy: with_settings(
-            config,
-            run={"name": strategy, "output_dir": suite_dir / strategy},
-            train={"strategy": strategy},
+    strategies = list(strategies or STRATEGIES)
+    if unknown := [s for s in strategies if s not in STRATEGIES]:
+        raise ConfigError(
+            "ptycl bench continual",
+            "--strategies",
+            f"{', '.join(unknown)}: choose among {', '.join(STRATEGIES)}",
         )
-        for strategy in STRATEGIES
-    }
+    suite_dir = out_dir / "continual"
+    streams = stream_configs(config, seeds, suite_dir)
+    configs = run_configs(streams, strategies)
     reports = _train_strategies(configs, jobs, resume)
     stopped = {s: r.stopped for s, r in reports.items() if r.stopped}
     stopped |= {s: "not begun" for s in configs if s not in reports}
@@ -210,30 +202,95 @@ def run(config: Config, out_dir: Path, quick: bool, jobs: int = 1, resume: bool 
             + ", ".join(f"{s}: {why}" for s, why in stopped.items())
             + "); continue with --resume"
         )
-    criteria = _criteria(reports)
-    scan_ids = reports["derpp"].scan_ids
-    plots = plot_costs({s: r.costs for s, r in reports.items()}, suite_dir, scan_ids)
-    plots.append(
-        plot_error_over_time(
-            {s: r.matrix("phase_mae") for s, r in reports.items()},
-            scan_ids,
-            suite_dir / "phase_mae_first_scans.png",
-            title="Phase MAE on the first scans as training goes on",
-            metric=METRIC_LABELS["phase_mae"],
-        )
-    )
-    table = _markdown(reports, criteria)
-    write_text(out_dir / "continual.md", table)
-    print(table)
-    return {
-        "suite": "continual",
-        "quick": quick,
-        "jobs": jobs,
-        "scans": scan_ids,
-        "criteria": criteria,
-        "strategies": {
-            s: {"summary": r.summary, "costs": r.costs, "error_rows": r.error_rows}
-            for s, r in reports.items()
-        },
-        "plots": [str(path) for path in plots],
+    by_stream = [
+        {strategy: reports[f"seed-{k}/{strategy}"] for strategy in strategies} for k in range(seeds)
+    ]
+    results = [{s: StreamResult.of(r) for s, r in stream.items()} for stream in by_stream]
+    verdict = {
+        "command": command,
+        "seeds": seeds,
+        "streams": [{"simulate_seed": c.simulate.seed, "run_seed": c.run.seed} for c in streams],
+        "error": ERROR,
+        "criteria": criteria(results),
+        "strategies": strategy_table(results),
     }
+    plots = _plots(by_stream, verdict["strategies"], suite_dir)
+    table = verdict_markdown(verdict)
+    write_text(out_dir / "continual.md", table)
+    write_text(out_dir / "verdict.json", json.dumps(verdict, indent=2, allow_nan=False))
+    print(table)
+    return {"suite": "continual", "quick": quick, "jobs": jobs, **_json(by_stream, verdict, plots)}
+
+
+def _json(by_stream: list[dict[str, RunReport]], verdict: dict, plots: list[Path]) -> dict:
+    """The suite's JSON beside the verdict: each stream's runs, summaries and costs."""
+    return {
+        "scans": next(iter(by_stream[0].values())).scan_ids,
+        **verdict,
+        "runs": [
+            {
+                s: {"summary": r.summary, "costs": r.costs, "constants": r.constants}
+                for s, r in stream.items()
+            }
+            for stream in by_stream
+        ],
+        "plots": [str(p) for p in plots],
+    }
+
+
+def run_configs(streams: list[Config], strategies: list[str]) -> dict[str, Config]:
+    """ "seed-k/strategy" -> its run's config, every strategy on every stream (each stream's
+    scans simulated first, once, before the strategies share them)."""
+    configs = {}
+    for k, stream in enumerate(streams):
+        resolve_scans(stream)
+        for strategy in strategies:
+            configs[f"seed-{k}/{strategy}"] = with_settings(
+                stream,
+                run={
+                    "name": f"seed-{k}/{strategy}",
+                    "output_dir": stream.run.output_dir / strategy,
+                },
+                train={"strategy": strategy, **strategy_settings(strategy, stream)},
+            )
+    return configs
+
+
+def strategy_settings(strategy: str, stream: Config) -> dict:
+    """Settings a strategy needs beyond its name: full replay's store holds every frame of
+    the stream, so it replays from all the data seen."""
+    if strategy != "full_replay" or stream.scans:
+        return {}
+    frames = stream.simulate.n_scans * stream.simulate.frames_per_scan
+    store = stream.train.store.model_copy(
+        update={"capacity_samples": frames, "capacity_bytes": None}
+    )
+    return {"store": store}
+
+
+def _plots(by_stream: list[dict[str, RunReport]], table: dict, suite_dir: Path) -> list[Path]:
+    """The first stream's cost per scan and error over time (with each scan's constant
+    patch), and the final error of every strategy against its total cost."""
+    first = by_stream[0]
+    scan_ids = next(iter(first.values())).scan_ids
+    return [
+        *plot_costs({s: r.costs for s, r in first.items()}, suite_dir, scan_ids),
+        plot_error_over_time(
+            {s: r.matrix(ERROR) for s, r in first.items()},
+            scan_ids,
+            suite_dir / f"{ERROR}_first_scans.png",  # the name `ptycl train` gives its own
+            first_k=len(scan_ids),
+            title="Error on every scan as training goes on (the first stream)",
+            metric=METRIC_LABELS[ERROR],
+            constants=next(iter(first.values())).constant(ERROR),
+        ),
+        plot_error_against_cost(
+            {
+                s: (row["samples_total"], row["final_error"])
+                for s, row in table.items()
+                if "samples_total" in row
+            },
+            table["constant patch"]["final_error"]["mean"],
+            suite_dir / "error_against_cost.png",
+        ),
+    ]

@@ -1,5 +1,5 @@
 """Run benchmark suites: ``ptycl bench SUITE [-c CONFIG] [--quick] [--out DIR]``
-(``continual`` also takes ``--jobs N`` and ``--resume``).
+(``continual`` also takes ``--seeds N``, ``--jobs N`` and ``--resume``).
 
 Suites measure their comparisons side by side in one run and report ratios; absolute times
 are only meaningful on the machine named in the JSON (``machine`` field).
@@ -13,6 +13,8 @@ import json
 import logging
 import os
 import platform
+import shlex
+import sys
 from pathlib import Path
 
 import torch
@@ -51,6 +53,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="continual: strategies trained at once, each in its own process",
     )
     parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="continual: paired streams (simulation and run seed together), every strategy on each",
+    )
+    parser.add_argument(
+        "--strategies",
+        type=lambda text: [s.strip() for s in text.split(",") if s.strip()],
+        default=None,
+        metavar="A,B,...",
+        help="continual: the strategies to run (default: all of them)",
+    )
+    parser.add_argument(
         "--resume",
         action="store_true",
         help="continual: continue each strategy from its checkpoints under --out",
@@ -76,6 +91,8 @@ def machine_description() -> dict[str, object]:
 
 def main(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
+    if args.seeds < 1:
+        raise ConfigError("ptycl bench", "--seeds", f"{args.seeds}: run at least 1 stream")
     if args.jobs < 1:
         raise ConfigError(
             "ptycl bench", "--jobs", f"{args.jobs}: train at least 1 strategy at a time"
@@ -88,7 +105,17 @@ def main(args: argparse.Namespace) -> int:
         module = importlib.import_module(SUITES[suite])
         log.info("bench %s%s", suite, " (quick)" if args.quick else "")
         # Only the continual suite trains runs long enough to share out and to resume.
-        options = {"jobs": args.jobs, "resume": args.resume} if suite == "continual" else {}
+        options = (
+            {
+                "jobs": args.jobs,
+                "resume": args.resume,
+                "seeds": args.seeds,
+                "strategies": args.strategies,
+                "command": shlex.join(["ptycl", *sys.argv[1:]]),
+            }
+            if suite == "continual"
+            else {}
+        )
         result = module.run(config=config, out_dir=args.out, quick=args.quick, **options)
         result["machine"] = machine_description()
         # One writer for every suite's JSON, all or nothing (a killed bench leaves no torn file).

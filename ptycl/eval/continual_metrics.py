@@ -27,6 +27,7 @@ class ContinualSummary:
     scan_ids: tuple[str, ...]
     error_matrix: np.ndarray  # (T, T) R[i, j]; NaN: never evaluated (ignored above the diagonal)
     final_average_error: float  # over the scans evaluated in the last row
+    learning_error: float  # mean of the diagonal R[j, j] evaluated
     backward_transfer: float  # NaN for a single scan (or no scan with both values)
     average_error_per_step: tuple[float, ...]  # mean of R[i, :i+1] evaluated: the learning curve
     # scan id -> final minus best before the end, for scans j < T-1 with a final value and at
@@ -43,6 +44,7 @@ class ContinualSummary:
             "metric": self.metric,
             "scan_ids": list(self.scan_ids),
             "final_average_error": _json_float(self.final_average_error),
+            "learning_error": _json_float(self.learning_error),
             "backward_transfer": _json_float(self.backward_transfer),
             "average_error_per_step": [_json_float(v) for v in self.average_error_per_step],
             "forgetting": {k: _json_float(v) for k, v in self.forgetting.items()},
@@ -73,6 +75,7 @@ def summarize_errors(
         scan_ids=tuple(scan_ids),
         error_matrix=R,
         final_average_error=_mean(_finite(final)),
+        learning_error=_mean(_finite(np.diag(R))),
         backward_transfer=_mean(_finite(np.array([final[j] - R[j, j] for j in history]))),
         average_error_per_step=tuple(_mean(_finite(R[i, : i + 1])) for i in range(T)),
         forgetting={scan_ids[j]: float(final[j] - best[j]) for j in forgotten},

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ptycl.eval.image_metrics import object_errors
+from ptycl.eval.patch_errors import PatchErrors, constant_patch_errors, patch_errors, skill
 from ptycl.io.records import ObjectImage
 from ptycl.logs import progress
 from ptycl.model.ptychonn import PtychoNN
@@ -32,6 +33,9 @@ from ptycl.recon.stitch import StitchedObject, stitch_patches
 MATRIX_NAMES = (
     "amplitude_mae",
     "phase_mae",
+    "phase_offset_free_mae",
+    "amplitude_skill",
+    "phase_skill",
     "amplitude_psnr",
     "phase_psnr",
     "amplitude_ssim",
@@ -53,49 +57,55 @@ class EvaluationScan:
     truth: ObjectImage  # the label object, phase-referenced, on the label pixel grid
     holdout_rows: torch.Tensor  # (H,) int64 rows of ``inputs`` never trained on
     holdout_labels: torch.Tensor  # (H, 2, S, S) float32 amplitude, phase of those rows
+    support: torch.Tensor  # (S, S) bool: the pixels under this scan's own probe, scored
+    # The errors of the held-out frames' constant patch: what the model's errors are judged by.
+    constant: PatchErrors | None
 
     @classmethod
     def of(cls, scan: ScanTensors | EvaluationScan) -> EvaluationScan:
         if isinstance(scan, EvaluationScan):
             return scan
         rows = scan.holdout_rows
+        labels = scan.labels[rows]  # indexing copies: the full labels can go
+        support = scan.support.cpu()
         return cls(
             scan_id=scan.scan_id,
             inputs=scan.inputs,
             positions_m=scan.positions_m,
             truth=scan.truth,
             holdout_rows=rows,
-            holdout_labels=scan.labels[rows],  # indexing copies: the full labels can go
+            holdout_labels=labels,
+            support=support,
+            constant=constant_patch_errors(labels, support) if len(rows) else None,
         )
 
 
-def holdout_mae(
-    model: PtychoNN,
-    scan: ScanTensors | EvaluationScan,
-    device: torch.device,
-    support: torch.Tensor,
-) -> tuple[float, float]:
-    """(amplitude MAE, phase MAE in radians, wrapped) over the scan's held-out frames, on the
-    (S, S) ``support`` pixels (the illuminated field of view the model learns)."""
+def holdout_errors(
+    model: PtychoNN, scan: ScanTensors | EvaluationScan, device: torch.device
+) -> dict[str, float]:
+    """Amplitude MAE, phase MAE (wrapped, radians), offset-free phase MAE and the skills of
+    the two against the constant patch, over the scan's held-out frames and its own support
+    (the illuminated disc of its probe, the pixels the model learns). NaN without held-out
+    frames."""
     scan = EvaluationScan.of(scan)
+    if scan.constant is None:
+        return {name: math.nan for name in MATRIX_NAMES[:5]}
     predicted = predict(model, scan.inputs[scan.holdout_rows], device)
-    truth = scan.holdout_labels
-    lit = support.cpu()
-    amplitude = (predicted[:, 0] - truth[:, 0])[:, lit].abs().mean().item()
-    phase_difference = (
-        torch.remainder(predicted[:, 1] - truth[:, 1] + math.pi, 2 * math.pi) - math.pi
-    )
-    return amplitude, phase_difference[:, lit].abs().mean().item()
+    errors = patch_errors(predicted, scan.holdout_labels, scan.support)
+    return {
+        "amplitude_mae": errors.amplitude_mae,
+        "phase_mae": errors.phase_mae,
+        "phase_offset_free_mae": errors.phase_offset_free_mae,
+        "amplitude_skill": skill(errors.amplitude_mae, scan.constant.amplitude_mae),
+        "phase_skill": skill(errors.phase_offset_free_mae, scan.constant.phase_offset_free_mae),
+    }
 
 
 def stitch_scan(
-    model: PtychoNN,
-    scan: ScanTensors | EvaluationScan,
-    device: torch.device,
-    support: torch.Tensor,
+    model: PtychoNN, scan: ScanTensors | EvaluationScan, device: torch.device
 ) -> StitchedObject:
-    """Infer every frame of the scan and stitch the ``support`` of each patch on the truth's
-    grid."""
+    """Infer every frame of the scan and stitch the support of each patch (the disc of the
+    scan's own probe) on the truth's grid."""
     predicted = predict(model, scan.inputs, device).numpy()
     return stitch_patches(
         predicted[:, 0],
@@ -103,24 +113,19 @@ def stitch_scan(
         scan.positions_m,
         scan.truth.pixel_m,
         canvas=scan.truth,
-        window=support.cpu().numpy(),
+        window=scan.support.cpu().numpy(),
     )
 
 
 def scan_errors(
-    model: PtychoNN,
-    scan: ScanTensors | EvaluationScan,
-    device: torch.device,
-    support: torch.Tensor,
+    model: PtychoNN, scan: ScanTensors | EvaluationScan, device: torch.device
 ) -> dict[str, float]:
     """Every metric of ``MATRIX_NAMES`` on one scan."""
-    amplitude_mae, phase_mae = holdout_mae(model, scan, device, support)
-    stitched = stitch_scan(model, scan, device, support)
+    stitched = stitch_scan(model, scan, device)
     image = object_errors(stitched.image, scan.truth, stitched.covered)
     return {
-        "amplitude_mae": amplitude_mae,
-        "phase_mae": phase_mae,
-        **{name: float(getattr(image, name)) for name in MATRIX_NAMES[2:]},
+        **holdout_errors(model, scan, device),
+        **{name: float(getattr(image, name)) for name in MATRIX_NAMES[5:]},
     }
 
 
@@ -143,6 +148,9 @@ class ErrorMatrices:
         default_factory=lambda: {name: [] for name in MATRIX_NAMES}
     )
     columns: list[list[int]] = field(default_factory=list)
+    # scan id -> the errors of its constant patch (``PatchErrors`` as a dict): the baseline
+    # that every error on that scan is judged against
+    constants: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.columns:
@@ -154,7 +162,6 @@ class ErrorMatrices:
         model: PtychoNN,
         scans: Sequence[ScanTensors | EvaluationScan],
         device: torch.device,
-        support: torch.Tensor,
         dist: Distributed | None = None,
         columns: Sequence[int] | None = None,
     ) -> dict[str, list[float]]:
@@ -176,8 +183,12 @@ class ErrorMatrices:
             raise ValueError(f"columns {list(columns)} for {len(scans)} scans: need ascending")
         indices = range(len(scans))
         mine = indices if dist is None else indices[dist.share(len(scans))]
+        scans = [EvaluationScan.of(scan) for scan in scans]
+        for scan in scans:
+            if scan.constant is not None:
+                self.constants[scan.scan_id] = asdict(scan.constant)
         shown = progress(mine, "evaluate", unit="scans", rank=0 if dist is None else dist.rank)
-        errors = {i: scan_errors(model, scans[i], device, support) for i in shown}
+        errors = {i: scan_errors(model, scans[i], device) for i in shown}
         if dist is not None:
             errors = {i: e for part in dist.allgather(errors) for i, e in part.items()}
         row = {name: [errors[i][name] for i in indices] for name in MATRIX_NAMES}
@@ -209,4 +220,5 @@ class ErrorMatrices:
             scan_ids=list(state["scan_ids"]),
             rows={k: [list(r) for r in v] for k, v in state["rows"].items()},
             columns=[[int(j) for j in c] for c in state["columns"]],
+            constants={k: dict(v) for k, v in state.get("constants", {}).items()},
         )

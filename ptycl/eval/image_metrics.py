@@ -73,12 +73,31 @@ def object_errors(
     predicted: ObjectImage, truth: ObjectImage, mask: np.ndarray | None = None
 ) -> ImageErrors:
     """Errors of a stitched object against the truth on the same grid (stitch onto the truth's
-    grid with ``stitch_patches(..., canvas=truth)``), over ``mask`` (e.g. ``covered``)."""
+    grid with ``stitch_patches(..., canvas=truth)``), over ``mask`` (e.g. ``covered``), after
+    removing the phase offset and ramp of the prediction (``remove_phase_plane``)."""
     if not on_same_grid(predicted, truth):
         raise ValueError(
             "predicted and true objects lie on different grids: stitch onto the truth's grid"
         )
-    return image_errors(predicted.amplitude, predicted.phase, truth.amplitude, truth.phase, mask)
+    mask = np.ones(truth.values.shape, bool) if mask is None else np.asarray(mask, bool)
+    phase = predicted.phase
+    if mask.any():
+        phase = remove_phase_plane(phase, truth.phase, mask)
+    return image_errors(predicted.amplitude, phase, truth.amplitude, truth.phase, mask)
+
+
+def remove_phase_plane(predicted: np.ndarray, true: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``predicted`` (H, W) phase less the plane a + b y + c x that best fits (least squares)
+    its wrapped difference to ``true`` over ``mask``: the offset first, as a circular mean (so
+    an offset near pi is not split in two), then the ramp of what is left."""
+    difference = wrapped_phase_difference(predicted, true)[mask]
+    offset = np.angle(np.mean(np.exp(1j * difference)))
+    rows, cols = np.nonzero(mask)
+    basis = np.stack([np.ones(rows.size), rows, cols], axis=1).astype(np.float64)
+    residual = np.angle(np.exp(1j * (difference - offset)))
+    (a, b, c), *_ = np.linalg.lstsq(basis, residual, rcond=None)
+    y, x = np.indices(predicted.shape)
+    return np.asarray(predicted, np.float64) - (offset + a + b * y + c * x)
 
 
 def on_same_grid(a: ObjectImage, b: ObjectImage) -> bool:

@@ -34,6 +34,9 @@ UNCOVERED_COLOUR = "#d9d9d9"  # not-yet-seen matrix cells and unstitched image p
 METRIC_LABELS = {
     "amplitude_mae": "amplitude MAE (|O|, 1 = transparent)",
     "phase_mae": "phase MAE (rad)",
+    "phase_offset_free_mae": "offset-free phase MAE (rad)",
+    "amplitude_skill": "amplitude skill (1 - MAE / constant patch's)",
+    "phase_skill": "offset-free phase skill (1 - MAE / constant patch's)",
     "amplitude_psnr": "amplitude PSNR (dB)",
     "phase_psnr": "phase PSNR (dB)",
     "amplitude_ssim": "amplitude SSIM (1 = identical)",
@@ -85,11 +88,14 @@ def plot_error_over_time(
     first_k: int = 3,
     title: str = "Error on the first scans as training goes on",
     metric: str = "error",
+    constants: Mapping[str, float] | None = None,
 ) -> Path:
     """One panel per scan of the first ``first_k``: its error after each training step, from
     the step that learned it on, one line per strategy when given {strategy: R} (each its own
     colour and style, so five strategies stay apart). Steps that did not evaluate the scan
-    (NaN) are skipped, the line joining the ones that did."""
+    (NaN) are skipped, the line joining the ones that did. ``constants`` (scan id -> the
+    error of the scan's constant patch) draws that baseline beside the model's error, a grey
+    dashed line: above it the model knows the scan, at it the model predicts a median."""
     strategies = (
         dict(error_matrices) if isinstance(error_matrices, Mapping) else {"": error_matrices}
     )
@@ -118,6 +124,8 @@ def plot_error_over_time(
                 linestyle=LINE_STYLES[s % len(LINE_STYLES)],
             )
     for j, ax in enumerate(axes):
+        if constants is not None and scan_ids[j] in constants:
+            ax.axhline(constants[scan_ids[j]], color="0.4", linestyle="--", label="constant patch")
         ax.set_title(scan_ids[j], fontsize=9)
         ax.set_xticks(ticks, [scan_ids[t] for t in ticks], rotation=45, ha="right", fontsize=7)
         ax.set_xlim(-0.3, T - 0.7)
@@ -125,8 +133,9 @@ def plot_error_over_time(
     axes[0].set_ylabel(metric)
     fig.supxlabel("after training through scan", fontsize=9)
     fig.suptitle(title)
-    if any(strategies):
-        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if any(labels):
+        fig.legend(handles, labels, loc="outside right upper", fontsize=8)
     return save_figure(fig, path)
 
 
@@ -239,10 +248,41 @@ def plot_cost_per_scan(
         ax.set_xticks(
             range(len(scan_ids)), scan_ids, rotation=45, ha="right", rotation_mode="anchor"
         )
-    ax.set_xlabel("scan")
-    ax.set_ylabel(ylabel)
     highest = max((max(per_scan, default=0) for per_scan in costs.values()), default=0)
     ax.set_ylim(0, 1.1 * highest or 1.0)  # from 0, with room above the highest point
+    return _finish(fig, ax, "scan", ylabel, title, path)
+
+
+def plot_error_against_cost(
+    points: Mapping[str, tuple[float, Mapping[str, float | None]]],
+    constant_error: float,
+    path: str | Path,
+    xlabel: str = "total training cost (forward samples)",
+    ylabel: str = "final offset-free phase MAE (rad)",
+    title: str = "Final error against total cost, one point per strategy",
+) -> Path:
+    """One point per strategy: {strategy: (cost, interval)} with the interval a dict of
+    ``mean``, ``low``, ``high`` (bars where known); the constant patch's error a grey
+    dashed line (a point on it has learned nothing)."""
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    colours = colormaps["tab10"]
+    for s, (strategy, (cost, interval)) in enumerate(points.items()):
+        mean, low, high = interval["mean"], interval.get("low"), interval.get("high")
+        bars = None if low is None or high is None else [[mean - low], [high - mean]]
+        colour = colours(s % colours.N)
+        ax.errorbar(cost, mean, yerr=bars, fmt="o", capsize=3, color=colour, label=strategy)
+        ax.annotate(strategy, (cost, mean), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.axhline(constant_error, color="0.4", linestyle="--", label="constant patch")
+    ax.set_xscale("log")
+    return _finish(fig, ax, xlabel, ylabel, title, path)
+
+
+def _finish(fig: Figure, ax: Axes, xlabel: str, ylabel: str, title: str, path: str | Path) -> Path:
+    """Labels, a y axis from 0, a grid and a legend; then the PNG."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

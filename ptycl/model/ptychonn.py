@@ -1,6 +1,13 @@
 """A PtychoNN-style encoder-decoder (Cherukara et al., APL 2020).
 
 Design notes: docs/design.md.
+
+``model.linear_rank`` (off by default) adds a low-rank linear path from the whole standardised
+frame to each head's output, before the heads' activations. For a weakly scattering sample a
+frame is, to first order, a linear function of the object's phase through a Fourier transform,
+a map in which every output pixel depends on every detector pixel; local convolutions and
+pooling represent it poorly and learn it slowly, a dense layer at once. Its output layers start
+at zero, so at initialisation the model is the convolutional network alone (docs/regime.md).
 """
 
 from __future__ import annotations
@@ -79,6 +86,7 @@ class PtychoNN(nn.Module):
         channels_last: bool = False,
         norm: str = "group",
         compile: bool = False,
+        linear_rank: int = 0,
     ) -> None:
         super().__init__()
         # How the network computes (``ModelSettings``), not what it holds: checkpoints of a
@@ -103,6 +111,7 @@ class PtychoNN(nn.Module):
         self.amplitude_head = _decoder(widths, norm)
         self.phase_head = _decoder(widths, norm)
         self.depth = depth
+        self.linear_path = _LinearPath(input_size, linear_rank) if linear_rank else None
         if channels_last:
             self.to(memory_format=torch.channels_last)
         if compile:
@@ -122,6 +131,9 @@ class PtychoNN(nn.Module):
         ):
             features = self.encoder(standardised)
             amplitude, phase = self.amplitude_head(features), self.phase_head(features)
+            if self.linear_path is not None:
+                linear_amplitude, linear_phase = self.linear_path(standardised)
+                amplitude, phase = amplitude + linear_amplitude, phase + linear_phase
         # The bounded heads in float32: bf16's 8-bit mantissa would quantise phase to ~0.01 rad.
         return ModelOutput(
             amplitude=2 * torch.sigmoid(amplitude.float()),
@@ -151,6 +163,25 @@ class PtychoNN(nn.Module):
         self.input_fitted.fill_(True)
 
 
+class _LinearPath(nn.Module):
+    """Frame (n, 1, S, S) -> rank r -> one (n, 1, S, S) term per head; see the module docstring."""
+
+    def __init__(self, size: int, rank: int) -> None:
+        super().__init__()
+        self.size = size
+        self.project = nn.Linear(size * size, rank)
+        self.amplitude = nn.Linear(rank, size * size)
+        self.phase = nn.Linear(rank, size * size)
+        for layer in (self.amplitude, self.phase):  # start as the convolutional network alone
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        projected = self.project(frames.reshape(len(frames), -1))
+        shape = (len(frames), 1, self.size, self.size)
+        return self.amplitude(projected).view(shape), self.phase(projected).view(shape)
+
+
 def build_model(settings: ModelSettings, input_size: int) -> PtychoNN:
     return PtychoNN(
         width=settings.width,
@@ -160,6 +191,7 @@ def build_model(settings: ModelSettings, input_size: int) -> PtychoNN:
         channels_last=settings.channels_last,
         norm=settings.norm,
         compile=settings.compile,
+        linear_rank=settings.linear_rank,
     )
 
 

@@ -1,7 +1,10 @@
 """One scan as training tensors: prepared frames, label patches, a held-out split.
 
 The held-out frames of every scan are never trained on; they measure how well the model
-still knows the scan after later ones (the continual error matrix).
+still knows the scan after later ones (the continual error matrix). A finished scan holds out
+a region of the sample behind a guard band of a probe diameter (``prep.holdout``); a scan
+followed while it is written (``ptycl watch``) holds out frames of each segment at random, as
+the region is not known before the scan ends.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from ptycl.config import PrepSettings
 from ptycl.errors import ScanError
 from ptycl.io.positions import ConventionSetting
 from ptycl.io.records import ObjectImage, ScanMetadata
+from ptycl.prep.holdout import spatial_holdout, support_diameter_m
 from ptycl.prep.patches import (
     illuminated_support,
     label_patches,
@@ -41,7 +45,7 @@ class ScanTensors:
     truth: ObjectImage  # the label object, phase-referenced, on the label pixel grid
     support: torch.Tensor  # (S, S) bool: label pixels under the probe (all, without a probe)
     train_rows: torch.Tensor  # (N_train,) int64
-    holdout_rows: torch.Tensor  # (N_holdout,) int64
+    holdout_rows: torch.Tensor  # (N_holdout,) int64; any other row is in a guard band
 
     @property
     def scan_id(self) -> str:
@@ -99,14 +103,22 @@ def scan_tensors(
     label: PreparedLabel,
     prep: PrepSettings,
     seed: int,
+    spatial: bool = False,
 ) -> ScanTensors:
     """Prepared frames (n, S, S) and their positions (n, 2) with label patches cut from
-    ``label``, split into training and held-out rows by ``seed``."""
+    ``label``, split into training and held-out rows by ``seed``: a region of the scan behind
+    a guard band of the support's diameter when ``spatial``, else frames drawn at random."""
     try:
         amplitude, phase = label_patches(label.truth, positions_m, prep.input_size)
     except ValueError as exc:
         raise ScanError(path, f"label does not cover the scan: {exc}") from None
-    train_rows, holdout_rows = split_rows(len(inputs), prep.holdout_fraction, seed)
+    if spatial:
+        guard_m = support_diameter_m(label.support, label.truth.pixel_m)
+        split = spatial_holdout(positions_m, prep.holdout_fraction, guard_m, seed)
+        train_rows = torch.from_numpy(split.train_rows)
+        holdout_rows = torch.from_numpy(split.holdout_rows)
+    else:
+        train_rows, holdout_rows = split_rows(len(inputs), prep.holdout_fraction, seed)
     return ScanTensors(
         metadata=metadata,
         path=Path(path),
@@ -150,12 +162,14 @@ def load_scan(
     inputs_np = np.concatenate(inputs)
     positions_m = np.concatenate(positions)
     label = prepare_label(truth, metadata, prep, positions_m, path)
-    tensors = scan_tensors(metadata, Path(path), inputs_np, positions_m, label, prep, seed)
+    tensors = scan_tensors(
+        metadata, Path(path), inputs_np, positions_m, label, prep, seed, spatial=True
+    )
     if len(tensors.train_rows) == 0:
         raise ScanError(
             path,
-            f"all {len(inputs_np)} frame(s) held out for evaluation (prep.holdout_fraction "
-            f"{prep.holdout_fraction}): none to train on",
+            f"all {len(inputs_np)} frame(s) held out for evaluation or in the guard band "
+            f"around them (prep.holdout_fraction {prep.holdout_fraction}): none to train on",
         )
     if len(tensors.holdout_rows) == 0:
         log.warning(

@@ -91,8 +91,9 @@ def infer_scan(
     if not positions:
         raise ScanError(path, "the scan has no frames")
     positions_m = np.concatenate(positions)
-    if truth is not None:
-        truth = prepare_label(truth, metadata, prep, positions_m, path).truth
+    if truth is not None:  # scored on its own probe's disc, as training scored it
+        label = prepare_label(truth, metadata, prep, positions_m, path)
+        truth, support = label.truth, label.support
     return ScanPrediction(
         metadata,
         np.concatenate(amplitude),

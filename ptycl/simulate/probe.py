@@ -5,11 +5,9 @@ Design notes: docs/design.md.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 
-ProbeKind = Literal["zone_plate", "aperture"]
+from ptycl.config import ProbeKind
 
 
 def make_probe(

@@ -1,4 +1,10 @@
-"""Simulated scans written to disk: ``simulate_scans``, the work of ``ptycl simulate``."""
+"""Simulated scans written to disk: ``simulate_scans``, the work of ``ptycl simulate``.
+
+Scan i belongs to domain i mod the number of domains (``simulate.domains``, or one per family).
+With ``simulate.unseen_scans_per_domain`` k > 0, each domain d also gets k scans that the
+stream never trains on, ``out_dir/unseen/domainDD_FAMILY_K.h5``, from random numbers
+(simulate.seed, d, K, 1).
+"""
 
 from __future__ import annotations
 
@@ -26,8 +32,29 @@ PROVENANCE_ATTR = "simulate_settings"
 
 
 def scan_path(settings: SimulateSettings, scan_index: int) -> Path:
-    family = settings.families[scan_index % len(settings.families)]
+    family = settings.domain(scan_index).family
     return settings.out_dir / f"scan{scan_index:04d}_{family}{SUFFIXES[settings.format]}"
+
+
+UNSEEN_DIR = "unseen"
+
+
+def unseen_scan_paths(settings: SimulateSettings) -> list[list[Path]]:
+    """Per domain, the paths of its ``unseen_scans_per_domain`` evaluation scans."""
+    return [
+        [
+            settings.out_dir
+            / UNSEEN_DIR
+            / f"domain{index:02d}_{domain.family}_{k}{SUFFIXES[settings.format]}"
+            for k in range(settings.unseen_scans_per_domain)
+        ]
+        for index, domain in enumerate(settings.all_domains())
+    ]
+
+
+def _unseen_rng(settings: SimulateSettings, domain_index: int, k: int) -> np.random.Generator:
+    # A longer seed sequence than the training scans' (seed, i): never the same numbers.
+    return np.random.default_rng([settings.seed, domain_index, k, 1])
 
 
 def _provenance(settings: SimulateSettings) -> str:
@@ -69,29 +96,37 @@ def _stream(path: Path, scan: SimulatedScan, settings: SimulateSettings) -> None
 
 
 def simulate_scans(settings: SimulateSettings, reuse_existing: bool = False) -> list[Path]:
-    """Simulate and write ``settings.n_scans`` scans; return their paths in scan order."""
+    """Simulate and write ``settings.n_scans`` scans, and the unseen scans of every domain
+    (``unseen_scan_paths``); return the training scans' paths in scan order."""
     from ptycl.simulate.beamline import simulate_scan  # the physics imports scipy and friends
 
     prepare_output_dir(settings.out_dir, "scans")
     paths: list[Path] = []
     written_frames = written_bytes = reused = 0
     start = time.monotonic()
-    for scan_index in progress(range(settings.n_scans), desc="simulate", total=settings.n_scans):
-        path = scan_path(settings, scan_index)
-        paths.append(path)
+    # (path, scan index that picks the domain, random numbers, scan id or None)
+    jobs = [
+        (scan_path(settings, i), i, np.random.default_rng([settings.seed, i]), None)
+        for i in range(settings.n_scans)
+    ]
+    for domain_index, domain_paths in enumerate(unseen_scan_paths(settings)):
+        for k, path in enumerate(domain_paths):
+            jobs.append((path, domain_index, _unseen_rng(settings, domain_index, k), path.stem))
+    for path, scan_index, rng, scan_id in progress(jobs, desc="simulate", total=len(jobs)):
+        if scan_id is None:
+            paths.append(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         if reuse_existing and _reusable(path, settings):
             reused += 1
             continue
-        scan = simulate_scan(
-            settings, scan_index, np.random.default_rng([settings.seed, scan_index])
-        )
+        scan = simulate_scan(settings, scan_index, rng, scan_id)
         attrs = {**scan.metadata.attrs, PROVENANCE_ATTR: _provenance(settings)}
         scan = replace(scan, metadata=replace(scan.metadata, attrs=attrs))
         # A label left beside by an earlier run would not fit this scan.
         label_path_for(path).unlink(missing_ok=True)
         require_free_space(settings.out_dir, _bytes_needed(scan), path.name)
         try:
-            if settings.frame_rate_hz is None:
+            if settings.frame_rate_hz is None or scan_id is not None:  # unseen scans: no stream
                 write_scan(path, scan, settings.format, settings.labels)
             else:
                 _stream(path, scan, settings)
@@ -102,7 +137,7 @@ def simulate_scans(settings: SimulateSettings, reuse_existing: bool = False) -> 
         log.debug("wrote %s (%d frames)", path, len(scan.frames))
     log.info(
         "simulate: wrote %d scan(s), %d frames, %.1f MB in %.1f s to %s%s",
-        len(paths) - reused,
+        len(jobs) - reused,
         written_frames,
         written_bytes / 1e6,
         time.monotonic() - start,

@@ -720,9 +720,7 @@ class Watcher:
         held = [j for j in self.evaluation_set.members if self.eval_scans.get(j) is not None]
         scans = [self.eval_scans[j] for j in held] + [newest]
         columns = [*held, column]
-        row = self.matrices.add_row(
-            trainer.model, scans, trainer.device, trainer.support, columns=columns
-        )
+        row = self.matrices.add_row(trainer.model, scans, trainer.device, columns=columns)
         self.matrices.scan_ids = [
             self.ledger.scans[name].scan_id or name for name in self.ledger.evaluated
         ]

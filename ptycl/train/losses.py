@@ -20,11 +20,14 @@ def _scaled(values: torch.Tensor) -> torch.Tensor:
 
 
 def _mean_over_support(error: torch.Tensor, support: torch.Tensor | None) -> torch.Tensor:
-    """(n,) mean of (n, 2, S, S) ``error`` over both channels and the (S, S) support."""
+    """(n,) mean of (n, 2, S, S) ``error`` over both channels and the support: one (S, S)
+    for every sample, or (n, S, S), each sample its own (its scan's probe)."""
     if support is None:
         return error.flatten(1).mean(dim=1)
     weights = support.to(error.device, error.dtype)
-    return (error * weights).flatten(1).sum(dim=1) / (2 * weights.sum())
+    if weights.ndim == 2:
+        return (error * weights).flatten(1).sum(dim=1) / (2 * weights.sum())
+    return (error * weights[:, None]).flatten(1).sum(dim=1) / (2 * weights.flatten(1).sum(dim=1))
 
 
 def per_sample_task_loss(

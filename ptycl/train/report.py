@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,11 @@ from ptycl.outputs import write_text
 from ptycl.train.trainer import ContinualTrainer
 
 # Matrices where lower is better get forgetting/backward-transfer summaries.
-ERROR_METRICS = ("amplitude_mae", "phase_mae")
+ERROR_METRICS = ("amplitude_mae", "phase_mae", "phase_offset_free_mae")
+# Skills against each scan's constant patch (higher is better): final and diagonal averages.
+SKILL_METRICS = ("amplitude_skill", "phase_skill")
+PLOTTED_METRICS = ("amplitude_mae", "phase_offset_free_mae")  # the raw phase MAE: CSV only
+FIRST_SCANS_PLOTTED = 6  # panels of the error-over-time plot: a stream of 4-6 domains whole
 
 
 @dataclass
@@ -44,7 +48,9 @@ class RunReport:
     ``ptycl train`` evaluates every scan seen, so its row i has columns 0..i; ``ptycl watch``
     the scan just trained and its evaluation set. ``matrix(name)`` gives the dense T x T array
     and ``read`` loads a ``metrics.json`` back, so no consumer needs to know this layout.
-    ``summary`` holds the numbers of ``summarize_errors`` for the error metrics (no matrix).
+    ``summary`` holds the numbers of ``summarize_errors`` for the error metrics (no matrix)
+    and, for the skills, their final and diagonal (just learned) averages. ``constants`` holds
+    each scan's constant-patch errors, the baseline of its skills.
     """
 
     name: str
@@ -57,6 +63,9 @@ class RunReport:
     summary: dict[str, dict]  # error metric -> final average, backward transfer, forgetting
     rejected: list[str]
     wall_seconds: float
+    constants: dict[str, dict] = field(default_factory=dict)
+    # The final model on scans of each domain never trained on: scan id -> errors and skills.
+    unseen: dict[str, dict] = field(default_factory=dict)
     ranks: int = 1  # MPI ranks training data-parallel (the costs are rank 0's seconds)
     # Why the run ended before its last scan (a signal, --max-steps); None: it went through.
     stopped: str | None = None
@@ -70,6 +79,7 @@ class RunReport:
         rejected: list[str],
         wall_seconds: float,
         stopped: str | None = None,
+        unseen: dict[str, dict] | None = None,
     ) -> RunReport:
         return cls(
             name=config.run.name,
@@ -85,7 +95,14 @@ class RunReport:
                 ).to_dict()
                 for name in ERROR_METRICS
                 if matrices.rows[name]
+            }
+            | {
+                name: skill_summary(matrices.matrix(name))
+                for name in SKILL_METRICS
+                if matrices.rows[name]
             },
+            constants=dict(matrices.constants),
+            unseen=unseen or {},
             rejected=rejected,
             wall_seconds=wall_seconds,
             ranks=trainer.dist.world_size,
@@ -115,16 +132,43 @@ class RunReport:
             out[i, row["columns"]] = [math.nan if v is None else v for v in row[name]]
         return out
 
+    def constant(self, name: str) -> dict[str, float] | None:
+        """scan id -> the error ``name`` of the scan's constant patch; None for a metric that
+        has no such baseline (PSNR, SSIM)."""
+        found = {s: c[name] for s, c in self.constants.items() if name in c}
+        return found or None
+
     def summary_line(self) -> str:
-        phase = self.summary.get("phase_mae", {})
+        phase = self.summary.get("phase_offset_free_mae", {})
+        skill = self.summary.get("phase_skill", {})
         samples = sum(c["samples"] for c in self.costs)
         seconds = sum(c["seconds"] for c in self.costs)
         on = f" on {self.ranks} ranks" if self.ranks > 1 else ""
+
+        def number(value: float | None) -> float:
+            return math.nan if value is None else value
+
         return (
-            f"{self.strategy}{on}: {len(self.scan_ids)} scans, final average phase MAE "
-            f"{phase.get('final_average_error') or math.nan:.4f} rad, forgetting {phase.get('mean_forgetting') or math.nan:.4f}, "
-            f"{samples} samples in {seconds:.1f} s of training ({len(self.rejected)} scans rejected)"
+            f"{self.strategy}{on}: {len(self.scan_ids)} scans, final average offset-free phase "
+            f"MAE {number(phase.get('final_average_error')):.4f} rad (just learned "
+            f"{number(phase.get('learning_error')):.4f}), forgetting "
+            f"{number(phase.get('mean_forgetting')):.4f}, phase skill final "
+            f"{number(skill.get('final_average')):.2f} (just learned "
+            f"{number(skill.get('diagonal_average')):.2f}), {samples} samples in {seconds:.1f} s "
+            f"of training ({len(self.rejected)} scans rejected)"
         )
+
+
+def skill_summary(matrix: np.ndarray) -> dict[str, float | None]:
+    """A skill matrix's final average (last row) and diagonal average (each scan just
+    learned); None where nothing was evaluated."""
+    final, diagonal = matrix[-1], np.diag(matrix)
+
+    def mean(values: np.ndarray) -> float | None:
+        values = values[np.isfinite(values)]
+        return float(values.mean()) if values.size else None
+
+    return {"final_average": mean(final), "diagonal_average": mean(diagonal)}
 
 
 def _error_rows(matrices: ErrorMatrices) -> list[dict]:
@@ -167,7 +211,7 @@ def write_report(report: RunReport, output_dir: Path, tables_and_plots: bool = T
     plots.mkdir(exist_ok=True)
     for name in MATRIX_NAMES:
         write_error_matrix_csv(report.matrix(name), report.scan_ids, output_dir / f"R_{name}.csv")
-    for name in ERROR_METRICS:
+    for name in PLOTTED_METRICS:
         matrix, label = report.matrix(name), METRIC_LABELS[name]
         quantity = label.split(" (")[0]
         plot_error_matrix(
@@ -183,5 +227,7 @@ def write_report(report: RunReport, output_dir: Path, tables_and_plots: bool = T
             plots / f"{name}_first_scans.png",
             title=f"{report.strategy}: {quantity} on the first scans as training goes on",
             metric=label,
+            first_k=FIRST_SCANS_PLOTTED,
+            constants=report.constant(name),
         )
     plot_costs({report.strategy: report.costs}, plots, [c["scan_id"] for c in report.costs])

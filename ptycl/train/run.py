@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 from ptycl.config import Config
 from ptycl.errors import CheckpointError, ConfigError, NothingToDoError, ScanError, printable
-from ptycl.eval.evaluate import ErrorMatrices, stitch_scan
+from ptycl.eval.evaluate import ErrorMatrices, holdout_errors, stitch_scan
 from ptycl.eval.plots import plot_reconstruction
 from ptycl.io.records import ScanMetadata, distinct_scan_id
 from ptycl.io.source import expand_scan_paths
@@ -44,8 +47,10 @@ def run_continual(
     resume: bool = False,
     max_steps: int | None = None,
     dist: Distributed | None = None,
+    plots: bool = True,
 ) -> RunReport:
-    """Train through the stream; returns the report (also written under run.output_dir).
+    """Train through the stream; returns the report (also written under run.output_dir, with
+    its tables and plots unless ``plots`` is False).
 
     ``dist``: this process's place in a data-parallel job (``init_distributed``); None for a
     run in this process alone. In a job, every rank calls this at the same time: rank 0 picks
@@ -100,6 +105,7 @@ def run_continual(
         log.info("%s", estimate_disk_use(config, trainer, planned).line())
     # Rank 0 lists (or simulates) the scans: every rank then reads the same ones, in order.
     paths = dist.broadcast(resolve_scans(config) if dist.is_main else None)
+    trainer.scans_in_stream = len(paths)
     usable = len(paths)  # less the scans skipped: the steps the progress counts up to
 
     def steps_of_run() -> int:
@@ -145,11 +151,13 @@ def run_continual(
             if task < trainer.state.position.scan_index:
                 continue  # trained on before the resume point
             log.info(
-                "scan %d: %s (%d frames, %d held out)",
+                "scan %d: %s (%d frames: %d to train on, %d held out, %d in the guard band)",
                 task,
                 scan.scan_id,
                 len(scan),
+                len(scan.train_rows),
                 len(scan.holdout_rows),
+                len(scan) - len(scan.train_rows) - len(scan.holdout_rows),
             )
             shown.describe(f"{config.train.strategy} {scan.scan_id} ({task + 1}/{usable})")
             finished = trainer.train_scan(scan, task, should_stop=should_stop, on_step=on_step)
@@ -166,24 +174,29 @@ def run_continual(
                     )
                 break
             # The ranks share the evaluation out; every rank gets the row.
-            row = matrices.add_row(trainer.model, scans, trainer.device, trainer.support, dist)
+            row = matrices.add_row(trainer.model, scans, trainer.device, dist)
             trainer.state.position = StreamPosition(task + 1, 0, trainer.state.position.global_step)
             checkpoint()
             cost = trainer.state.costs[-1]
             if dist.is_main:
                 log.info(
-                    "scan %d done: %d steps, %d samples, %.1f s; phase MAE now %s",
+                    "scan %d done: %d steps, %d samples, %.1f s; offset-free phase MAE now %s "
+                    "rad (constant patch %s), phase skill %s, amplitude skill %s",
                     task,
                     cost.steps,
                     cost.samples,
                     cost.seconds,
-                    " ".join(f"{v:.3f}" for v in row["phase_mae"]),
+                    " ".join(f"{v:.3f}" for v in row["phase_offset_free_mae"]),
+                    " ".join(f"{v:.3f}" for v in _constants(matrices, scans)),
+                    " ".join(f"{v:.2f}" for v in row["phase_skill"]),
+                    " ".join(f"{v:.2f}" for v in row["amplitude_skill"]),
                 )
     trainer.close()
     if not scans and stopped is None:
         # A run that trained on nothing must not look like one that succeeded (a metrics.json
         # of NaN, exit 0): every rank raises the same, after the collective close.
         raise NothingToDoError(_nothing_trained(config, paths, rejected))
+    unseen = _unseen_errors(config, trainer) if stopped is None and dist.is_main else {}
     report = RunReport.build(
         config,
         trainer,
@@ -191,10 +204,11 @@ def run_continual(
         rejected,
         wall_seconds=time.perf_counter() - started,
         stopped=stopped,
+        unseen=unseen,
     )
     if dist.is_main:
-        write_report(report, output_dir)
-        if stopped is None:  # a stopped run is to resume, and soon: no plots to draw
+        write_report(report, output_dir, tables_and_plots=plots)
+        if stopped is None and plots:  # a stopped run is to resume, and soon: no plots
             _plot_reconstructions(trainer, scans, output_dir / "plots")
     return report
 
@@ -221,6 +235,39 @@ def _nothing_trained(config: Config, paths: list[Path], rejected: list[str]) -> 
         f"none of the {len(paths)} scan(s) in {where} could be used (each named above): "
         "nothing trained"
     )
+
+
+def _unseen_errors(config: Config, trainer: ContinualTrainer) -> dict[str, dict[str, float]]:
+    """The final model on the simulated scans of each domain that the stream never trained on
+    (``simulate.unseen_scans_per_domain``), every frame of each held out: scan id -> errors
+    and skills against the scan's constant patch. Empty for listed scans."""
+    if config.scans or not config.simulate.unseen_scans_per_domain:
+        return {}
+    from ptycl.simulate.run import unseen_scan_paths
+
+    out = {}
+    for path in (p for domain in unseen_scan_paths(config.simulate) for p in domain):
+        try:
+            scan = load_scan(path, config.prep, seed=config.run.seed)
+        except ScanError as exc:
+            log.error("unseen scan skipped: %s", exc)
+            continue
+        scan.holdout_rows = torch.arange(len(scan))  # never trained on: all of it scores
+        out[scan.scan_id] = holdout_errors(trainer.model, scan, trainer.device)
+        log.info(
+            "unseen scan %s: offset-free phase MAE %.3f rad, phase skill %.2f",
+            scan.scan_id,
+            out[scan.scan_id]["phase_offset_free_mae"],
+            out[scan.scan_id]["phase_skill"],
+        )
+    return out
+
+
+def _constants(matrices: ErrorMatrices, scans: list[ScanTensors]) -> list[float]:
+    """The offset-free phase MAE of each scan's constant patch (NaN: none held out)."""
+    return [
+        matrices.constants.get(s.scan_id, {}).get("phase_offset_free_mae", math.nan) for s in scans
+    ]
 
 
 def _check_store_holds_every_scan(
@@ -280,7 +327,7 @@ def _plot_reconstructions(trainer: ContinualTrainer, scans: list[ScanTensors], p
     """The first and the newest scan stitched with the final model, beside their truth: what
     the model still knows of the oldest data, and what it learnt last."""
     for scan in {id(s): s for s in (scans[:1] + scans[-1:])}.values():
-        stitched = stitch_scan(trainer.model, scan, trainer.device, trainer.support)
+        stitched = stitch_scan(trainer.model, scan, trainer.device)
         plot_reconstruction(
             stitched.image,
             scan.truth,

@@ -37,7 +37,7 @@ def plan_scan(n_rows: int, steps: int, batch_size: int, seed: int, scan_index: i
     """
     generator = torch.Generator().manual_seed(seed * 1_000_003 + scan_index)
     total = steps * batch_size
-    epochs = math.ceil(total / n_rows)
+    epochs = max(1, math.ceil(total / n_rows))  # a scan of no steps plans none
     stream = torch.cat([torch.randperm(n_rows, generator=generator) for _ in range(epochs)])[:total]
     last_position = torch.full((n_rows,), -1, dtype=torch.int64)
     last_position.scatter_reduce_(0, stream, torch.arange(total), reduce="amax")

@@ -7,7 +7,11 @@ all (new batch -> task loss, plus one term per replay draw, one backward); a str
 - ``draws``: replay draws from the rehearsal store per step (0: the run builds no store);
 - ``keeps_every_scan``: the trainer keeps every scan seen and trains on all of them, a cost
   growing without bound (``ptycl watch`` refuses such a strategy);
-- ``steps_for_scan(steps_per_scan, scan_index)``: the optimiser steps scan ``scan_index`` gets;
+- ``fresh_model_per_scan``: a new model (new weights, input statistics and optimiser state)
+  when each scan begins training;
+- ``steps_for_scan(steps_per_scan, scan_index, scans_in_stream)``: the optimiser steps scan
+  ``scan_index`` gets (``scans_in_stream``: the stream's length where it is known, ``ptycl
+  train``; None in ``ptycl watch``);
 - ``replay_term(index, output, draw, terms)``: the loss of draw ``index`` (0-based) of the
   step, from the model's ``output`` on the drawn inputs; ``terms`` holds the losses and weights
   (``ReplayTerms``), as Mammoth's ``observe()`` writes a whole method in a few lines.
@@ -52,8 +56,11 @@ class Strategy:
     name: str
     draws: int = 0
     keeps_every_scan: bool = False
+    fresh_model_per_scan: bool = False
 
-    def steps_for_scan(self, steps_per_scan: int, scan_index: int) -> int:
+    def steps_for_scan(
+        self, steps_per_scan: int, scan_index: int, scans_in_stream: int | None = None
+    ) -> int:
         return steps_per_scan
 
     def replay_term(
@@ -68,7 +75,9 @@ class Cumulative(Strategy):
 
     keeps_every_scan: bool = True
 
-    def steps_for_scan(self, steps_per_scan: int, scan_index: int) -> int:
+    def steps_for_scan(
+        self, steps_per_scan: int, scan_index: int, scans_in_stream: int | None = None
+    ) -> int:
         return steps_per_scan * (scan_index + 1)
 
 
@@ -104,6 +113,37 @@ class DarkExperienceReplayPlusPlus(Strategy):
         return terms.beta * terms.task(output, draw)
 
 
+@dataclass(frozen=True)
+class FullReplay(Strategy):
+    """DER++'s steps and samples (two draws a step), both draws scored against their stored
+    labels, from a store that keeps every frame seen: replay of all the data at rehearsal's
+    cost per step (its memory grows; ``ptycl bench continual`` sizes the store to the
+    stream)."""
+
+    draws: int = 2
+
+    def replay_term(self, index, output, draw, terms):
+        return terms.task(output, draw)
+
+
+@dataclass(frozen=True)
+class Joint(Strategy):
+    """The offline upper bound: nothing trained until the last scan, then a new model trained
+    on every scan with cumulative's last-scan budget. Needs the stream's length."""
+
+    keeps_every_scan: bool = True
+    fresh_model_per_scan: bool = True
+
+    def steps_for_scan(
+        self, steps_per_scan: int, scan_index: int, scans_in_stream: int | None = None
+    ) -> int:
+        if scans_in_stream is None:
+            raise ConfigError(
+                "<config>", "train.strategy", "'joint' needs the stream's length (ptycl train)"
+            )
+        return steps_per_scan * scans_in_stream if scan_index == scans_in_stream - 1 else 0
+
+
 STRATEGIES: dict[str, Strategy] = {
     s.name: s
     for s in (
@@ -112,6 +152,10 @@ STRATEGIES: dict[str, Strategy] = {
         ExperienceReplay("er"),
         DarkExperienceReplay("der"),
         DarkExperienceReplayPlusPlus("derpp"),
+        FullReplay("full_replay"),
+        # How well each scan can be learned alone at the budget: its diagonal is the number.
+        Strategy("fresh", fresh_model_per_scan=True),
+        Joint("joint"),
     )
 }
 

@@ -129,10 +129,14 @@ class ContinualTrainer:
         self.state = TrainerState()
         # Every scan seen, for a strategy that retrains on them all (the cost rehearsal avoids).
         self.pool: list[ScanTensors] = []
-        # The field of view the model learns: the first scan's illuminated support, kept for
-        # the whole run (one beamline set-up per run) and saved with the model, so replayed
-        # samples, evaluation and reconstruction all score the same pixels.
+        # The pixels each scan's frames say something about: the disc of its own probe, by
+        # scan index (new and replayed samples alike are scored on their scan's), and the
+        # newest one, saved with the model for reconstruction.
+        self.supports: dict[int, torch.Tensor] = {}
         self.support: torch.Tensor | None = None
+        # The stream's length where it is known in advance (``ptycl train``), for a strategy
+        # whose budget depends on it.
+        self.scans_in_stream: int | None = None
 
     @classmethod
     def build(cls, config: Config, dist: Distributed | None = None) -> ContinualTrainer:
@@ -155,7 +159,9 @@ class ContinualTrainer:
     # -- the stream -----------------------------------------------------------------------
 
     def steps_for_scan(self, scan_index: int) -> int:
-        return self.strategy.steps_for_scan(self.settings.steps_per_scan, scan_index)
+        return self.strategy.steps_for_scan(
+            self.settings.steps_per_scan, scan_index, self.scans_in_stream
+        )
 
     def arrived(self, scan: ScanTensors) -> None:
         """A scan joined the stream (also called for the scans before a resume point)."""
@@ -183,6 +189,8 @@ class ContinualTrainer:
         job: every rank trains the same scan from the same position, and ``should_stop`` must
         answer the same on every rank (``Distributed.any``).
         """
+        self.supports[scan_index] = scan.support.to(self.device)
+        self.support = self.supports[scan_index]
         inputs, labels, scan_of_row = self._training_rows(scan, scan_index)
         if steps is None:
             steps = self.steps_for_scan(scan_index)
@@ -192,7 +200,7 @@ class ContinualTrainer:
         position = self._position_in(scan, scan_index)
         cost = self.state.costs[-1]
         if scan_index > self.state.newest_task:
-            self._begin_task(scan_index)
+            self._begin_task(scan_index, inputs)
         self.replica.train()
         share = self.dist.share(self.settings.batch_size)  # this rank's part of each batch
         while position.step_in_scan < steps:
@@ -203,7 +211,7 @@ class ContinualTrainer:
             last_seen = plan.offer[position.step_in_scan][share]
             for group in self.optimizer.param_groups:
                 group["lr"] = learning_rate(self.settings, position.step_in_scan, steps)
-            samples, outputs, losses = self._step(inputs[rows], labels[rows])
+            samples, outputs, losses = self._step(inputs[rows], labels[rows], scan_of_row[rows])
             if self.store is not None:  # collective under MPI: every rank offers, maybe nothing
                 offered = rows[last_seen]
                 self.store.offer(
@@ -237,7 +245,7 @@ class ContinualTrainer:
                 costs.append(ScanCost(scan.scan_id))
         return position
 
-    def _begin_task(self, scan_index: int) -> None:
+    def _begin_task(self, scan_index: int, inputs: torch.Tensor) -> None:
         """A new scan starts training: under ``optimizer_state: fresh_per_scan`` Adam forgets
         its moment estimates (a watched scan's later segments, and scans written at the same
         time and trained in turn, keep theirs).
@@ -248,6 +256,13 @@ class ContinualTrainer:
         """
         if self.settings.optimizer_state == "fresh_per_scan":
             self.optimizer.state.clear()  # Adam fills it again at its next step
+        if self.strategy.fresh_model_per_scan:
+            torch.manual_seed(self.config.run.seed + scan_index)
+            fresh = build_model(self.config.model, self.config.prep.input_size)
+            self.model.load_state_dict(fresh.state_dict())
+            if len(inputs) >= 2:
+                self.model.fit_input_statistics(inputs)
+            self.optimizer.state.clear()
         self.state.newest_task = scan_index
 
     def _training_rows(
@@ -265,8 +280,12 @@ class ContinualTrainer:
         )
         return inputs, labels, scan_of_row
 
+    def _supports_of(self, scan_index: torch.Tensor) -> torch.Tensor:
+        """(n, S, S): the support of each sample's scan."""
+        return torch.stack([self.supports[int(i)] for i in scan_index])
+
     def _step(
-        self, inputs: torch.Tensor, labels: torch.Tensor
+        self, inputs: torch.Tensor, labels: torch.Tensor, scan_index: torch.Tensor
     ) -> tuple[int, torch.Tensor, torch.Tensor]:
         """One optimiser step on this rank's share of the batch.
 
@@ -281,10 +300,12 @@ class ContinualTrainer:
         draws, the activations at 128² outgrow a CPU's caches (docs/performance.md).
         """
         settings = self.settings
-        terms = ReplayTerms(settings.loss, settings.alpha, settings.beta, self.support)
         predicted = self.replica(inputs.to(self.device, non_blocking=True))
         per_sample = per_sample_task_loss(
-            predicted, labels.to(self.device, non_blocking=True), settings.loss, self.support
+            predicted,
+            labels.to(self.device, non_blocking=True),
+            settings.loss,
+            self._supports_of(scan_index),
         )
         loss = per_sample.mean() * self._weight(len(inputs), self.settings.batch_size)
         samples = self.settings.batch_size
@@ -298,6 +319,9 @@ class ContinualTrainer:
             ):
                 output = ModelOutput.from_stacked(values)
                 samples += drawn_total
+                terms = ReplayTerms(
+                    settings.loss, settings.alpha, settings.beta, self._supports_of(draw.scan_index)
+                )
                 term = self.strategy.replay_term(index, output, draw, terms)
                 loss = loss + term * self._weight(len(draw), drawn_total)
         self.optimizer.zero_grad(set_to_none=True)
@@ -350,6 +374,7 @@ class ContinualTrainer:
         return {
             "model": self.model.state_dict(),
             "support": None if self.support is None else self.support.cpu(),
+            "supports": {i: support.cpu() for i, support in self.supports.items()},
             "optimizer": self.optimizer.state_dict(),
             "store": self.store.state_dict() if self.store is not None else None,
             "position": [position.scan_index, position.step_in_scan, position.global_step],
@@ -374,6 +399,11 @@ class ContinualTrainer:
         self.model.load_state_dict(state["model"])
         if state["support"] is not None:
             self.support = state["support"].to(self.device)
+        # A checkpoint from before each scan kept its own: every scan had the one support.
+        saved = state.get("supports")
+        if saved is None and state["support"] is not None:
+            saved = {i: state["support"] for i in range(state["position"][0] + 1)}
+        self.supports = {int(i): support.to(self.device) for i, support in (saved or {}).items()}
         self.optimizer.load_state_dict(state["optimizer"])
         if self.store is not None and store_shards is not None:
             self.store.load_resharded(store_shards)
