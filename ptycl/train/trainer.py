@@ -106,6 +106,20 @@ def _check_batches_cover_ranks(config: Config, dist: Distributed) -> None:
             )
 
 
+def require_finite(model: torch.nn.Module, loss: torch.Tensor, position: StreamPosition) -> None:
+    """Stop before a step that would make the weights non-finite: from then on nothing the run
+    learns or checkpoints is of use. The gradients are the same on every rank (averaged), so
+    every rank stops at the same step; the last checkpoint stays as it was."""
+    norms = [torch.linalg.vector_norm(p.grad) for p in model.parameters() if p.grad is not None]
+    if bool(torch.isfinite(torch.stack([loss.detach(), *norms])).all()):
+        return
+    raise TrainingDiverged(
+        f"step {position.step_in_scan} of scan {position.scan_index}: the loss or a "
+        "gradient is not finite; stopped before the weights took it (the last checkpoint "
+        "is kept): lower train.lr, or look for frames no detector records"
+    )
+
+
 class ContinualTrainer:
     def __init__(
         self, config: Config, model: PtychoNN, store: RehearsalStore | None, dist: Distributed
@@ -326,25 +340,9 @@ class ContinualTrainer:
                 loss = loss + term * self._weight(len(draw), drawn_total)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # under DDP, also averages the gradients over the ranks
-        self._require_finite(loss)
+        require_finite(self.model, loss, self.state.position)
         self.optimizer.step()
         return samples, predicted.stacked().detach().cpu(), per_sample.detach().cpu()
-
-    def _require_finite(self, loss: torch.Tensor) -> None:
-        """Stop before a step that would make the weights non-finite: from then on nothing
-        the run learns or checkpoints is of use. The gradients are the same on every rank
-        (averaged), so every rank stops at the same step; the last checkpoint stays as it was."""
-        norms = [
-            torch.linalg.vector_norm(p.grad) for p in self.model.parameters() if p.grad is not None
-        ]
-        if bool(torch.isfinite(torch.stack([loss.detach(), *norms])).all()):
-            return
-        position = self.state.position
-        raise TrainingDiverged(
-            f"step {position.step_in_scan} of scan {position.scan_index}: the loss or a "
-            "gradient is not finite; stopped before the weights took it (the last checkpoint "
-            "is kept): lower train.lr, or look for frames no detector records"
-        )
 
     def _draw_replay(self) -> list[ReplaySamples | None]:
         """This rank's share of each of the strategy's replay draws of the step, on the
