@@ -102,6 +102,7 @@ def run_continual(
     started = time.perf_counter()
     if dist.is_main:
         planned = len(expand_scan_paths(config.scans)) if config.scans else config.simulate.n_scans
+        trainer.scans_in_stream = planned  # the estimate counts steps, which 'joint' plans by it
         log.info("%s", estimate_disk_use(config, trainer, planned).line())
     # Rank 0 lists (or simulates) the scans: every rank then reads the same ones, in order.
     paths = dist.broadcast(resolve_scans(config) if dist.is_main else None)
