@@ -260,7 +260,10 @@ def test_frames_no_detector_records_are_skipped_and_counted(tiny_scans, tmp_path
 
 def test_a_scan_of_nothing_but_zero_frames_is_refused(tiny_scans, tmp_path):
     path = _corrupted_copy(tiny_scans, tmp_path / "dark.h5", lambda frames: 0 * frames)
-    with pytest.raises(ScanError, match=r"no usable frame: (\d+) frames no detector records skipped \(\1 all zero\)"):
+    with pytest.raises(
+        ScanError,
+        match=r"no usable frame: (\d+) frames no detector records skipped \(\1 all zero\)",
+    ):
         load_scan(path, load_config(None, []).prep, seed=0)
 
 
