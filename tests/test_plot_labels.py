@@ -49,12 +49,13 @@ def drawn(monkeypatch, tmp_path) -> dict[str, dict]:
 
 
 def test_phase_and_amplitude_plots_have_their_own_titles_and_units(drawn) -> None:
-    phase, amplitude = drawn["phase_mae_first_scans.png"], drawn["amplitude_mae_first_scans.png"]
+    phase = drawn["phase_offset_free_mae_first_scans.png"]
+    amplitude = drawn["amplitude_mae_first_scans.png"]
     assert phase["title"] != amplitude["title"]
     assert "phase MAE" in phase["title"] and "amplitude MAE" in amplitude["title"]
-    assert phase["ylabel"] == "phase MAE (rad)"
+    assert phase["ylabel"] == "offset-free phase MAE (rad)"
     assert amplitude["ylabel"].startswith("amplitude MAE (")
-    assert drawn["R_phase_mae.png"]["colourbar"] == ["phase MAE (rad)"]
+    assert drawn["R_phase_offset_free_mae.png"]["colourbar"] == ["offset-free phase MAE (rad)"]
     assert drawn["R_amplitude_mae.png"]["colourbar"][0].startswith("amplitude MAE (")
 
 
